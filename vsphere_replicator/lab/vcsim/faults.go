@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"sync"
+)
+
+// armedFault is one injected fault. Every fault is bounded by its count and
+// disarms itself once spent.
+type armedFault struct {
+	ID        int    `json:"id"`
+	Kind      string `json:"kind"`
+	Method    string `json:"method,omitempty"`
+	Fault     string `json:"fault,omitempty"`
+	Message   string `json:"message,omitempty"`
+	Path      string `json:"path,omitempty"`
+	DelayMS   int    `json:"delay_ms,omitempty"`
+	Remaining int    `json:"remaining"`
+}
+
+const (
+	faultMethod = "method"
+	faultDrop   = "drop-connection"
+	faultSlow   = "slow-reads"
+	maxCount    = 1000
+	maxDelayMS  = 10000
+)
+
+type faultBox struct {
+	mu     sync.Mutex
+	nextID int
+	armed  []*armedFault
+}
+
+func newFaultBox() *faultBox { return &faultBox{} }
+
+func (b *faultBox) arm(f armedFault) (armedFault, error) {
+	if f.Remaining < 1 || f.Remaining > maxCount {
+		return f, fmt.Errorf("count must be between 1 and %d", maxCount)
+	}
+	switch f.Kind {
+	case faultMethod:
+		if f.Method == "" {
+			return f, fmt.Errorf("a method fault needs a method name")
+		}
+		if _, ok := faultByName(f.Fault); !ok {
+			return f, fmt.Errorf("%q is not a vSphere fault type", f.Fault)
+		}
+	case faultDrop:
+		if f.Path == "" {
+			f.Path = "any"
+		}
+		if f.Path != "any" && f.Path != "sdk" && f.Path != "folder" {
+			return f, fmt.Errorf("path must be sdk, folder or any, not %q", f.Path)
+		}
+	case faultSlow:
+		if f.DelayMS < 1 || f.DelayMS > maxDelayMS {
+			return f, fmt.Errorf("delay_ms must be between 1 and %d", maxDelayMS)
+		}
+	default:
+		return f, fmt.Errorf("unknown fault kind %q", f.Kind)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.nextID++
+	f.ID = b.nextID
+	b.armed = append(b.armed, &f)
+	return f, nil
+}
+
+// take consumes one use of the first armed fault that matches.
+func (b *faultBox) take(match func(*armedFault) bool) *armedFault {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, f := range b.armed {
+		if !match(f) {
+			continue
+		}
+		f.Remaining--
+		if f.Remaining == 0 {
+			b.armed = append(b.armed[:i], b.armed[i+1:]...)
+		}
+		c := *f
+		return &c
+	}
+	return nil
+}
+
+func (b *faultBox) list() []armedFault {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := []armedFault{}
+	for _, f := range b.armed {
+		out = append(out, *f)
+	}
+	return out
+}
+
+func (b *faultBox) clear() {
+	b.mu.Lock()
+	b.armed = nil
+	b.mu.Unlock()
+}

@@ -1,0 +1,363 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+const maxSOAPBody = 64 << 20
+
+// handler puts the lab in front of vcsim: it serves the control API, keeps
+// sessions honest, injects faults, and implements the methods where vcsim
+// has no data (snapshots, CBT, clones), passing everything else through.
+func (l *lab) handler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/lab/"):
+			l.serveControl(w, r)
+		case r.URL.Path == "/sdk" && r.Method == http.MethodPost:
+			l.serveSDK(w, r, next)
+		case strings.HasPrefix(r.URL.Path, "/folder/"):
+			l.serveFolder(w, r, next)
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+func (l *lab) dropFor(path string) bool {
+	return l.faults.take(func(f *armedFault) bool {
+		return f.Kind == faultDrop && (f.Path == "any" || f.Path == path)
+	}) != nil
+}
+
+func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxSOAPBody))
+	_ = r.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	if l.dropFor("sdk") {
+		cw := &cuttingWriter{ResponseWriter: w}
+		defer cw.finish()
+		w = cw
+	}
+	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
+	if err != nil {
+		l.stats.soap("?")
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+		return
+	}
+	l.stats.soap(method.Name)
+
+	cookie, state := l.sessions.state(r)
+	if !sessionless[method.Name] && state != sessionValid {
+		writeFault(w, newFault(&types.NotAuthenticated{NoPermission: types.NoPermission{Object: method.This, PrivilegeId: "System.View"}},
+			"The session is not authenticated."))
+		return
+	}
+	if state == sessionExpired {
+		// Logging in again must not be refused because of the dead cookie.
+		r.Header.Del("Cookie")
+	}
+	if f := l.faults.take(func(f *armedFault) bool { return f.Kind == faultMethod && f.Method == method.Name }); f != nil {
+		l.injectMethodFault(w, method, f)
+		return
+	}
+	if l.serveExtended(w, method) {
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	next.ServeHTTP(&sessionWatcher{ResponseWriter: w, book: l.sessions}, r)
+	if method.Name == "Logout" && cookie != "" {
+		l.sessions.forget(cookie)
+	}
+}
+
+func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method, armed *armedFault) {
+	f, _ := faultByName(armed.Fault)
+	msg := armed.Message
+	if msg == "" {
+		msg = "injected by the lab: " + armed.Fault
+	}
+	mf := &methodFault{fault: f, msg: msg}
+	if !isTaskMethod(method.Name) {
+		writeFault(w, mf)
+		return
+	}
+	entity := simulator.Map.Get(method.This)
+	if snap, ok := entity.(*simulator.VirtualMachineSnapshot); ok {
+		entity = simulator.Map.Get(snap.Vm) // a task's entity is a managed entity: the VM
+	}
+	if entity == nil {
+		writeFault(w, newFault(&types.ManagedObjectNotFound{Obj: method.This}, "managed object not found: %s", method.This))
+		return
+	}
+	name := strings.TrimSuffix(method.Name, "_Task")
+	name = strings.ToLower(name[:1]) + name[1:] + "Task"
+	task := startTask(entity, name, func(func(int32)) (types.AnyType, *methodFault) { return nil, mf })
+	writeTask(w, method.Name, task)
+}
+
+// serveExtended answers the methods the lab implements itself.
+func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) bool {
+	vm, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachine)
+	snap, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachineSnapshot)
+	runTask := func(entity interface {
+		Reference() types.ManagedObjectReference
+	}, name string, work func(func(int32)) (types.AnyType, *methodFault)) {
+		writeTask(w, method.Name, startTask(entity, name, work))
+	}
+	if method.Name == "Fetch" {
+		return l.fetch(w, method)
+	}
+	switch req := method.Body.(type) {
+	case *types.CreateSnapshot_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "createSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.createSnapshot(vm, req) })
+	case *types.RemoveSnapshot_Task:
+		if snap == nil {
+			return false
+		}
+		owner, _ := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+		if owner == nil {
+			return false
+		}
+		runTask(owner, "removeSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) {
+			return l.removeSnapshot(snap, req.RemoveChildren)
+		})
+	case *types.RevertToSnapshot_Task:
+		if snap == nil {
+			return false
+		}
+		target, _ := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+		if target == nil {
+			return false
+		}
+		suppress := req.SuppressPowerOn != nil && *req.SuppressPowerOn
+		runTask(target, "revertToSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(target, snap, suppress) })
+	case *types.RevertToCurrentSnapshot_Task:
+		if vm == nil {
+			return false
+		}
+		var current *simulator.VirtualMachineSnapshot
+		simulator.Map.WithLock(vm, func() {
+			if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
+				current, _ = simulator.Map.Get(*vm.Snapshot.CurrentSnapshot).(*simulator.VirtualMachineSnapshot)
+			}
+		})
+		if current == nil {
+			writeFault(w, newFault(&types.NotFound{}, "%s has no current snapshot", vm.Name))
+			return true
+		}
+		suppress := req.SuppressPowerOn != nil && *req.SuppressPowerOn
+		runTask(vm, "revertToCurrentSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(vm, current, suppress) })
+	case *types.RemoveAllSnapshots_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "removeAllSnapshotsTask", func(func(int32)) (types.AnyType, *methodFault) { return l.removeAllSnapshots(vm) })
+	case *types.ConsolidateVMDisks_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "consolidateVMDisksTask", func(func(int32)) (types.AnyType, *methodFault) { return l.consolidate(vm) })
+	case *types.QueryChangedDiskAreas:
+		if vm == nil {
+			return false
+		}
+		info, fault := l.queryChangedDiskAreas(vm, req)
+		if fault != nil {
+			writeFault(w, fault)
+		} else {
+			writeResult(w, &types.QueryChangedDiskAreasResponse{Returnval: *info})
+		}
+	case *types.CloneVM_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "cloneVmTask", func(progress func(int32)) (types.AnyType, *methodFault) { return l.cloneVM(vm, req, progress) })
+	case *types.ReconfigVM_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "reconfigVmTask", func(func(int32)) (types.AnyType, *methodFault) { return l.reconfigure(vm, req.Spec) })
+	case *types.PowerOnVM_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "powerOnVmTask", func(func(int32)) (types.AnyType, *methodFault) { return l.powerOn(vm) })
+	case *types.Destroy_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "destroyTask", func(func(int32)) (types.AnyType, *methodFault) { return l.destroy(vm) })
+	default:
+		return false
+	}
+	return true
+}
+
+// sessionWatcher records the session cookies vcsim hands out.
+type sessionWatcher struct {
+	http.ResponseWriter
+	book *sessionBook
+}
+
+func (s *sessionWatcher) WriteHeader(code int) {
+	s.book.observe(s.ResponseWriter.Header())
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *sessionWatcher) Write(b []byte) (int, error) {
+	s.book.observe(s.ResponseWriter.Header())
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *sessionWatcher) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+var errCut = errors.New("connection dropped by the lab")
+
+// cuttingWriter sends the headers and about half of the body, then closes
+// the connection: what a client sees when the network fails mid-response.
+type cuttingWriter struct {
+	http.ResponseWriter
+	status  int
+	limit   int64
+	written int64
+	cut     bool
+}
+
+func (c *cuttingWriter) WriteHeader(code int) { c.status = code }
+
+func (c *cuttingWriter) Write(p []byte) (int, error) {
+	if c.cut {
+		return 0, errCut
+	}
+	if c.limit == 0 {
+		length, err := strconv.ParseInt(c.Header().Get("Content-Length"), 10, 64)
+		if err != nil || length <= 0 {
+			length = int64(len(p))
+			c.Header().Set("Content-Length", strconv.Itoa(len(p)))
+		}
+		c.limit = length / 2
+		if c.limit > 256<<10 {
+			c.limit = 256 << 10
+		}
+		if c.limit < 1 {
+			c.limit = 1
+		}
+		if c.status == 0 {
+			c.status = http.StatusOK
+		}
+		c.ResponseWriter.WriteHeader(c.status)
+	}
+	room := c.limit - c.written
+	if int64(len(p)) < room {
+		n, err := c.ResponseWriter.Write(p)
+		c.written += int64(n)
+		return n, err
+	}
+	n, _ := c.ResponseWriter.Write(p[:room])
+	c.written += int64(n)
+	c.hangUp()
+	return n, errCut
+}
+
+func (c *cuttingWriter) hangUp() {
+	c.cut = true
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+	if h, ok := c.ResponseWriter.(http.Hijacker); ok {
+		if conn, _, err := h.Hijack(); err == nil {
+			_ = conn.Close()
+		}
+	}
+}
+
+// finish makes sure a response that never wrote a body is cut as well.
+func (c *cuttingWriter) finish() {
+	if !c.cut {
+		if c.status == 0 {
+			c.status = http.StatusOK
+		}
+		c.hangUp()
+	}
+}
+
+// serveFolder serves datastore files as vCenter does: only to a logged-in
+// session (or HTTP basic auth), with Range support, and with the lab's
+// read faults applied.
+func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	l.stats.folderRequest()
+	_, state := l.sessions.state(r)
+	if state != sessionValid {
+		user, pass, ok := r.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(user), []byte(l.cfg.user)) != 1 ||
+			subtle.ConstantTimeCompare([]byte(pass), []byte(l.cfg.password)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="VMware HTTP server"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+	}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if f := l.faults.take(func(f *armedFault) bool { return f.Kind == faultSlow }); f != nil {
+			time.Sleep(time.Duration(f.DelayMS) * time.Millisecond)
+		}
+	}
+	if l.dropFor("folder") {
+		cw := &cuttingWriter{ResponseWriter: w}
+		next.ServeHTTP(cw, r)
+		cw.finish()
+		return
+	}
+	next.ServeHTTP(w, r)
+}
+
+// fetch answers pyVmomi's property accessor; vcsim's own Fetch fails on a
+// property that is unset (a VM without snapshots), where vCenter answers
+// with no value.
+func (l *lab) fetch(w http.ResponseWriter, method *simulator.Method) bool {
+	body := reflect.ValueOf(method.Body)
+	if body.Kind() != reflect.Ptr || method.This.Type == "ServiceInstance" {
+		return false
+	}
+	prop := body.Elem().FieldByName("Prop")
+	if !prop.IsValid() || simulator.Map.Get(method.This) == nil {
+		return false
+	}
+	content, err := property.DefaultCollector(l.inproc).RetrieveProperties(context.Background(), types.RetrieveProperties{
+		SpecSet: []types.PropertyFilterSpec{{
+			ObjectSet: []types.ObjectSpec{{Obj: method.This}},
+			PropSet:   []types.PropertySpec{{Type: method.This.Type, PathSet: []string{prop.String()}}},
+		}},
+	})
+	if err != nil {
+		return false
+	}
+	res := &struct {
+		Returnval types.AnyType `xml:"returnval,omitempty,typeattr"`
+	}{}
+	if rv := content.Returnval; len(rv) > 0 && len(rv[0].PropSet) > 0 {
+		res.Returnval = rv[0].PropSet[0].Val
+	}
+	writeEnvelope(w, http.StatusOK, okBody{"FetchResponse", res})
+	return true
+}

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+const (
+	primaryDatastore   = "primary-ds"
+	secondaryDatastore = "secondary-ds"
+)
+
+// lab holds what vcsim does not: disk files, Changed Block Tracking state and
+// armed faults. One mutex guards it; vcsim's own locks are taken inside it,
+// never the other way round.
+type lab struct {
+	cfg      config
+	inproc   *vim25.Client
+	shutdown chan struct{}
+
+	mu          sync.Mutex
+	trackers    map[diskID]*cbtTracker     // live tracking state per disk
+	snapshots   map[string]*snapshotExtra  // by snapshot moref value
+	snapshotSeq map[string]int32           // last snapshot id per VM
+	deltas      map[string]map[string]bool // delta layers the lab created, per VM
+	faults      *faultBox
+	sessions    *sessionBook
+	stats       *requestStats
+	started     time.Time
+}
+
+type diskID struct {
+	vm  string // VirtualMachine moref value
+	key int32  // device key
+}
+
+// snapshotExtra is what a snapshot holds beyond vcsim's tree entry.
+type snapshotExtra struct {
+	vm      string
+	memory  bool
+	power   types.VirtualMachinePowerState
+	tracked map[int32]*cbtFrozen
+}
+
+type inventory struct {
+	datacenter string
+	datastores map[string]string
+}
+
+func newLab(cfg config, inproc *vim25.Client) *lab {
+	return &lab{
+		cfg:         cfg,
+		inproc:      inproc,
+		shutdown:    make(chan struct{}),
+		trackers:    make(map[diskID]*cbtTracker),
+		snapshots:   make(map[string]*snapshotExtra),
+		snapshotSeq: make(map[string]int32),
+		deltas:      make(map[string]map[string]bool),
+		started:     time.Now(),
+		faults:      newFaultBox(),
+		sessions:    newSessionBook(),
+		stats:       newRequestStats(),
+	}
+}
+
+func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, error) {
+	finder := find.NewFinder(l.inproc, false)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	finder.SetDatacenter(dc)
+	hosts, err := finder.HostSystemList(ctx, "*")
+	if err != nil {
+		return nil, err
+	}
+	inv := &inventory{datacenter: dc.Name(), datastores: map[string]string{}}
+	for _, name := range []string{primaryDatastore, secondaryDatastore} {
+		dir := filepath.Join(dsRoot, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		for _, host := range hosts {
+			dss, err := host.ConfigManager().DatastoreSystem(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := dss.CreateLocalDatastore(ctx, name, dir); err != nil {
+				return nil, fmt.Errorf("datastore %s on %s: %w", name, host.Name(), err)
+			}
+		}
+		inv.datastores[name] = dir
+	}
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pools, err := finder.ResourcePoolList(ctx, "*")
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name() < hosts[j].Name() })
+	pool := pools[0]
+	if err := l.createVMs(ctx, folders.VmFolder, pool, hosts); err != nil {
+		return nil, err
+	}
+	return inv, nil
+}
+
+// createVMs creates the VMs a few at a time: vcsim serialises per object, so a
+// little parallelism is what keeps 2,000 VMs within the start-up budget.
+func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, hosts []*object.HostSystem) error {
+	const workers = 4
+	jobs := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := l.createVM(ctx, folder, pool, hosts[i%len(hosts)], i+1); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var firstErr error
+	for i := 0; i < l.cfg.vms && firstErr == nil; i++ {
+		select {
+		case jobs <- i:
+		case firstErr = <-errs:
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr == nil {
+		select {
+		case firstErr = <-errs:
+		default:
+		}
+	}
+	return firstErr
+}
+
+func vmName(i int) string { return fmt.Sprintf("lab-vm-%04d", i) }
+
+func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, host *object.HostSystem, i int) error {
+	name := vmName(i)
+	var devices object.VirtualDeviceList
+	scsi, err := devices.CreateSCSIController("pvscsi")
+	if err != nil {
+		return err
+	}
+	devices = append(devices, scsi)
+	for d := 0; d < l.cfg.disksPerVM; d++ {
+		file := name + ".vmdk"
+		if d > 0 {
+			file = fmt.Sprintf("%s_%d.vmdk", name, d)
+		}
+		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), types.ManagedObjectReference{},
+			fmt.Sprintf("[%s] %s/%s", primaryDatastore, name, file))
+		disk.CapacityInKB = l.cfg.diskSize / 1024
+		disk.CapacityInBytes = l.cfg.diskSize
+		backing := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		backing.ThinProvisioned = types.NewBool(true)
+		backing.DiskMode = string(types.VirtualDiskModePersistent)
+		backing.Uuid = newDiskUUID()
+		devices = append(devices, disk)
+	}
+	spec := types.VirtualMachineConfigSpec{
+		Name:     name,
+		GuestId:  string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
+		NumCPUs:  2,
+		MemoryMB: 2048,
+		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", primaryDatastore)},
+	}
+	spec.DeviceChange, err = devices.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
+	if err != nil {
+		return err
+	}
+	for _, change := range spec.DeviceChange {
+		if _, ok := change.GetVirtualDeviceConfigSpec().Device.(*types.VirtualDisk); ok {
+			change.GetVirtualDeviceConfigSpec().FileOperation = types.VirtualDeviceConfigSpecFileOperationCreate
+		}
+	}
+	task, err := folder.CreateVM(ctx, spec, pool, host)
+	if err != nil {
+		return err
+	}
+	res, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
+	}
+	ref := res.Result.(types.ManagedObjectReference)
+	vm := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+		if err := l.createDiskFiles(disk); err != nil {
+			return err
+		}
+	}
+	if !l.cfg.poweredOff {
+		if _, err := object.NewVirtualMachine(l.inproc, ref).PowerOn(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// vmDisks lists the virtual disks of a device list in device order.
+func vmDisks(devices []types.BaseVirtualDevice) []*types.VirtualDisk {
+	var disks []*types.VirtualDisk
+	for _, d := range devices {
+		if disk, ok := d.(*types.VirtualDisk); ok {
+			disks = append(disks, disk)
+		}
+	}
+	return disks
+}
+
+func diskBacking(disk *types.VirtualDisk) *types.VirtualDiskFlatVer2BackingInfo {
+	b, _ := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	return b
+}
+
+// findVM returns the VM of that name, or of that moref value.
+func findVM(nameOrRef string) *simulator.VirtualMachine {
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm := e.(*simulator.VirtualMachine)
+		if vm.Name == nameOrRef || vm.Self.Value == nameOrRef {
+			return vm
+		}
+	}
+	return nil
+}

@@ -1,0 +1,539 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+const maxSnapshotDepth = 32 // vSphere's limit on a snapshot chain
+
+func findTree(list []types.VirtualMachineSnapshotTree, ref types.ManagedObjectReference) (*types.VirtualMachineSnapshotTree, int) {
+	var walk func([]types.VirtualMachineSnapshotTree, int) (*types.VirtualMachineSnapshotTree, int)
+	walk = func(l []types.VirtualMachineSnapshotTree, depth int) (*types.VirtualMachineSnapshotTree, int) {
+		for i := range l {
+			if l[i].Snapshot == ref {
+				return &l[i], depth
+			}
+			if t, d := walk(l[i].ChildSnapshotList, depth+1); t != nil {
+				return t, d
+			}
+		}
+		return nil, 0
+	}
+	return walk(list, 1)
+}
+
+func treeParent(list []types.VirtualMachineSnapshotTree, ref types.ManagedObjectReference) *types.ManagedObjectReference {
+	for i := range list {
+		for _, c := range list[i].ChildSnapshotList {
+			if c.Snapshot == ref {
+				p := list[i].Snapshot
+				return &p
+			}
+		}
+		if p := treeParent(list[i].ChildSnapshotList, ref); p != nil {
+			return p
+		}
+	}
+	return nil
+}
+
+// detachFromTree removes ref, lifting its children to its place.
+func detachFromTree(list []types.VirtualMachineSnapshotTree, ref types.ManagedObjectReference) []types.VirtualMachineSnapshotTree {
+	var out []types.VirtualMachineSnapshotTree
+	for _, node := range list {
+		if node.Snapshot == ref {
+			out = append(out, node.ChildSnapshotList...)
+			continue
+		}
+		node.ChildSnapshotList = detachFromTree(node.ChildSnapshotList, ref)
+		out = append(out, node)
+	}
+	return out
+}
+
+// postOrder lists a subtree's snapshots, children before parents.
+func postOrder(list []types.VirtualMachineSnapshotTree) []types.ManagedObjectReference {
+	var out []types.ManagedObjectReference
+	for _, node := range list {
+		out = append(out, postOrder(node.ChildSnapshotList)...)
+		out = append(out, node.Snapshot)
+	}
+	return out
+}
+
+func snapshotRefs(list []types.VirtualMachineSnapshotTree) []types.ManagedObjectReference {
+	var out []types.ManagedObjectReference
+	for _, n := range list {
+		out = append(out, n.Snapshot)
+	}
+	return out
+}
+
+// publishSnapshotInfo pushes the VM's snapshot tree (and disks) to property collectors.
+func publishVM(vm *simulator.VirtualMachine) {
+	var snap interface{}
+	var roots []types.ManagedObjectReference
+	if vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0 {
+		info := *vm.Snapshot
+		snap = &info
+		roots = snapshotRefs(info.RootSnapshotList)
+	}
+	simulator.Map.Update(vm, []types.PropertyChange{
+		{Name: "snapshot", Val: snap},
+		{Name: "rootSnapshot", Val: roots},
+		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
+	})
+}
+
+func (l *lab) activateTracking(vm *simulator.VirtualMachine) {
+	enabled := vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+	for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+		id := diskID{vm.Self.Value, disk.Key}
+		if !enabled {
+			delete(l.trackers, id)
+			diskBacking(disk).ChangeId = ""
+			continue
+		}
+		if l.trackers[id] == nil {
+			l.trackers[id] = newTracker(disk.CapacityInBytes, l.cfg.cbtBlock)
+		}
+	}
+}
+
+// stun is what ESXi does to a VM at snapshot create/remove, power on and
+// revert: tracking switched on since the last stun starts, and every
+// tracked disk opens a new epoch.
+func (l *lab) stun(vm *simulator.VirtualMachine) {
+	l.activateTracking(vm)
+	for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+		if t := l.trackers[diskID{vm.Self.Value, disk.Key}]; t != nil {
+			t.stun()
+			diskBacking(disk).ChangeId = t.changeID()
+		}
+	}
+}
+
+func (l *lab) createSnapshot(vm *simulator.VirtualMachine, req *types.CreateSnapshot_Task) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var result types.AnyType
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() {
+		result, fault = l.createSnapshotLocked(vm, req)
+	})
+	return result, fault
+}
+
+func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.CreateSnapshot_Task) (types.AnyType, *methodFault) {
+	depth := 0
+	if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
+		_, depth = findTree(vm.Snapshot.RootSnapshotList, *vm.Snapshot.CurrentSnapshot)
+	}
+	if depth+1 > maxSnapshotDepth {
+		return nil, newFault(&types.TooManySnapshotLevels{}, "the snapshot chain of %s already has the maximum %d levels", vm.Name, maxSnapshotDepth)
+	}
+	if req.Name == "" || len(req.Name) > 255 {
+		return nil, newFault(&types.InvalidName{Name: req.Name}, "invalid snapshot name %q", req.Name)
+	}
+	poweredOn := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+
+	// Tracking switched on since the last stun starts now, with this snapshot.
+	l.activateTracking(vm)
+	frozenConfig := deepCopy(*vm.Config)
+	home := vmHome(vm)
+
+	type newLayer struct {
+		disk    *types.VirtualDisk
+		path    string
+		backing *types.VirtualDiskFlatVer2BackingInfo
+	}
+	var layers []newLayer
+	rollback := func() {
+		for _, nl := range layers {
+			removeLayer(nl.path)
+		}
+	}
+	for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+		b := diskBacking(disk)
+		parent, err := resolveLayer(b.FileName)
+		if err != nil {
+			rollback()
+			return nil, newFault(&types.FileNotFound{FileFault: types.FileFault{File: b.FileName}}, "%v", err)
+		}
+		deltaPath, err := nextDeltaPath(home, baseDiskName(b.FileName))
+		if err != nil {
+			rollback()
+			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: home}}, "%v", err)
+		}
+		delta, _ := resolveLayer(deltaPath)
+		if err := copySparse(parent.extent, delta.extent, disk.CapacityInBytes); err != nil {
+			rollback()
+			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: deltaPath}}, "cannot create %s: %v", deltaPath, err)
+		}
+		hint, _ := filepath.Rel(filepath.Dir(delta.descriptor), parent.descriptor)
+		if err := writeDescriptor(delta, disk.CapacityInBytes, randomHex(4), descriptorCID(parent.descriptor), hint); err != nil {
+			rollback()
+			_ = os.Remove(delta.extent)
+			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: deltaPath}}, "cannot create %s: %v", deltaPath, err)
+		}
+		nb := deepCopy(*b)
+		parentBacking := deepCopy(*b)
+		nb.FileName = deltaPath
+		nb.Parent = &parentBacking
+		layers = append(layers, newLayer{disk: disk, path: deltaPath, backing: &nb})
+	}
+
+	// Every file exists: commit.
+	extra := &snapshotExtra{
+		vm:      vm.Self.Value,
+		memory:  req.Memory && poweredOn,
+		power:   types.VirtualMachinePowerStatePoweredOff,
+		tracked: map[int32]*cbtFrozen{},
+	}
+	if extra.memory {
+		extra.power = types.VirtualMachinePowerStatePoweredOn
+	}
+	for _, d := range vmDisks(frozenConfig.Hardware.Device) {
+		if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
+			extra.tracked[d.Key] = t.freeze()
+			diskBacking(d).ChangeId = t.changeID()
+		}
+	}
+	for _, nl := range layers {
+		nl.disk.Backing = nl.backing
+		l.ownDelta(vm, nl.path)
+	}
+	l.stun(vm)
+
+	snap := &simulator.VirtualMachineSnapshot{}
+	snap.Vm = vm.Self
+	snap.Config = frozenConfig
+	simulator.Map.Put(snap)
+	l.snapshotSeq[vm.Self.Value]++
+	node := types.VirtualMachineSnapshotTree{
+		Snapshot:        snap.Self,
+		Vm:              vm.Self,
+		Name:            req.Name,
+		Description:     req.Description,
+		Id:              l.snapshotSeq[vm.Self.Value],
+		CreateTime:      time.Now(),
+		State:           extra.power,
+		Quiesced:        req.Quiesce && poweredOn,
+		ReplaySupported: types.NewBool(false),
+	}
+	if vm.Snapshot == nil {
+		vm.Snapshot = &types.VirtualMachineSnapshotInfo{}
+	}
+	if cur := vm.Snapshot.CurrentSnapshot; cur != nil {
+		parentNode, _ := findTree(vm.Snapshot.RootSnapshotList, *cur)
+		parentNode.ChildSnapshotList = append(parentNode.ChildSnapshotList, node)
+		if p, ok := simulator.Map.Get(*cur).(*simulator.VirtualMachineSnapshot); ok {
+			p.ChildSnapshot = append(p.ChildSnapshot, snap.Self)
+		}
+	} else {
+		vm.Snapshot.RootSnapshotList = append(vm.Snapshot.RootSnapshotList, node)
+	}
+	current := snap.Self
+	vm.Snapshot.CurrentSnapshot = &current
+	l.snapshots[snap.Self.Value] = extra
+	publishVM(vm)
+	return snap.Self, nil
+}
+
+func (l *lab) ownDelta(vm *simulator.VirtualMachine, path string) {
+	if l.deltas[vm.Self.Value] == nil {
+		l.deltas[vm.Self.Value] = map[string]bool{}
+	}
+	l.deltas[vm.Self.Value][path] = true
+}
+
+// allBackings lists every disk backing of the VM: its current devices and
+// each snapshot's frozen devices.
+func allBackings(vm *simulator.VirtualMachine) []*types.VirtualDiskFlatVer2BackingInfo {
+	var out []*types.VirtualDiskFlatVer2BackingInfo
+	add := func(devices []types.BaseVirtualDevice) {
+		for _, d := range vmDisks(devices) {
+			for b := diskBacking(d); b != nil; b = b.Parent {
+				out = append(out, b)
+			}
+		}
+	}
+	add(vm.Config.Hardware.Device)
+	if vm.Snapshot != nil {
+		for _, ref := range postOrder(vm.Snapshot.RootSnapshotList) {
+			if s, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot); ok {
+				add(s.Config.Hardware.Device)
+			}
+		}
+	}
+	return out
+}
+
+// removeOne deletes one snapshot the way ESXi does: the delta that holds the
+// changes made after it is folded into the snapshot's own disk, so nothing
+// the VM or the remaining snapshots see changes.
+func (l *lab) removeOne(vm *simulator.VirtualMachine, ref types.ManagedObjectReference) *methodFault {
+	snap, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return newFault(&types.ManagedObjectNotFound{Obj: ref}, "snapshot %s not found", ref.Value)
+	}
+	for _, disk := range vmDisks(snap.Config.Hardware.Device) {
+		x := diskBacking(disk).FileName
+		children := map[string]bool{}
+		var capacity int64 = disk.CapacityInBytes
+		for _, b := range allBackings(vm) {
+			if b.Parent != nil && b.Parent.FileName == x {
+				children[b.FileName] = true
+			}
+		}
+		for _, d := range vmDisks(vm.Config.Hardware.Device) {
+			if children[diskBacking(d).FileName] {
+				capacity = d.CapacityInBytes
+			}
+		}
+		if len(children) != 1 {
+			continue
+		}
+		var y string
+		for c := range children {
+			y = c
+		}
+		if err := l.foldInto(vm, y, x, capacity); err != nil {
+			return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
+		}
+	}
+	parent := treeParent(vm.Snapshot.RootSnapshotList, ref)
+	if node, _ := findTree(vm.Snapshot.RootSnapshotList, ref); node != nil && parent != nil {
+		if p, ok := simulator.Map.Get(*parent).(*simulator.VirtualMachineSnapshot); ok {
+			var kids []types.ManagedObjectReference
+			for _, k := range p.ChildSnapshot {
+				if k != ref {
+					kids = append(kids, k)
+				}
+			}
+			kids = append(kids, snapshotRefs(node.ChildSnapshotList)...)
+			p.ChildSnapshot = kids
+		}
+	}
+	vm.Snapshot.RootSnapshotList = detachFromTree(vm.Snapshot.RootSnapshotList, ref)
+	if cur := vm.Snapshot.CurrentSnapshot; cur != nil && *cur == ref {
+		vm.Snapshot.CurrentSnapshot = parent
+	}
+	delete(l.snapshots, ref.Value)
+	simulator.Map.Remove(ref)
+	return nil
+}
+
+// foldInto replaces layer x by its only child y (a full image), and renames
+// every reference to y, as ESXi's consolidation leaves the parent's name.
+func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64) error {
+	yf, err := resolveLayer(y)
+	if err != nil {
+		return err
+	}
+	xf, err := resolveLayer(x)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(yf.extent, xf.extent); err != nil {
+		if err := copySparse(yf.extent, xf.extent, capacity); err != nil {
+			return err
+		}
+		_ = os.Remove(yf.extent)
+	}
+	var xParent *types.VirtualDiskFlatVer2BackingInfo
+	for _, b := range allBackings(vm) {
+		if b.FileName == x {
+			xParent = b.Parent
+			break
+		}
+	}
+	hint := ""
+	parentCID := "ffffffff"
+	if xParent != nil {
+		if pf, err := resolveLayer(xParent.FileName); err == nil {
+			hint, _ = filepath.Rel(filepath.Dir(xf.descriptor), pf.descriptor)
+			parentCID = descriptorCID(pf.descriptor)
+		}
+	}
+	if err := writeDescriptor(xf, capacity, descriptorCID(xf.descriptor), parentCID, hint); err != nil {
+		return err
+	}
+	_ = os.Remove(yf.descriptor)
+	delete(l.deltas[vm.Self.Value], y)
+	for _, b := range allBackings(vm) {
+		if b.FileName == y {
+			b.FileName = x
+			b.Parent = nil
+			if xParent != nil {
+				p := deepCopy(*xParent)
+				b.Parent = &p
+			}
+		}
+	}
+	// Children of y now descend from x: point their descriptors at it.
+	for _, b := range allBackings(vm) {
+		if b.Parent != nil && b.Parent.FileName == x && b.FileName != x {
+			if cf, err := resolveLayer(b.FileName); err == nil {
+				rel, _ := filepath.Rel(filepath.Dir(cf.descriptor), xf.descriptor)
+				_ = rewriteParent(cf.descriptor, rel, descriptorCID(xf.descriptor))
+			}
+		}
+	}
+	return nil
+}
+
+// collectGarbage deletes delta layers that nothing refers to any more.
+func (l *lab) collectGarbage(vm *simulator.VirtualMachine) {
+	used := map[string]bool{}
+	for _, b := range allBackings(vm) {
+		used[b.FileName] = true
+	}
+	for path := range l.deltas[vm.Self.Value] {
+		if !used[path] {
+			removeLayer(path)
+			delete(l.deltas[vm.Self.Value], path)
+		}
+	}
+}
+
+func (l *lab) removeSnapshot(snap *simulator.VirtualMachineSnapshot, removeChildren bool) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vm, ok := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+	if !ok {
+		return nil, newFault(&types.ManagedObjectNotFound{Obj: snap.Vm}, "VM of snapshot %s not found", snap.Self.Value)
+	}
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() {
+		targets := []types.ManagedObjectReference{snap.Self}
+		if removeChildren {
+			node, _ := findTree(vm.Snapshot.RootSnapshotList, snap.Self)
+			if node == nil {
+				fault = newFault(&types.ManagedObjectNotFound{Obj: snap.Self}, "snapshot %s not found", snap.Self.Value)
+				return
+			}
+			targets = postOrder([]types.VirtualMachineSnapshotTree{*node})
+		}
+		fault = l.removeMany(vm, targets)
+	})
+	return nil, fault
+}
+
+func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedObjectReference) *methodFault {
+	var fault *methodFault
+	for _, ref := range targets {
+		if fault = l.removeOne(vm, ref); fault != nil {
+			break
+		}
+	}
+	if len(vm.Snapshot.RootSnapshotList) == 0 {
+		vm.Snapshot = nil
+	}
+	l.stun(vm)
+	l.collectGarbage(vm)
+	publishVM(vm)
+	return fault
+}
+
+func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() {
+		if vm.Snapshot == nil {
+			return
+		}
+		fault = l.removeMany(vm, postOrder(vm.Snapshot.RootSnapshotList))
+	})
+	return nil, fault
+}
+
+// revert discards the VM's current state and continues from the snapshot's:
+// a new delta on top of the snapshot's disks, the snapshot's hardware, and
+// powered off unless the snapshot holds memory.
+func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachineSnapshot, suppressPowerOn bool) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() {
+		extra := l.snapshots[snap.Self.Value]
+		config := deepCopy(snap.Config)
+		home := vmHome(vm)
+		var created []string
+		for _, disk := range vmDisks(config.Hardware.Device) {
+			b := diskBacking(disk)
+			parent, err := resolveLayer(b.FileName)
+			if err == nil {
+				var deltaPath string
+				deltaPath, err = nextDeltaPath(home, baseDiskName(b.FileName))
+				if err == nil {
+					delta, _ := resolveLayer(deltaPath)
+					err = copySparse(parent.extent, delta.extent, disk.CapacityInBytes)
+					if err == nil {
+						hint, _ := filepath.Rel(filepath.Dir(delta.descriptor), parent.descriptor)
+						err = writeDescriptor(delta, disk.CapacityInBytes, randomHex(4), descriptorCID(parent.descriptor), hint)
+					}
+					created = append(created, deltaPath)
+					parentBacking := deepCopy(*b)
+					b.FileName = deltaPath
+					b.Parent = &parentBacking
+				}
+			}
+			if err != nil {
+				for _, p := range created {
+					removeLayer(p)
+				}
+				fault = newFault(&types.FileFault{File: b.FileName}, "cannot revert disk %d: %v", disk.Key, err)
+				return
+			}
+		}
+		for _, p := range created {
+			l.ownDelta(vm, p)
+		}
+		vm.Config.Hardware.Device = config.Hardware.Device
+		vm.Config.ChangeTrackingEnabled = config.ChangeTrackingEnabled
+		vm.Config.Hardware.NumCPU = config.Hardware.NumCPU
+		vm.Config.Hardware.MemoryMB = config.Hardware.MemoryMB
+		enabled := config.ChangeTrackingEnabled != nil && *config.ChangeTrackingEnabled
+		for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+			id := diskID{vm.Self.Value, disk.Key}
+			var frozen *cbtFrozen
+			if extra != nil {
+				frozen = extra.tracked[disk.Key]
+			}
+			switch {
+			case !enabled:
+				delete(l.trackers, id)
+				diskBacking(disk).ChangeId = ""
+			case frozen != nil:
+				t := &cbtTracker{}
+				t.restore(frozen, disk.CapacityInBytes)
+				l.trackers[id] = t
+				diskBacking(disk).ChangeId = t.changeID()
+			default:
+				t := newTracker(disk.CapacityInBytes, l.cfg.cbtBlock)
+				l.trackers[id] = t
+				diskBacking(disk).ChangeId = t.changeID()
+			}
+		}
+		current := snap.Self
+		vm.Snapshot.CurrentSnapshot = &current
+		state := types.VirtualMachinePowerStatePoweredOff
+		if extra != nil && extra.memory && !suppressPowerOn {
+			state = types.VirtualMachinePowerStatePoweredOn
+		}
+		simulator.Map.Update(vm, []types.PropertyChange{
+			{Name: "runtime.powerState", Val: state},
+			{Name: "summary.runtime.powerState", Val: state},
+		})
+		l.collectGarbage(vm)
+		publishVM(vm)
+	})
+	return nil, fault
+}

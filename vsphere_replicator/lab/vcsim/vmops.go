@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/task"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// waitInproc turns a vcsim task's outcome into the lab's fault form.
+func waitInproc(t *object.Task, err error) *methodFault {
+	if err == nil {
+		_, err = t.WaitForResult(context.Background(), nil)
+	}
+	if err == nil {
+		return nil
+	}
+	var te task.Error
+	if errors.As(err, &te) {
+		return &methodFault{fault: te.Fault(), msg: te.LocalizedMessage}
+	}
+	return newFault(&types.SystemError{Reason: err.Error()}, "%v", err)
+}
+
+func (l *lab) queryChangedDiskAreas(vm *simulator.VirtualMachine, req *types.QueryChangedDiskAreas) (*types.DiskChangeInfo, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var info *types.DiskChangeInfo
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() { info, fault = l.queryLocked(vm, req) })
+	return info, fault
+}
+
+func (l *lab) queryLocked(vm *simulator.VirtualMachine, req *types.QueryChangedDiskAreas) (*types.DiskChangeInfo, *methodFault) {
+	var devices []types.BaseVirtualDevice
+	var frozen *cbtFrozen
+	if req.Snapshot != nil {
+		snap, ok := simulator.Map.Get(*req.Snapshot).(*simulator.VirtualMachineSnapshot)
+		if !ok {
+			return nil, newFault(&types.ManagedObjectNotFound{Obj: *req.Snapshot}, "snapshot %s not found", req.Snapshot.Value)
+		}
+		extra := l.snapshots[snap.Self.Value]
+		if snap.Vm != vm.Self || extra == nil {
+			return nil, newFault(&types.InvalidArgument{InvalidProperty: "snapshot"}, "snapshot %s does not belong to %s", req.Snapshot.Value, vm.Name)
+		}
+		devices = snap.Config.Hardware.Device
+		frozen = extra.tracked[req.DeviceKey]
+	} else {
+		if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+			return nil, newFault(&types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOff, ExistingState: vm.Runtime.PowerState},
+				"changes of a running VM can only be queried against a snapshot")
+		}
+		devices = vm.Config.Hardware.Device
+		if t := l.trackers[diskID{vm.Self.Value, req.DeviceKey}]; t != nil {
+			frozen = t.freeze()
+		}
+	}
+	var disk *types.VirtualDisk
+	for _, d := range vmDisks(devices) {
+		if d.Key == req.DeviceKey {
+			disk = d
+		}
+	}
+	if disk == nil {
+		return nil, newFault(&types.InvalidArgument{InvalidProperty: "deviceKey"}, "no virtual disk with key %d", req.DeviceKey)
+	}
+	capacity := disk.CapacityInBytes
+	if req.StartOffset < 0 || req.StartOffset >= capacity {
+		return nil, newFault(&types.InvalidArgument{InvalidProperty: "startOffset"},
+			"startOffset %d is outside the disk (capacity %d)", req.StartOffset, capacity)
+	}
+	id, ok := parseChangeID(req.ChangeId)
+	if !ok {
+		return nil, newFault(&types.InvalidArgument{InvalidProperty: "changeId"}, "malformed change id %q", req.ChangeId)
+	}
+	file := diskBacking(disk).FileName
+	if frozen == nil {
+		return nil, newFault(&types.FileFault{File: file}, "Error caused by file %s: changed block tracking is not active for this disk", file)
+	}
+	end := req.StartOffset + l.cfg.cbtWindow
+	if end > capacity {
+		end = capacity
+	}
+	var areas [][2]int64
+	if id.all {
+		layer, err := resolveLayer(file)
+		if err != nil {
+			return nil, newFault(&types.FileFault{File: file}, "%v", err)
+		}
+		segs, err := dataSegments(layer.extent, req.StartOffset, end)
+		if err != nil {
+			return nil, newFault(&types.FileFault{File: file}, "Error caused by file %s: %v", file, err)
+		}
+		areas = alignExtents(segs, frozen.block, req.StartOffset, end)
+	} else {
+		if !frozen.knows(id) {
+			return nil, newFault(&types.FileFault{File: file}, "Error caused by file %s: change id %q is not valid for this disk", file, req.ChangeId)
+		}
+		areas = frozen.changedSince(id.seq, req.StartOffset, end)
+	}
+	info := &types.DiskChangeInfo{StartOffset: req.StartOffset, Length: end - req.StartOffset}
+	for _, a := range areas {
+		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: a[0], Length: a[1] - a[0]})
+	}
+	return info, nil
+}
+
+func diskCapacity(d *types.VirtualDisk) int64 {
+	if d.CapacityInBytes >= d.CapacityInKB*1024 {
+		return d.CapacityInBytes
+	}
+	return d.CapacityInKB * 1024
+}
+
+func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachineConfigSpec) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	before := map[int32]*types.VirtualDisk{}
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() {
+		hasSnapshots := vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
+		for _, d := range vmDisks(vm.Config.Hardware.Device) {
+			c := deepCopy(*d)
+			before[d.Key] = &c
+		}
+		for _, change := range spec.DeviceChange {
+			c := change.GetVirtualDeviceConfigSpec()
+			disk, ok := c.Device.(*types.VirtualDisk)
+			if !ok || c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
+				continue
+			}
+			old := before[disk.Key]
+			if old == nil {
+				fault = newFault(&types.InvalidDeviceSpec{InvalidVmConfig: types.InvalidVmConfig{Property: "deviceChange"}}, "no virtual disk with key %d", disk.Key)
+				return
+			}
+			newCap := diskCapacity(disk)
+			if disk.CapacityInBytes == old.CapacityInBytes && disk.CapacityInKB != old.CapacityInKB {
+				newCap = disk.CapacityInKB * 1024
+			}
+			switch {
+			case newCap < old.CapacityInBytes:
+				fault = newFault(&types.InvalidDeviceOperation{}, "disk %d cannot shrink from %d to %d bytes", disk.Key, old.CapacityInBytes, newCap)
+			case newCap > old.CapacityInBytes && hasSnapshots:
+				fault = newFault(&types.InvalidDeviceOperation{}, "disk %d cannot be extended while the VM has snapshots", disk.Key)
+			}
+			if fault != nil {
+				return
+			}
+		}
+	})
+	if fault != nil {
+		return nil, fault
+	}
+	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Reconfigure(context.Background(), spec)
+	if f := waitInproc(t, err); f != nil {
+		return nil, f
+	}
+	simulator.Map.WithLock(vm, func() {
+		for _, d := range vmDisks(vm.Config.Hardware.Device) {
+			old := before[d.Key]
+			capacity := diskCapacity(d)
+			if old != nil && d.CapacityInBytes == old.CapacityInBytes && d.CapacityInKB != old.CapacityInKB {
+				capacity = d.CapacityInKB * 1024
+			}
+			d.CapacityInBytes, d.CapacityInKB = capacity, capacity/1024
+			layer, err := resolveLayer(diskBacking(d).FileName)
+			if err != nil {
+				continue
+			}
+			switch {
+			case old == nil:
+				if st, err := os.Stat(layer.extent); err != nil || st.Size() == 0 {
+					if err := l.createDiskFiles(d); err != nil {
+						fault = newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: layer.datastorePath}}, "%v", err)
+					}
+				}
+			case capacity > old.CapacityInBytes:
+				if err := os.Truncate(layer.extent, capacity); err != nil {
+					fault = newFault(&types.FileFault{File: layer.datastorePath}, "cannot extend: %v", err)
+					continue
+				}
+				_ = writeDescriptor(layer, capacity, descriptorCID(layer.descriptor), "ffffffff", "")
+				if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
+					t.resize(capacity)
+				}
+			}
+			if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
+				diskBacking(d).ChangeId = t.changeID()
+			}
+		}
+		for key, old := range before {
+			still := false
+			for _, d := range vmDisks(vm.Config.Hardware.Device) {
+				still = still || d.Key == key
+			}
+			if !still {
+				delete(l.trackers, diskID{vm.Self.Value, key})
+				for _, change := range spec.DeviceChange {
+					c := change.GetVirtualDeviceConfigSpec()
+					if c.Device.GetVirtualDevice().Key == key && c.FileOperation == types.VirtualDeviceConfigSpecFileOperationDestroy {
+						removeLayer(diskBacking(old).FileName)
+					}
+				}
+			}
+		}
+		if spec.ChangeTrackingEnabled != nil && !*spec.ChangeTrackingEnabled {
+			l.activateTracking(vm) // switching off takes effect at once
+		}
+		publishVM(vm)
+	})
+	return nil, fault
+}
+
+func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, err := object.NewVirtualMachine(l.inproc, vm.Self).PowerOn(context.Background())
+	if f := waitInproc(t, err); f != nil {
+		return nil, f
+	}
+	simulator.Map.WithLock(vm, func() {
+		l.stun(vm)
+		publishVM(vm)
+	})
+	return nil, nil
+}
+
+func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var files []string
+	simulator.Map.WithLock(vm, func() {
+		for _, b := range allBackings(vm) {
+			files = append(files, b.FileName)
+		}
+	})
+	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Destroy(context.Background())
+	if f := waitInproc(t, err); f != nil {
+		return nil, f
+	}
+	for _, f := range files {
+		removeLayer(f)
+	}
+	for id := range l.trackers {
+		if id.vm == vm.Self.Value {
+			delete(l.trackers, id)
+		}
+	}
+	for ref, extra := range l.snapshots {
+		if extra.vm == vm.Self.Value {
+			delete(l.snapshots, ref)
+		}
+	}
+	delete(l.deltas, vm.Self.Value)
+	return nil, nil
+}
+
+func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
+	simulator.Map.WithLock(vm, func() {
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(false)}})
+	})
+	return nil, nil
+}
+
+// guestWrite writes into the disk's current layer, as the running guest
+// would: never into a layer a snapshot has frozen.
+func (l *lab) guestWrite(vmName string, index int, offset int64, data []byte) (map[string]interface{}, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vm := findVM(vmName)
+	if vm == nil {
+		return nil, fmt.Errorf("no VM named %q", vmName)
+	}
+	var result map[string]interface{}
+	var err error
+	simulator.Map.WithLock(vm, func() {
+		disks := vmDisks(vm.Config.Hardware.Device)
+		if index < 0 || index >= len(disks) {
+			err = fmt.Errorf("%s has %d disks; disk %d does not exist", vm.Name, len(disks), index)
+			return
+		}
+		disk := disks[index]
+		if offset < 0 || offset+int64(len(data)) > disk.CapacityInBytes {
+			err = fmt.Errorf("write of %d bytes at offset %d does not fit disk %d of %s (capacity %d)",
+				len(data), offset, index, vm.Name, disk.CapacityInBytes)
+			return
+		}
+		layer, lerr := resolveLayer(diskBacking(disk).FileName)
+		if lerr != nil {
+			err = lerr
+			return
+		}
+		f, oerr := os.OpenFile(layer.extent, os.O_WRONLY, 0)
+		if oerr != nil {
+			err = oerr
+			return
+		}
+		_, err = f.WriteAt(data, offset)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return
+		}
+		if t := l.trackers[diskID{vm.Self.Value, disk.Key}]; t != nil {
+			t.recordWrite(offset, int64(len(data)))
+		}
+		result = map[string]interface{}{
+			"vm": vm.Name, "disk": index, "device_key": disk.Key, "offset": offset,
+			"length": len(data), "file": layer.datastorePath,
+		}
+	})
+	return result, err
+}
+
+// cbtReset is what a host crash or a CBT reset does: the disk's tracking
+// identity is regenerated, so every change id handed out before is unknown.
+func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vm := findVM(vmName)
+	if vm == nil {
+		return nil, fmt.Errorf("no VM named %q", vmName)
+	}
+	var out []map[string]interface{}
+	var err error
+	simulator.Map.WithLock(vm, func() {
+		for i, disk := range vmDisks(vm.Config.Hardware.Device) {
+			if index >= 0 && i != index {
+				continue
+			}
+			id := diskID{vm.Self.Value, disk.Key}
+			if l.trackers[id] == nil {
+				continue
+			}
+			l.trackers[id] = newTracker(disk.CapacityInBytes, l.cfg.cbtBlock)
+			diskBacking(disk).ChangeId = l.trackers[id].changeID()
+			out = append(out, map[string]interface{}{"disk": i, "device_key": disk.Key, "change_id": l.trackers[id].changeID()})
+		}
+		if len(out) == 0 {
+			err = fmt.Errorf("changed block tracking is not active on %s", vm.Name)
+			return
+		}
+		publishVM(vm)
+	})
+	return map[string]interface{}{"vm": vm.Name, "disks": out}, err
+}
