@@ -65,7 +65,7 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 	l.stats.soap(method.Name)
 
 	cookie, state := l.sessions.state(r)
-	if !sessionless[method.Name] && state != sessionValid {
+	if !needsNoSession(method) && state != sessionValid {
 		writeFault(w, newFault(&types.NotAuthenticated{NoPermission: types.NoPermission{Object: method.This, PrivilegeId: "System.View"}},
 			"The session is not authenticated."))
 		return

@@ -253,8 +253,12 @@ var sessionless = map[string]bool{
 	"LoginExtensionByCertificate": true,
 	"LoginExtensionBySubjectName": true,
 	"CloneSession":                true,
-	"Fetch":                       true,
-	"List":                        true,
+}
+
+// needsNoSession: the calls a client makes before it has logged in. Reading
+// the ServiceInstance's content (pyVmomi's si.content) is one of them.
+func needsNoSession(m *simulator.Method) bool {
+	return sessionless[m.Name] || (m.Name == "Fetch" && m.This.Type == "ServiceInstance")
 }
 
 type requestStats struct {
