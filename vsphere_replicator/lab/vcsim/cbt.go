@@ -5,7 +5,14 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
+
+// epochs are numbered lab-wide so that no epoch is ever reused, whatever
+// reverts, resets and re-enables happen to a disk.
+var lastEpoch uint32
+
+func nextEpoch() uint32 { return atomic.AddUint32(&lastEpoch, 1) }
 
 // cbtTracker is Changed Block Tracking for one disk: the epoch in which each
 // block was last written. Every stun (snapshot create/remove, power on,
@@ -41,12 +48,13 @@ func newCBTUUID() string {
 }
 
 func newTracker(capacity, block int64) *cbtTracker {
+	seq := nextEpoch()
 	return &cbtTracker{
 		uuid:    newCBTUUID(),
-		seq:     1,
+		seq:     seq,
 		block:   block,
 		epochs:  make([]uint32, blocksFor(capacity, block)),
-		lineage: []uint32{1},
+		lineage: []uint32{seq},
 	}
 }
 
@@ -56,7 +64,7 @@ func (t *cbtTracker) changeID() string { return fmt.Sprintf("%s/%d", t.uuid, t.s
 
 // stun opens a new epoch.
 func (t *cbtTracker) stun() {
-	t.seq++
+	t.seq = nextEpoch()
 	t.lineage = append(t.lineage, t.seq)
 }
 
@@ -94,10 +102,9 @@ func (t *cbtTracker) restore(f *cbtFrozen, capacity int64) {
 	t.epochs = append([]uint32(nil), f.epochs...)
 	t.lineage = append([]uint32(nil), f.lineage...)
 	t.resize(capacity)
-	// Epoch numbers never repeat, so nothing written on the discarded branch
-	// can be mistaken for data of the restored one.
-	t.seq++
-	t.lineage = append(t.lineage, t.seq)
+	// A fresh epoch: nothing written on the discarded branch can be
+	// mistaken for data of the restored one.
+	t.stun()
 }
 
 type parsedChangeID struct {
