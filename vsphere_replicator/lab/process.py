@@ -1,0 +1,167 @@
+"""Start, find and stop lab processes; describe a running lab."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vsphere_replicator.errors import LabError
+from vsphere_replicator.lab.build import ensure_lab_binary
+
+INFO_FILE = "lab.json"
+LOG_FILE = "lab.log"
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """How to reach a running lab. `password` stays out of repr."""
+
+    url: str
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    ca_file: str
+    datacenter: str
+    datastores: Mapping[str, str]
+    pid: int
+    state_dir: str
+
+    @classmethod
+    def from_json(cls, text: str) -> LabInfo:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["datastores"] = dict(self.datastores)
+        return json.dumps(data)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(base) / "vsphere_replicator" / "lab"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (ProcessLookupError, PermissionError, FileNotFoundError):
+        return False
+    return b"vrlab" in cmdline  # a recycled pid is somebody else's process
+
+
+def lab_status(state_dir: Path | str | None = None) -> LabInfo | None:
+    """The lab running in `state_dir`, or None."""
+    path = Path(state_dir or default_state_dir()) / INFO_FILE
+    try:
+        info = LabInfo.from_json(path.read_text())
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return info if _alive(info.pid) else None
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def start_lab(
+    state_dir: Path | str | None = None,
+    *,
+    vms: int = 4,
+    disks_per_vm: int = 1,
+    disk_size: int = 64 << 20,
+    hosts: int = 2,
+    cbt_window: int | None = None,
+    cbt_block: int | None = None,
+    timeout: float = 120.0,
+) -> LabInfo:
+    """Start a lab in the background and return once it serves."""
+    directory = Path(state_dir or default_state_dir()).resolve()
+    running = lab_status(directory)
+    if running is not None:
+        raise LabError(f"a lab is already running in {directory} (pid {running.pid}, {running.url})")
+    binary = ensure_lab_binary()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / INFO_FILE).unlink(missing_ok=True)
+    args = [
+        str(binary),
+        "-state-dir",
+        str(directory),
+        "-vms",
+        str(vms),
+        "-disks-per-vm",
+        str(disks_per_vm),
+        "-disk-size",
+        str(disk_size),
+        "-hosts",
+        str(hosts),
+        "-listen",
+        "127.0.0.1:0",
+    ]
+    if cbt_window is not None:
+        args += ["-cbt-window", str(cbt_window)]
+    if cbt_block is not None:
+        args += ["-cbt-block", str(cbt_block)]
+    log_path = directory / LOG_FILE
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = lab_status(directory)
+        if info is not None:
+            return info
+        if process.poll() is not None:
+            raise LabError(f"the lab exited with status {process.returncode}:\n{_tail(log_path)}")
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise LabError(f"the lab did not start within {timeout:.0f} s:\n{_tail(log_path)}")
+
+
+def stop_lab(state_dir: Path | str | None = None, timeout: float = 30.0) -> bool:
+    """Stop the lab in `state_dir`; False when none was running."""
+    directory = Path(state_dir or default_state_dir())
+    info = lab_status(directory)
+    if info is None:
+        (directory / INFO_FILE).unlink(missing_ok=True)
+        return False
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(info.pid):
+        os.kill(info.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(info.pid, os.WNOHANG)  # reap it when it was our child
+    (directory / INFO_FILE).unlink(missing_ok=True)
+    return True
+
+
+@contextlib.contextmanager
+def running_lab(state_dir: Path | str | None = None, **options: Any) -> Iterator[LabInfo]:
+    """A lab for the duration of a `with` block, in a temporary directory unless given one."""
+    temporary = state_dir is None
+    directory = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="vr-lab-"))
+    try:
+        yield start_lab(directory, **options)
+    finally:
+        stop_lab(directory)
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
