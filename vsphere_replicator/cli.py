@@ -1,0 +1,223 @@
+"""Command-line front end: `vsphere-replicator`."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vsphere_replicator.errors import ReplicatorError
+from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
+from vsphere_replicator.sizes import parse_size
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ReplicatorError):
+    """The command line asks for something that cannot be done as asked."""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _running(args: argparse.Namespace) -> LabInfo:
+    info = lab_status(args.state_dir)
+    if info is None:
+        raise ReplicatorError("no lab is running (start one with: vsphere-replicator lab up)")
+    return info
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, sort_keys=True))
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    info = start_lab(
+        args.state_dir,
+        vms=args.vms,
+        disks_per_vm=args.disks_per_vm,
+        disk_size=args.disk_size,
+        hosts=args.hosts,
+        cbt_window=args.cbt_window,
+        cbt_block=args.cbt_block,
+    )
+    print(info.to_json())
+    return EXIT_OK
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    info = lab_status(args.state_dir)
+    if info is None:
+        print("no lab running", file=sys.stderr)
+        return EXIT_FAILED
+    print(info.to_json())
+    return EXIT_OK
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    if not stop_lab(args.state_dir):
+        print("no lab running", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_lab_env(args: argparse.Namespace) -> int:
+    info = _running(args)
+    values = {
+        "VSPHERE_HOST": info.host,
+        "VSPHERE_PORT": str(info.port),
+        "VSPHERE_USER": info.user,
+        "VSPHERE_PASSWORD": info.password,
+        "VSPHERE_CA_FILE": info.ca_file,
+        "VR_LAB_STATE_DIR": info.state_dir,
+    }
+    for name, value in values.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return EXIT_OK
+
+
+def cmd_lab_write(args: argparse.Namespace) -> int:
+    control = LabControl(_running(args))
+    if args.file is not None:
+        data = Path(args.file).read_bytes()
+        control.write(args.vm, data, offset=args.offset, disk=args.disk)
+    else:
+        data = control.write_random(
+            args.vm, offset=args.offset, length=args.random, seed=args.seed, disk=args.disk
+        )
+    _print_json(
+        {
+            "vm": args.vm,
+            "disk": args.disk,
+            "offset": args.offset,
+            "length": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
+    return EXIT_OK
+
+
+def cmd_lab_cbt_reset(args: argparse.Namespace) -> int:
+    _print_json(LabControl(_running(args)).cbt_reset(args.vm, args.disk))
+    return EXIT_OK
+
+
+def cmd_lab_fault(args: argparse.Namespace) -> int:
+    control = LabControl(_running(args))
+    result: Any
+    if args.fault_kind == "method":
+        result = control.fail_method(args.method, args.fault, count=args.count, message=args.message)
+    elif args.fault_kind == "expire-sessions":
+        result = control.expire_sessions()
+    elif args.fault_kind == "drop-connection":
+        result = control.drop_connections(count=args.count, path=args.path)
+    elif args.fault_kind == "slow-reads":
+        result = control.slow_reads(args.delay_ms, count=args.count)
+    elif args.fault_kind == "list":
+        result = control.faults()
+    else:
+        control.clear_faults()
+        result = {"cleared": True}
+    _print_json(result)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vsphere_replicator.demo import run_demo  # pyVmomi is only needed here
+
+    report = run_demo()
+    ok = report.delta_verified and report.clone_matches_snapshot
+    print("demo succeeded" if ok else "demo FAILED: the bytes did not match")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsphere-replicator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the main job against a temporary lab")
+    demo.set_defaults(func=cmd_demo)
+
+    lab = commands.add_parser("lab", help="the embedded vCenter simulator (docs/lab.md)")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+
+    def with_state_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--state-dir", type=Path, default=None, help="lab state directory")
+        return p
+
+    def lab_parser(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = lab_commands.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        # `fault` takes it after its own sub-command, where argparse looks for it.
+        return with_state_dir(p) if name != "fault" else p
+
+    up = lab_parser("up", cmd_lab_up, "start a lab in the background and print its JSON line")
+    up.add_argument("--vms", type=int, default=4)
+    up.add_argument("--disk-size", type=_size, default=64 << 20, metavar="SIZE")
+    up.add_argument("--disks-per-vm", type=int, default=1)
+    up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--cbt-window", type=_size, default=None, metavar="SIZE")
+    up.add_argument("--cbt-block", type=_size, default=None, metavar="SIZE")
+    lab_parser("status", cmd_lab_status, "print the running lab's JSON line")
+    lab_parser("down", cmd_lab_down, "stop the lab")
+    lab_parser("env", cmd_lab_env, "print shell export lines for the running lab")
+
+    write = lab_parser("write", cmd_lab_write, "write guest data into a VM's disk")
+    write.add_argument("vm")
+    write.add_argument("--disk", type=int, default=0)
+    write.add_argument("--offset", type=_size, required=True, metavar="BYTES")
+    source = write.add_mutually_exclusive_group(required=True)
+    source.add_argument("--random", type=_size, metavar="LEN", help="write LEN random bytes")
+    source.add_argument("--file", help="write the bytes of this file")
+    write.add_argument("--seed", type=int, default=None, help="seed for --random")
+
+    reset = lab_parser("cbt-reset", cmd_lab_cbt_reset, "regenerate a VM's CBT identity (stale change ids)")
+    reset.add_argument("vm")
+    reset.add_argument("--disk", type=int, default=None)
+
+    fault = lab_parser("fault", cmd_lab_fault, "inject a bounded, self-clearing fault")
+    kinds = fault.add_subparsers(dest="fault_kind", required=True)
+    method = with_state_dir(
+        kinds.add_parser("method", help="fail the next calls of a method with a vim25 fault")
+    )
+    method.add_argument("method")
+    method.add_argument("fault")
+    method.add_argument("--count", type=int, default=1)
+    method.add_argument("--message", default=None)
+    with_state_dir(kinds.add_parser("expire-sessions", help="expire every current session"))
+    drop = with_state_dir(kinds.add_parser("drop-connection", help="cut the next responses half-way"))
+    drop.add_argument("--count", type=int, default=1)
+    drop.add_argument("--path", choices=["sdk", "folder", "any"], default="any")
+    slow = with_state_dir(kinds.add_parser("slow-reads", help="delay the next datastore reads"))
+    slow.add_argument("--delay-ms", type=int, required=True)
+    slow.add_argument("--count", type=int, default=1)
+    with_state_dir(kinds.add_parser("list", help="show armed faults"))
+    with_state_dir(kinds.add_parser("clear", help="disarm every fault"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ReplicatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
