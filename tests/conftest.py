@@ -1,0 +1,54 @@
+"""Fixtures: one lab per test session, one VM per test that changes state."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests import labutil
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+
+LAB_VMS = 60
+DISK_SIZE = 32 << 20
+CBT_WINDOW = 4 << 20
+CBT_BLOCK = 64 << 10
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabInfo]:
+    with running_lab(
+        vms=LAB_VMS, disks_per_vm=2, disk_size=DISK_SIZE, cbt_window=CBT_WINDOW, cbt_block=CBT_BLOCK
+    ) as info:
+        yield info
+
+
+@pytest.fixture(scope="session")
+def control(lab: LabInfo) -> LabControl:
+    return LabControl(lab)
+
+
+@pytest.fixture(scope="session")
+def si(lab: LabInfo) -> Iterator[Any]:
+    connection = labutil.connect(lab)
+    yield connection
+    labutil.disconnect(connection)
+
+
+_names = (f"lab-vm-{i:04d}" for i in itertools.count(1))
+
+
+@pytest.fixture
+def vm_name() -> str:
+    """A VM no other test has touched."""
+    name = next(_names)
+    if int(name[-4:]) > LAB_VMS:
+        pytest.fail("the lab ran out of fresh VMs; raise LAB_VMS in conftest.py")
+    return name
+
+
+@pytest.fixture
+def vm(si: Any, vm_name: str) -> Any:
+    return labutil.find_vm(si, vm_name)

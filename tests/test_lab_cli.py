@@ -1,0 +1,117 @@
+"""The lab from the command line, the way a user drives it; and at scale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from tests import labutil
+from vsphere_replicator.demo import run_demo
+from vsphere_replicator.lab import LabInfo
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vsphere_replicator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_lab_up_write_status_env_down(tmp_path: Path) -> None:
+    state = str(tmp_path / "lab")
+    up = cli("lab", "up", "--vms", "2", "--disk-size", "8M", "--state-dir", state)
+    assert up.returncode == 0, up.stderr
+    info = LabInfo.from_json(up.stdout.strip())
+    try:
+        assert set(json.loads(up.stdout)) >= {
+            "url",
+            "host",
+            "port",
+            "user",
+            "password",
+            "ca_file",
+            "datacenter",
+            "datastores",
+        }
+        again = cli("lab", "up", "--state-dir", state)
+        assert again.returncode == 1 and "already running" in again.stderr
+        wrote = cli(
+            "lab",
+            "write",
+            "lab-vm-0002",
+            "--offset",
+            "1M",
+            "--random",
+            "4K",
+            "--seed",
+            "3",
+            "--state-dir",
+            state,
+        )
+        assert wrote.returncode == 0, wrote.stderr
+        written = json.loads(wrote.stdout)
+        assert written["length"] == 4096
+        extent = Path(info.datastores["primary-ds"]) / "lab-vm-0002" / "lab-vm-0002-flat.vmdk"
+        with extent.open("rb") as f:
+            f.seek(1 << 20)
+            import hashlib
+
+            assert hashlib.sha256(f.read(4096)).hexdigest() == written["sha256"]
+        assert LabInfo.from_json(cli("lab", "status", "--state-dir", state).stdout) == info
+        env = cli("lab", "env", "--state-dir", state).stdout
+        assert f"export VSPHERE_PORT={info.port}" in env and "VSPHERE_CA_FILE=" in env
+        fault = cli(
+            "lab", "fault", "method", "CreateSnapshot_Task", "FileFault", "--count", "2", "--state-dir", state
+        )
+        assert json.loads(fault.stdout)["remaining"] == 2
+        assert len(json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout)) == 1
+        cli("lab", "fault", "clear", "--state-dir", state)
+        assert json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout) == []
+    finally:
+        down = cli("lab", "down", "--state-dir", state)
+    assert down.returncode == 0
+    assert cli("lab", "status", "--state-dir", state).returncode == 1
+
+
+def test_two_thousand_vms_start_within_a_minute(tmp_path: Path) -> None:
+    from vsphere_replicator.lab import running_lab
+
+    started = time.monotonic()
+    with running_lab(tmp_path / "big", vms=2000, disk_size=1 << 20) as info:
+        elapsed = time.monotonic() - started
+        si = labutil.connect(info)
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        traversal = vmodl.query.PropertyCollector.TraversalSpec(
+            name="view", path="view", skip=False, type=vim.view.ContainerView
+        )
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+        )
+        pc = content.propertyCollector
+        result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+        count = len(result.objects)
+        while result.token:
+            result = pc.ContinueRetrievePropertiesEx(result.token)
+            count += len(result.objects)
+        labutil.disconnect(si)
+    assert count == 2000
+    assert elapsed < 60
+
+
+def test_demo_snapshots_reads_changes_and_clones(capsys: Any) -> None:
+    report = run_demo()
+    assert report.delta_verified and report.clone_matches_snapshot
+    assert report.query_calls >= 1 and report.changed_areas
+    assert report.bytes_read >= report.bytes_written
+    assert "cloned to lab-vm-0001-replica" in capsys.readouterr().out

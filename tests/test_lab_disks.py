@@ -1,0 +1,61 @@
+"""Every lab disk is a real VMDK; guest writes land in the current state."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import requests
+
+from tests import labutil
+from tests.conftest import DISK_SIZE
+from vsphere_replicator.lab import LabError
+
+
+def test_each_disk_is_a_descriptor_and_a_sparse_flat_extent(lab: Any, vm: Any) -> None:
+    for disk in labutil.disks(vm):
+        descriptor = labutil.local_descriptor(lab, disk.backing.fileName)
+        extent = labutil.local_extent(lab, disk.backing.fileName)
+        assert descriptor.read_text().startswith("# Disk DescriptorFile")
+        assert extent.stat().st_size == DISK_SIZE
+        assert extent.stat().st_blocks * 512 < DISK_SIZE // 100  # sparse
+        info = labutil.qemu_img_info(descriptor)
+        assert info["format"] == "vmdk" and info["virtual-size"] == DISK_SIZE
+
+
+def test_folder_serves_disk_bytes_with_range(lab: Any, si: Any, control: Any, vm: Any, vm_name: str) -> None:
+    data = control.write_random(vm_name, offset=12345, length=5000, seed=1)
+    session = labutil.folder_session(lab, si)
+    file_name = labutil.disks(vm)[0].backing.fileName
+    assert labutil.read_range(session, lab, file_name, 12345, 5000) == data
+    assert labutil.read_range(session, lab, file_name, 12340, 5) == b"\0" * 5
+
+
+def test_folder_refuses_a_client_without_session(lab: Any, vm: Any) -> None:
+    session = requests.Session()
+    session.trust_env = False
+    url, params = labutil.folder_url(lab, labutil.disks(vm)[0].backing.fileName)
+    assert session.get(url, params=params, verify=lab.ca_file, timeout=10).status_code == 401
+
+
+def test_guest_write_goes_to_the_chosen_disk(lab: Any, control: Any, vm: Any, vm_name: str) -> None:
+    data = control.write_random(vm_name, offset=1 << 20, length=4096, seed=2, disk=1)
+    second = labutil.local_extent(lab, labutil.disks(vm)[1].backing.fileName)
+    first = labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName)
+    with second.open("rb") as f:
+        f.seek(1 << 20)
+        assert f.read(4096) == data
+    assert os.stat(first).st_blocks == 0
+
+
+def test_a_write_past_the_end_is_refused_and_changes_nothing(
+    lab: Any, control: Any, vm: Any, vm_name: str
+) -> None:
+    extent = labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName)
+    before = labutil.sha256(extent)
+    with pytest.raises(LabError, match="does not fit"):
+        control.write(vm_name, b"x" * 10, offset=DISK_SIZE - 5)
+    with pytest.raises(LabError, match="no VM named"):
+        control.write("no-such-vm", b"x", offset=0)
+    assert labutil.sha256(extent) == before

@@ -1,0 +1,79 @@
+"""The lab's inventory and TLS, seen through plain pyVmomi."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyVim.connect import SmartConnect
+from pyVmomi import vim
+
+from tests import labutil
+from tests.conftest import DISK_SIZE, LAB_VMS
+
+
+def test_lab_info_names_everything_a_client_needs(lab: Any) -> None:
+    assert lab.url == f"https://127.0.0.1:{lab.port}/sdk"
+    assert lab.host == "127.0.0.1"
+    assert set(lab.datastores) == {"primary-ds", "secondary-ds"}
+    assert lab.datacenter == "DC0"
+
+
+def test_tls_verifies_against_the_lab_ca_only(lab: Any) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        SmartConnect(
+            host=lab.host,
+            port=lab.port,
+            user=lab.user,
+            pwd=lab.password,
+            sslContext=ssl.create_default_context(cafile=None, capath="/nonexistent"),
+        )
+    context = ssl.create_default_context(cafile=lab.ca_file)
+    with (
+        socket.create_connection((lab.host, lab.port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    text = subprocess.run(
+        ["openssl", "x509", "-inform", "DER", "-noout", "-text"], input=der, capture_output=True, check=True
+    ).stdout.decode()
+    assert "Public-Key: (2048 bit)" in text or "Public-Key: (4096 bit)" in text
+
+
+def test_listens_on_loopback_only(lab: Any) -> None:
+    port = f"{lab.port:04X}"
+    listeners = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[1].endswith(":" + port) and line.split()[3] == "0A"
+    ]
+    assert listeners == ["0100007F:" + port]
+
+
+def test_bad_password_is_refused(lab: Any) -> None:
+    with pytest.raises(vim.fault.InvalidLogin):
+        SmartConnect(
+            host=lab.host,
+            port=lab.port,
+            user=lab.user,
+            pwd="wrong",
+            sslContext=ssl.create_default_context(cafile=lab.ca_file),
+        )
+
+
+def test_inventory_has_a_cluster_two_datastores_and_the_vms(si: Any) -> None:
+    content = si.RetrieveContent()
+    dc = content.rootFolder.childEntity[0]
+    clusters = [c for c in dc.hostFolder.childEntity if isinstance(c, vim.ClusterComputeResource)]
+    assert len(clusters) == 1 and len(clusters[0].host) >= 2
+    assert {ds.name for ds in dc.datastore} >= {"primary-ds", "secondary-ds"}
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    names = {vm.name for vm in view.view if re.fullmatch(r"lab-vm-\d{4}", vm.name)}
+    assert len(names) == LAB_VMS
+    vm = labutil.find_vm(si, "lab-vm-0001")
+    assert [d.capacityInBytes for d in labutil.disks(vm)] == [DISK_SIZE, DISK_SIZE]
