@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install everything, then run the main job against a temporary lab.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+vsphere-replicator demo
