@@ -92,3 +92,14 @@ def test_clone_without_snapshot_copies_the_current_state(
 def test_clone_to_a_taken_name_fails(si: Any, vm: Any, vm_name: str) -> None:
     with pytest.raises(vim.fault.DuplicateName):
         clone(si, vm, "lab-vm-0001", powerOn=False, location=vim.vm.RelocateSpec())
+
+
+def test_a_clone_task_names_its_method_as_vcenter_does(si: Any, vm: Any, vm_name: str) -> None:
+    dc = si.content.rootFolder.childEntity[0]
+    task = vm.CloneVM_Task(
+        folder=dc.vmFolder, name=f"{vm_name}-named", spec=vim.vm.CloneSpec(location=vim.vm.RelocateSpec())
+    )
+    labutil.wait(task)
+    assert task.info.name.info.wsdlName == "CloneVM_Task"  # pyVmomi resolves it at any state
+    assert task.info.descriptionId == "VirtualMachine.clone"
+    assert task.info.entity == vm

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -107,9 +108,9 @@ func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method,
 		writeFault(w, newFault(&types.ManagedObjectNotFound{Obj: method.This}, "managed object not found: %s", method.This))
 		return
 	}
-	name := strings.TrimSuffix(method.Name, "_Task")
-	name = strings.ToLower(name[:1]) + name[1:] + "Task"
-	task := startTask(entity, name, func(func(int32)) (types.AnyType, *methodFault) { return nil, mf })
+	id := strings.TrimSuffix(method.Name, "_Task")
+	id = strings.ToLower(id[:1]) + id[1:]
+	task := startTask(entity, method.Name, id, func(func(int32)) (types.AnyType, *methodFault) { return nil, mf })
 	writeTask(w, method.Name, task)
 }
 
@@ -117,10 +118,8 @@ func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method,
 func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) bool {
 	vm, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachine)
 	snap, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachineSnapshot)
-	runTask := func(entity interface {
-		Reference() types.ManagedObjectReference
-	}, name string, work func(func(int32)) (types.AnyType, *methodFault)) {
-		writeTask(w, method.Name, startTask(entity, name, work))
+	runTask := func(entity mo.Reference, id string, work func(func(int32)) (types.AnyType, *methodFault)) {
+		writeTask(w, method.Name, startTask(entity, method.Name, id, work))
 	}
 	if method.Name == "Fetch" {
 		return l.fetch(w, method)
@@ -130,7 +129,7 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "createSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.createSnapshot(vm, req) })
+		runTask(vm, "createSnapshot", func(func(int32)) (types.AnyType, *methodFault) { return l.createSnapshot(vm, req) })
 	case *types.RemoveSnapshot_Task:
 		if snap == nil {
 			return false
@@ -139,7 +138,7 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 		if owner == nil {
 			return false
 		}
-		runTask(owner, "removeSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) {
+		runTask(owner, "remove", func(func(int32)) (types.AnyType, *methodFault) {
 			return l.removeSnapshot(snap, req.RemoveChildren)
 		})
 	case *types.RevertToSnapshot_Task:
@@ -151,7 +150,7 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 			return false
 		}
 		suppress := req.SuppressPowerOn != nil && *req.SuppressPowerOn
-		runTask(target, "revertToSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(target, snap, suppress) })
+		runTask(target, "revert", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(target, snap, suppress) })
 	case *types.RevertToCurrentSnapshot_Task:
 		if vm == nil {
 			return false
@@ -167,17 +166,17 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 			return true
 		}
 		suppress := req.SuppressPowerOn != nil && *req.SuppressPowerOn
-		runTask(vm, "revertToCurrentSnapshotTask", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(vm, current, suppress) })
+		runTask(vm, "revertToCurrentSnapshot", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(vm, current, suppress) })
 	case *types.RemoveAllSnapshots_Task:
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "removeAllSnapshotsTask", func(func(int32)) (types.AnyType, *methodFault) { return l.removeAllSnapshots(vm) })
+		runTask(vm, "removeAllSnapshots", func(func(int32)) (types.AnyType, *methodFault) { return l.removeAllSnapshots(vm) })
 	case *types.ConsolidateVMDisks_Task:
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "consolidateVMDisksTask", func(func(int32)) (types.AnyType, *methodFault) { return l.consolidate(vm) })
+		runTask(vm, "consolidateDisks", func(func(int32)) (types.AnyType, *methodFault) { return l.consolidate(vm) })
 	case *types.QueryChangedDiskAreas:
 		if vm == nil {
 			return false
@@ -192,22 +191,22 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "cloneVmTask", func(progress func(int32)) (types.AnyType, *methodFault) { return l.cloneVM(vm, req, progress) })
+		runTask(vm, "clone", func(progress func(int32)) (types.AnyType, *methodFault) { return l.cloneVM(vm, req, progress) })
 	case *types.ReconfigVM_Task:
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "reconfigVmTask", func(func(int32)) (types.AnyType, *methodFault) { return l.reconfigure(vm, req.Spec) })
+		runTask(vm, "reconfigure", func(func(int32)) (types.AnyType, *methodFault) { return l.reconfigure(vm, req.Spec) })
 	case *types.PowerOnVM_Task:
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "powerOnVmTask", func(func(int32)) (types.AnyType, *methodFault) { return l.powerOn(vm) })
+		runTask(vm, "powerOn", func(func(int32)) (types.AnyType, *methodFault) { return l.powerOn(vm) })
 	case *types.Destroy_Task:
 		if vm == nil {
 			return false
 		}
-		runTask(vm, "destroyTask", func(func(int32)) (types.AnyType, *methodFault) { return l.destroy(vm) })
+		runTask(vm, "destroy", func(func(int32)) (types.AnyType, *methodFault) { return l.destroy(vm) })
 	default:
 		return false
 	}

@@ -139,8 +139,11 @@ func writeFault(w http.ResponseWriter, f *methodFault) {
 
 // startTask creates a vCenter task and runs work in the background, as
 // vCenter does: the caller gets the task at once and waits on its state.
-func startTask(entity mo.Reference, name string, work func(progress func(int32)) (types.AnyType, *methodFault)) types.ManagedObjectReference {
-	task := simulator.CreateTask(entity, name, nil)
+// method is the vim25 method name ("CloneVM_Task"): pyVmomi resolves
+// TaskInfo.name to a method, so it must be one; id is the descriptionId's tail.
+func startTask(entity mo.Reference, method, id string, work func(progress func(int32)) (types.AnyType, *methodFault)) types.ManagedObjectReference {
+	task := simulator.CreateTask(entity, id, nil)
+	task.Info.Name = method
 	go func() {
 		simulator.Map.Update(task, []types.PropertyChange{
 			{Name: "info.startTime", Val: time.Now()},
