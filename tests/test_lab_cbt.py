@@ -156,3 +156,11 @@ def test_each_disk_is_tracked_on_its_own(control: Any, vm: Any, vm_name: str) ->
     areas0, _ = labutil.changed_areas(vm, second, d0.key, d0.backing.changeId, DISK_SIZE)
     areas1, _ = labutil.changed_areas(vm, second, d1.key, d1.backing.changeId, DISK_SIZE)
     assert areas0 == [] and areas1 == [(0, CBT_BLOCK)]
+
+
+def test_a_power_cycle_is_a_stun_that_starts_tracking(vm: Any) -> None:
+    enable_cbt(vm)
+    labutil.wait(vm.PowerOffVM_Task())
+    assert labutil.disks(vm)[0].backing.changeId is None
+    labutil.wait(vm.PowerOnVM_Task())
+    assert re.match(labutil.CHANGE_ID_PATTERN, labutil.disks(vm)[0].backing.changeId)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,23 @@ def test_demo_snapshots_reads_changes_and_clones(capsys: Any) -> None:
     assert report.query_calls >= 1 and report.changed_areas
     assert report.bytes_read >= report.bytes_written
     assert "cloned to lab-vm-0001-replica" in capsys.readouterr().out
+
+
+def test_a_plain_pyvmomi_script_can_do_everything_against_the_lab(tmp_path: Path) -> None:
+    """The issue's bar: a script that never imports vsphere_replicator."""
+    script = Path(__file__).parent.parent / "examples" / "pyvmomi_against_the_lab.py"
+    assert "vsphere_replicator" not in "".join(
+        line for line in script.read_text().splitlines() if line.startswith(("import", "from"))
+    )
+    scripts = sysconfig.get_path("scripts")  # where `vsphere-replicator` was installed
+    env = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "lab")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "3 changed areas" in run.stdout

@@ -59,3 +59,34 @@ def test_a_write_past_the_end_is_refused_and_changes_nothing(
     with pytest.raises(LabError, match="no VM named"):
         control.write("no-such-vm", b"x", offset=0)
     assert labutil.sha256(extent) == before
+
+
+def grow_spec(disk: Any, capacity: int) -> Any:
+    from pyVmomi import vim
+
+    disk.capacityInBytes = capacity
+    disk.capacityInKB = capacity // 1024
+    change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
+    return vim.vm.ConfigSpec(deviceChange=[change])
+
+
+def test_growing_a_disk_extends_its_extent(lab: Any, vm: Any) -> None:
+    disk = labutil.disks(vm)[0]
+    labutil.wait(vm.ReconfigVM_Task(grow_spec(disk, DISK_SIZE * 2)))
+    grown = labutil.disks(vm)[0]
+    assert grown.capacityInBytes == DISK_SIZE * 2
+    assert labutil.local_extent(lab, grown.backing.fileName).stat().st_size == DISK_SIZE * 2
+    assert labutil.qemu_img_info(labutil.local_descriptor(lab, grown.backing.fileName))["virtual-size"] == (
+        DISK_SIZE * 2
+    )
+
+
+def test_shrinking_or_growing_under_snapshots_is_refused(lab: Any, vm: Any) -> None:
+    from pyVmomi import vim
+
+    with pytest.raises(vim.fault.InvalidDeviceOperation):
+        labutil.wait(vm.ReconfigVM_Task(grow_spec(labutil.disks(vm)[0], DISK_SIZE // 2)))
+    labutil.snapshot(vm, "pin")
+    with pytest.raises(vim.fault.InvalidDeviceOperation):
+        labutil.wait(vm.ReconfigVM_Task(grow_spec(labutil.disks(vm)[0], DISK_SIZE * 2)))
+    assert labutil.disks(vm)[0].capacityInBytes == DISK_SIZE

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -121,8 +122,12 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	before := map[int32]*types.VirtualDisk{}
+	order := map[int32]int{}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
+		for i, d := range vm.Config.Hardware.Device {
+			order[d.GetVirtualDevice().Key] = i
+		}
 		hasSnapshots := vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
 		for _, d := range vmDisks(vm.Config.Hardware.Device) {
 			c := deepCopy(*d)
@@ -162,6 +167,7 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 		return nil, f
 	}
 	simulator.Map.WithLock(vm, func() {
+		keepDeviceOrder(vm.Config.Hardware.Device, order)
 		for _, d := range vmDisks(vm.Config.Hardware.Device) {
 			old := before[d.Key]
 			capacity := diskCapacity(d)
@@ -215,6 +221,18 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 		publishVM(vm)
 	})
 	return nil, fault
+}
+
+// keepDeviceOrder undoes vcsim's habit of moving an edited device to the end:
+// vSphere keeps the device list in place, and callers index disks by position.
+func keepDeviceOrder(devices []types.BaseVirtualDevice, order map[int32]int) {
+	position := func(d types.BaseVirtualDevice) int {
+		if i, ok := order[d.GetVirtualDevice().Key]; ok {
+			return i
+		}
+		return len(order) // devices added by this change go last
+	}
+	sort.SliceStable(devices, func(i, j int) bool { return position(devices[i]) < position(devices[j]) })
 }
 
 func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
