@@ -68,6 +68,24 @@ def test_lab_up_write_status_env_down(tmp_path: Path) -> None:
             import hashlib
 
             assert hashlib.sha256(f.read(4096)).hexdigest() == written["sha256"]
+        payload = tmp_path / "payload.bin"
+        payload.write_bytes(b"from a file" * 100)
+        from_file = cli(
+            "lab",
+            "write",
+            "lab-vm-0001",
+            "--disk",
+            "0",
+            "--offset",
+            "512",
+            "--file",
+            str(payload),
+            "--state-dir",
+            state,
+        )
+        assert from_file.returncode == 0, from_file.stderr
+        first = Path(info.datastores["primary-ds"]) / "lab-vm-0001" / "lab-vm-0001-flat.vmdk"
+        assert first.read_bytes()[512 : 512 + 1100] == payload.read_bytes()
         assert LabInfo.from_json(cli("lab", "status", "--state-dir", state).stdout) == info
         env = cli("lab", "env", "--state-dir", state).stdout
         assert f"export VSPHERE_PORT={info.port}" in env and "VSPHERE_CA_FILE=" in env

@@ -74,7 +74,7 @@ func snapshotRefs(list []types.VirtualMachineSnapshotTree) []types.ManagedObject
 	return out
 }
 
-// publishSnapshotInfo pushes the VM's snapshot tree (and disks) to property collectors.
+// publishVM pushes the VM's snapshot tree and disks to property collectors.
 func publishVM(vm *simulator.VirtualMachine) {
 	var snap interface{}
 	var roots []types.ManagedObjectReference
