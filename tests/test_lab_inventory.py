@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from pyVim.connect import SmartConnect
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from tests import labutil
 from tests.conftest import DISK_SIZE, LAB_VMS
@@ -77,3 +77,35 @@ def test_inventory_has_a_cluster_two_datastores_and_the_vms(si: Any) -> None:
     assert len(names) == LAB_VMS
     vm = labutil.find_vm(si, "lab-vm-0001")
     assert [d.capacityInBytes for d in labutil.disks(vm)] == [DISK_SIZE, DISK_SIZE]
+
+
+def vm_names_spec(si: Any) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    traversal = vmodl.query.PropertyCollector.TraversalSpec(
+        name="view", path="view", skip=False, type=vim.view.ContainerView
+    )
+    return vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+    )
+
+
+def test_retrieve_properties_ex_pages_like_vcenter(si: Any) -> None:
+    pc = si.content.propertyCollector
+    result = pc.RetrievePropertiesEx(
+        [vm_names_spec(si)], vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=7)
+    )
+    pages, names = 1, [o.propSet[0].val for o in result.objects]
+    assert len(result.objects) == 7 and result.token
+    while result.token:
+        result = pc.ContinueRetrievePropertiesEx(result.token)
+        pages += 1
+        names += [o.propSet[0].val for o in result.objects]
+    assert len(names) == len(set(names)) >= LAB_VMS
+    assert pages == -(-len(names) // 7)
+
+
+def test_an_unknown_paging_token_is_invalid(si: Any) -> None:
+    with pytest.raises(vmodl.fault.InvalidArgument):
+        si.content.propertyCollector.ContinueRetrievePropertiesEx("no-such-token")

@@ -79,6 +79,10 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 		l.injectMethodFault(w, method, f)
 		return
 	}
+	if req, ok := method.Body.(*types.RetrievePropertiesEx); ok {
+		l.pages.first(w, r, body, next, req)
+		return
+	}
 	if l.serveExtended(w, method) {
 		return
 	}
@@ -125,6 +129,16 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 		return l.fetch(w, method)
 	}
 	switch req := method.Body.(type) {
+	case *types.ContinueRetrievePropertiesEx:
+		res, fault := l.pages.next(req.Token)
+		if fault != nil {
+			writeFault(w, fault)
+		} else {
+			writeResult(w, &types.ContinueRetrievePropertiesExResponse{Returnval: *res})
+		}
+	case *types.CancelRetrievePropertiesEx:
+		l.pages.cancel(req.Token)
+		writeResult(w, &types.CancelRetrievePropertiesExResponse{})
 	case *types.CreateSnapshot_Task:
 		if vm == nil {
 			return false

@@ -37,6 +37,7 @@ type lab struct {
 	faults      *faultBox
 	sessions    *sessionBook
 	stats       *requestStats
+	pages       *pager
 	started     time.Time
 }
 
@@ -71,6 +72,7 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		faults:      newFaultBox(),
 		sessions:    newSessionBook(),
 		stats:       newRequestStats(),
+		pages:       newPager(),
 	}
 }
 
