@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests import labutil
+from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 
 LAB_VMS = 60
@@ -52,3 +53,17 @@ def vm_name() -> str:
 @pytest.fixture
 def vm(si: Any, vm_name: str) -> Any:
     return labutil.find_vm(si, vm_name)
+
+
+@pytest.fixture
+def conn(lab: LabInfo) -> Iterator[Connection]:
+    """A library connection to the lab, with retries that do not sleep."""
+    with connect(
+        lab.host,
+        lab.user,
+        lab.password,
+        port=lab.port,
+        ca_file=lab.ca_file,
+        retry=RetryPolicy(sleep=lambda _: None),
+    ) as connection:
+        yield connection

@@ -99,6 +99,7 @@ func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method,
 	if msg == "" {
 		msg = "injected by the lab: " + armed.Fault
 	}
+	fillReferences(reflect.ValueOf(f).Elem(), method.This)
 	mf := &methodFault{fault: f, msg: msg}
 	if !isTaskMethod(method.Name) {
 		writeFault(w, mf)
@@ -373,4 +374,20 @@ func (l *lab) fetch(w http.ResponseWriter, method *simulator.Method) bool {
 	}
 	writeEnvelope(w, http.StatusOK, okBody{"FetchResponse", res})
 	return true
+}
+
+// fillReferences points a fault's empty object references (NoPermission's
+// "object", say) at the object called, so clients can decode the fault.
+func fillReferences(v reflect.Value, this types.ManagedObjectReference) {
+	for i := 0; i < v.NumField(); i++ {
+		field := v.Field(i)
+		switch {
+		case field.Type() == reflect.TypeOf(this):
+			if field.Interface().(types.ManagedObjectReference).Type == "" {
+				field.Set(reflect.ValueOf(this))
+			}
+		case field.Kind() == reflect.Struct && v.Type().Field(i).Anonymous:
+			fillReferences(field, this)
+		}
+	}
 }

@@ -174,6 +174,8 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 		}
 		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), types.ManagedObjectReference{},
 			fmt.Sprintf("[%s] %s/%s", primaryDatastore, name, file))
+		disk.Key = int32(2000 + d) // vSphere numbers disks from 2000, labels them "Hard disk N"
+		disk.DeviceInfo = &types.Description{Label: fmt.Sprintf("Hard disk %d", d+1), Summary: "lab disk"}
 		disk.CapacityInKB = l.cfg.diskSize / 1024
 		disk.CapacityInBytes = l.cfg.diskSize
 		backing := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)

@@ -1,0 +1,167 @@
+"""Sessions: TLS verified, profiles, re-login, bounded retries, no secrets in errors."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from vsphere_replicator.connection import RetryPolicy, connect
+from vsphere_replicator.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    InvalidInput,
+    PermissionDenied,
+    TLSVerificationFailed,
+)
+from vsphere_replicator.inventory import get_vm, read_inventory, vm_object
+from vsphere_replicator.snapshots import create_snapshot
+
+
+def lab_thumbprint(lab: Any) -> str:
+    context = ssl.create_default_context(cafile=lab.ca_file)
+    with (
+        socket.create_connection((lab.host, lab.port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_verifies_tls_against_the_ca_file(lab: Any) -> None:
+    with connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn:
+        assert conn.content.about.apiVersion
+        assert lab.password not in repr(conn.settings)
+
+
+def test_an_untrusted_certificate_is_refused_without_leaking_the_password(lab: Any) -> None:
+    with pytest.raises(TLSVerificationFailed) as err:
+        connect(lab.host, lab.user, lab.password, port=lab.port)
+    assert lab.password not in str(err.value)
+
+
+def test_a_pinned_sha256_thumbprint_is_enough(lab: Any) -> None:
+    pin = lab_thumbprint(lab)
+    colons = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()
+    with connect(lab.host, lab.user, lab.password, port=lab.port, thumbprint=colons) as conn:
+        assert conn.content.about.apiVersion
+    with pytest.raises(TLSVerificationFailed, match="pinned thumbprint"):
+        connect(lab.host, lab.user, lab.password, port=lab.port, thumbprint="0" * 64)
+    with pytest.raises(InvalidInput, match="SHA-256"):
+        connect(lab.host, lab.user, lab.password, port=lab.port, thumbprint="abc")
+
+
+def test_insecure_is_explicit_and_logged(lab: Any) -> None:
+    with (
+        capture_logs() as logs,
+        connect(lab.host, lab.user, lab.password, port=lab.port, insecure=True) as conn,
+    ):
+        assert conn.content.about.apiVersion
+    assert any(e["event"] == "tls_verification_disabled" and e["log_level"] == "warning" for e in logs)
+
+
+def test_connects_from_the_environment_profile(lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "HOST": lab.host,
+        "PORT": str(lab.port),
+        "USER": lab.user,
+        "PASSWORD": lab.password,
+        "CA_FILE": lab.ca_file,
+    }.items():
+        monkeypatch.setenv(f"VSPHERE_{name}", value)
+    with connect() as conn:
+        assert conn.settings.port == lab.port
+    monkeypatch.delenv("VSPHERE_HOST")
+    with pytest.raises(InvalidInput, match="VSPHERE_HOST"):
+        connect()
+
+
+def test_bad_credentials_are_not_retried(lab: Any, control: Any) -> None:
+    control.reset_stats()
+    with pytest.raises(AuthenticationFailed) as err:
+        connect(lab.host, lab.user, "wrong-password", port=lab.port, ca_file=lab.ca_file)
+    assert "wrong-password" not in str(err.value)
+    assert control.stats()["methods"]["Login"] == 1
+
+
+def test_an_expired_session_logs_in_again_without_repeating_the_call(
+    conn: Any, control: Any, vm_name: str
+) -> None:
+    get_vm(conn, vm_name)
+    control.expire_sessions()
+    control.reset_stats()
+    with capture_logs() as logs:
+        result = create_snapshot(conn, vm_name, "after-expiry")
+    methods = control.stats()["methods"]
+    assert methods["Login"] == 1 and methods["CreateSnapshot_Task"] == 1
+    assert [s.name for s in get_vm(conn, vm_name).all_snapshots()] == ["vr-after-expiry"]
+    assert result.snapshot.name == "vr-after-expiry"
+    assert any(e["event"] == "session_expired_relogin" for e in logs)
+
+
+def test_dropped_connections_are_retried_with_backoff(lab: Any, control: Any, vm_name: str) -> None:
+    waits: list[float] = []
+    with connect(
+        lab.host,
+        lab.user,
+        lab.password,
+        port=lab.port,
+        ca_file=lab.ca_file,
+        retry=RetryPolicy(sleep=waits.append),
+    ) as conn:
+        control.drop_connections(count=2, path="sdk")
+        assert get_vm(conn, vm_name).name == vm_name
+    assert len(waits) == 2 and waits[0] < waits[1]
+
+
+def test_retries_are_bounded(lab: Any, control: Any) -> None:
+    waits: list[float] = []
+    with connect(
+        lab.host,
+        lab.user,
+        lab.password,
+        port=lab.port,
+        ca_file=lab.ca_file,
+        retry=RetryPolicy(attempts=3, sleep=waits.append),
+    ) as conn:
+        control.drop_connections(count=5, path="sdk")
+        with pytest.raises(ConnectionFailed):
+            read_inventory(conn)
+        control.clear_faults()
+    assert len(waits) == 2
+
+
+def test_a_state_change_is_not_repeated_after_a_dropped_answer(conn: Any, control: Any, vm_name: str) -> None:
+    handle = vm_object(conn, get_vm(conn, vm_name).moref)
+    control.drop_connections(count=1, path="sdk")
+    control.reset_stats()
+    with pytest.raises(ConnectionFailed):
+        conn.call(
+            "snapshot",
+            lambda: handle.CreateSnapshot_Task(name="once", description="", memory=False, quiesce=False),
+            idempotent=False,
+        )
+    assert control.stats()["methods"]["CreateSnapshot_Task"] == 1
+
+
+def test_a_permanent_fault_is_not_retried(conn: Any, control: Any, vm_name: str) -> None:
+    control.fail_method("RetrievePropertiesEx", "NoPermission", count=1)
+    control.reset_stats()
+    with pytest.raises(PermissionDenied):
+        get_vm(conn, vm_name)
+    assert control.stats()["methods"]["RetrievePropertiesEx"] == 1
+
+
+def test_close_logs_out(lab: Any, control: Any) -> None:
+    conn = connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file)
+    control.reset_stats()
+    conn.close()
+    conn.close()
+    assert control.stats()["methods"]["Logout"] == 1
+    with pytest.raises(InvalidInput, match="closed"):
+        read_inventory(conn)

@@ -1,0 +1,273 @@
+"""Sessions with vCenter: TLS verified, re-login on expiry, bounded retries.
+
+`connect()` returns a `Connection`; every SOAP call the library makes goes
+through `Connection.call()`, the one place where faults are translated and
+where retrying happens: transient network errors are retried with bounded
+exponential backoff (only for calls that are safe to repeat), an expired
+session is logged in again and the call retried once, and permanent faults
+(bad credentials, not found, permission) are never retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from vsphere_replicator.errors import AuthenticationFailed, InvalidInput
+from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, translate
+from vsphere_replicator.logs import get_logger
+
+T = TypeVar("T")
+_THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient failures are retried; `sleep` is injectable for tests."""
+
+    attempts: int = 5
+    initial_wait: float = 0.5
+    max_wait: float = 8.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Where and how to connect. The password never appears in repr."""
+
+    host: str
+    user: str
+    password: str = field(repr=False)
+    port: int = 443
+    ca_file: str | None = None
+    thumbprint: str | None = None
+    insecure: bool = False
+
+
+def normalize_thumbprint(text: str) -> str:
+    """'AB:CD:…' -> 'abcd…'; only SHA-256 (64 hex digits) is accepted."""
+    value = text.replace(":", "").strip().lower()
+    if not _THUMBPRINT.match(value):
+        raise InvalidInput("a certificate thumbprint must be a SHA-256 digest: 64 hex digits, colons allowed")
+    return value
+
+
+class _PinnedContext(ssl.SSLContext):
+    """Accepts exactly the certificate whose SHA-256 digest is `pin`, on every connection."""
+
+    pin = ""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        der = sock.getpeercert(binary_form=True)
+        if der is None or hashlib.sha256(der).hexdigest() != self.pin:
+            sock.close()
+            raise ssl.SSLCertVerificationError("certificate does not match the pinned thumbprint")
+        return sock
+
+
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
+    """Verification on unless `insecure`: a pinned thumbprint, a CA file, or the system's CAs."""
+    if settings.insecure:
+        get_logger(host=settings.host).warning("tls_verification_disabled")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if settings.thumbprint is not None:
+        pinned = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+        pinned.check_hostname = False
+        pinned.verify_mode = ssl.CERT_NONE  # the pin replaces the chain of trust
+        pinned.pin = settings.thumbprint
+        return pinned
+    if settings.ca_file is not None and not os.path.isfile(settings.ca_file):
+        raise InvalidInput(f"CA file {settings.ca_file} does not exist")
+    return ssl.create_default_context(cafile=settings.ca_file)
+
+
+class Connection:
+    """A logged-in session with vCenter. Use as a context manager; `close()` logs out."""
+
+    def __init__(self, settings: ConnectionSettings, retry: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self._si: Any = None
+        self._si = self._retrying(idempotent=True)(self._open)
+
+    @property
+    def _log(self) -> Any:
+        return get_logger(host=self.settings.host)
+
+    # -- session -------------------------------------------------------------
+
+    def _open(self) -> Any:
+        s = self.settings
+        try:
+            si = SmartConnect(
+                host=s.host,
+                port=s.port,
+                user=s.user,
+                pwd=s.password,
+                sslContext=tls_context(s),
+            )
+        except vim.fault.InvalidLogin as exc:
+            raise AuthenticationFailed(
+                f"connect to {s.host}: vCenter refused the user name or password", fault="InvalidLogin"
+            ) from exc
+        except SOAP_ERRORS as exc:
+            error = translate(exc, what=f"connect to {s.host}:{s.port}")
+            if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
+                raise  # let the retry policy see the network error itself
+            raise error from exc
+        self._log.info("connected", port=s.port, user=s.user)
+        return si
+
+    def _login_again(self) -> None:
+        self._log.warning("session_expired_relogin")
+        manager = self._si.content.sessionManager
+        try:
+            manager.Login(userName=self.settings.user, password=self.settings.password)
+        except vim.fault.InvalidLogin as exc:
+            raise AuthenticationFailed(
+                f"log in to {self.settings.host} again: credentials refused", fault="InvalidLogin"
+            ) from exc
+
+    @property
+    def service_instance(self) -> Any:
+        return self._si
+
+    @property
+    def content(self) -> Any:
+        """The ServiceContent (fetched once, then cached by pyVmomi)."""
+        return self.call("read the service content", lambda: self._si.content)
+
+    def close(self) -> None:
+        """Log out and drop the connection; safe to call twice."""
+        if self._si is None:
+            return
+        with contextlib.suppress(*SOAP_ERRORS):  # an expired or broken session is gone already
+            Disconnect(self._si)  # logs out
+        self._si = None
+        self._log.info("disconnected")
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- calls ---------------------------------------------------------------
+
+    def _retrying(self, *, idempotent: bool) -> Retrying:
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._log.warning("call_retry", attempt=state.attempt_number, error=type(error).__name__)
+
+        return Retrying(
+            stop=stop_after_attempt(self.retry.attempts if idempotent else 1),
+            wait=wait_exponential(multiplier=self.retry.initial_wait, max=self.retry.max_wait),
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            sleep=self.retry.sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+
+    def call(self, what: str, fn: Callable[[], T], *, idempotent: bool = True, vm: str | None = None) -> T:
+        """Run one SOAP interaction `fn`, described by `what` in errors and logs.
+
+        Set `idempotent=False` for calls that change state: a network error
+        after the request left may mean it ran, so they are not repeated
+        (an expired session is still retried: vCenter ran nothing then).
+        """
+        if self._si is None:
+            raise InvalidInput(f"{what}: the connection to {self.settings.host} is closed")
+        relogged = False
+        while True:
+            try:
+                return self._retrying(idempotent=idempotent)(fn)
+            except vim.fault.NotAuthenticated as exc:
+                if relogged:
+                    raise translate(exc, what=what, vm=vm) from exc
+                self._login_again()
+                relogged = True
+            except SOAP_ERRORS as exc:
+                raise translate(exc, what=what, vm=vm) from exc
+
+
+def settings_from(
+    host: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    port: int | None = None,
+    ca_file: str | None = None,
+    thumbprint: str | None = None,
+    insecure: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> ConnectionSettings:
+    """Settings from the arguments, completed from the VSPHERE_* environment profile."""
+    env = os.environ if environ is None else environ
+    values = {
+        "HOST": host or env.get("VSPHERE_HOST"),
+        "USER": user or env.get("VSPHERE_USER"),
+        "PASSWORD": password or env.get("VSPHERE_PASSWORD"),
+    }
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        names = ", ".join(f"{n.lower()} (or VSPHERE_{n})" for n in missing)
+        raise InvalidInput(f"no vCenter to connect to: give {names}")
+    if port is None:
+        port_text = env.get("VSPHERE_PORT") or "443"
+        if not port_text.isdigit():
+            raise InvalidInput(f"VSPHERE_PORT must be a port number, got {port_text!r}")
+        port = int(port_text)
+    if not 0 < port < 65536:
+        raise InvalidInput(f"port must be between 1 and 65535, got {port}")
+    pinned = thumbprint or env.get("VSPHERE_THUMBPRINT")
+    return ConnectionSettings(
+        host=str(values["HOST"]),
+        user=str(values["USER"]),
+        password=str(values["PASSWORD"]),
+        port=port,
+        ca_file=ca_file or env.get("VSPHERE_CA_FILE") or None,
+        thumbprint=normalize_thumbprint(pinned) if pinned else None,
+        insecure=insecure,
+    )
+
+
+def connect(
+    host: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    port: int | None = None,
+    ca_file: str | None = None,
+    thumbprint: str | None = None,
+    insecure: bool = False,
+    retry: RetryPolicy | None = None,
+) -> Connection:
+    """Log in to vCenter. Arguments not given come from the VSPHERE_* environment profile.
+
+    TLS is verified against `ca_file`, or a pinned SHA-256 `thumbprint`, or
+    the system's CAs; only `insecure=True` turns verification off (logged).
+    Raises InvalidInput, TLSVerificationFailed, AuthenticationFailed or
+    ConnectionFailed.
+    """
+    settings = settings_from(
+        host, user, password, port=port, ca_file=ca_file, thumbprint=thumbprint, insecure=insecure
+    )
+    return Connection(settings, retry)

@@ -1,0 +1,360 @@
+"""Read the inventory through the PropertyCollector into plain dataclasses.
+
+One container view over the root folder, only the properties needed, paged
+with ContinueRetrievePropertiesEx: the number of round trips does not grow
+with the number of VMs beyond paging. Nothing here returns pyVmomi objects.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput, NotFound
+
+PAGE_SIZE = 1000
+_VM_DETAIL = [
+    "name",
+    "config.instanceUuid",
+    "config.template",
+    "config.changeTrackingEnabled",
+    "config.hardware.device",
+    "runtime.powerState",
+    "runtime.host",
+    "runtime.consolidationNeeded",
+    "resourcePool",
+    "parent",
+    "datastore",
+    "snapshot",
+]
+_VM_BRIEF = ["name", "config.instanceUuid", "parent"]
+_NAMED_TYPES = [
+    vim.Folder,
+    vim.Datacenter,
+    vim.HostSystem,
+    vim.ResourcePool,
+    vim.Datastore,
+    vim.ClusterComputeResource,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DiskInfo:
+    """One virtual disk as the VM (or a snapshot) sees it. Sizes in bytes."""
+
+    key: int
+    label: str
+    controller_key: int
+    unit_number: int | None
+    capacity: int
+    file_name: str
+    datastore: str
+    thin: bool | None
+    eager_scrub: bool | None
+    change_id: str | None
+    uuid: str | None
+    parent_file: str | None
+
+    @property
+    def provisioning(self) -> str:
+        if self.thin:
+            return "thin"
+        return "thick-eager" if self.eager_scrub else "thick-lazy"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A node of the snapshot tree; `children` in creation order."""
+
+    moref: str
+    id: int
+    name: str
+    description: str
+    created: datetime
+    state: str
+    quiesced: bool
+    children: tuple[SnapshotInfo, ...] = ()
+
+    def walk(self) -> Iterator[SnapshotInfo]:
+        """This snapshot and its descendants, parents first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True, slots=True)
+class VMInfo:
+    """A VM's full picture, read in one go."""
+
+    moref: str
+    name: str
+    instance_uuid: str | None
+    power_state: str
+    template: bool
+    host: str | None
+    resource_pool: str | None
+    folder: str
+    datastores: tuple[str, ...]
+    disks: tuple[DiskInfo, ...]
+    snapshots: tuple[SnapshotInfo, ...]
+    current_snapshot: str | None
+    consolidation_needed: bool
+    cbt_enabled: bool
+
+    @property
+    def path(self) -> str:
+        """Inventory path, e.g. 'DC0/vm/prod/web-01'."""
+        return f"{self.folder}/{self.name}"
+
+    def all_snapshots(self) -> Iterator[SnapshotInfo]:
+        for root in self.snapshots:
+            yield from root.walk()
+
+
+@dataclass(frozen=True, slots=True)
+class VMSelector:
+    """Which VMs to find. Fields given are all required to match."""
+
+    name: str | None = None
+    glob: str | None = None
+    moref: str | None = None
+    instance_uuid: str | None = None
+    folder: str | None = None
+
+    def __post_init__(self) -> None:
+        if not any((self.name, self.glob, self.moref, self.instance_uuid, self.folder)):
+            raise InvalidInput("a VM selector needs a name, glob, moref, instance_uuid or folder")
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k in self.__slots__ if (v := getattr(self, k)))
+
+    def matches(self, name: str, moref: str, uuid: str | None, folder: str) -> bool:
+        return (
+            (self.name is None or name == self.name)
+            and (self.glob is None or fnmatch.fnmatchcase(name, self.glob))
+            and (self.moref is None or moref == self.moref)
+            and (self.instance_uuid is None or (uuid or "").lower() == self.instance_uuid.lower())
+            and (
+                self.folder is None
+                or folder == self.folder.strip("/")
+                or folder.startswith(self.folder.strip("/") + "/")
+            )
+        )
+
+
+# -- PropertyCollector plumbing ------------------------------------------------
+
+
+def _retrieve(conn: Connection, specs: Sequence[Any]) -> list[Any]:
+    """All ObjectContent for `specs`, following the paging token."""
+    pc = conn.content.propertyCollector
+    options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=PAGE_SIZE)
+    result = conn.call("read the inventory", lambda: pc.RetrievePropertiesEx(list(specs), options))
+    objects: list[Any] = []
+    while result is not None:
+        objects.extend(result.objects)
+        token = result.token
+        if not token:
+            break
+        result = conn.call("read the inventory", functools.partial(pc.ContinueRetrievePropertiesEx, token))
+    return objects
+
+
+def _view_spec(view: Any, types: Sequence[tuple[Any, list[str]]]) -> Any:
+    traversal = vmodl.query.PropertyCollector.TraversalSpec(
+        name="view", path="view", skip=False, type=vim.view.ContainerView
+    )
+    return vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=t, pathSet=paths) for t, paths in types],
+    )
+
+
+class _View:
+    """A container view over the whole inventory, destroyed on exit."""
+
+    def __init__(self, conn: Connection, types: Sequence[Any]) -> None:
+        self._conn = conn
+        content = conn.content
+        self.view = conn.call(
+            "read the inventory",
+            lambda: content.viewManager.CreateContainerView(content.rootFolder, list(types), True),
+        )
+
+    def __enter__(self) -> _View:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.call("read the inventory", self.view.DestroyView)
+
+
+def _props(obj: Any) -> dict[str, Any]:
+    return {p.name: p.val for p in obj.propSet}
+
+
+class _Names:
+    """moref -> name and parent, to turn references into names and folder paths."""
+
+    def __init__(self) -> None:
+        self.name: dict[str, str] = {}
+        self.parent: dict[str, str | None] = {}
+        self.kind: dict[str, str] = {}
+
+    def add(self, obj: Any) -> None:
+        props = _props(obj)
+        moref = obj.obj._moId
+        self.name[moref] = props.get("name", moref)
+        parent = props.get("parent")
+        self.parent[moref] = parent._moId if parent is not None else None
+        self.kind[moref] = type(obj.obj).__name__
+
+    def path(self, moref: str | None) -> str:
+        """'DC0/vm/sub' for a folder; the root folder is left out, as vSphere does."""
+        parts = []
+        while moref is not None and self.parent.get(moref) is not None:
+            parts.append(self.name.get(moref, moref))
+            moref = self.parent.get(moref)
+        return "/".join(reversed(parts))
+
+
+_NAME_PATHS = [
+    (t, ["name", "parent"]) if t in (vim.Folder, vim.Datacenter) else (t, ["name"]) for t in _NAMED_TYPES
+]
+
+
+# -- conversion ----------------------------------------------------------------
+
+
+def _disk(device: Any, names: _Names) -> DiskInfo:
+    backing = device.backing
+    datastore = getattr(backing, "datastore", None)
+    parent = getattr(backing, "parent", None)
+    return DiskInfo(
+        key=device.key,
+        label=device.deviceInfo.label if device.deviceInfo else f"disk {device.key}",
+        controller_key=device.controllerKey,
+        unit_number=device.unitNumber,
+        capacity=int(device.capacityInBytes or device.capacityInKB * 1024),
+        file_name=backing.fileName,
+        datastore=names.name.get(datastore._moId, "")
+        if datastore is not None
+        else backing.fileName[1:].split("]")[0],
+        thin=getattr(backing, "thinProvisioned", None),
+        eager_scrub=getattr(backing, "eagerlyScrub", None),
+        change_id=getattr(backing, "changeId", None) or None,
+        uuid=getattr(backing, "uuid", None),
+        parent_file=parent.fileName if parent is not None else None,
+    )
+
+
+def disks_of(devices: Sequence[Any], names: _Names | None = None) -> tuple[DiskInfo, ...]:
+    """The virtual disks in a device list (a VM's or a snapshot's config)."""
+    lookup = names or _Names()
+    return tuple(_disk(d, lookup) for d in devices if isinstance(d, vim.vm.device.VirtualDisk))
+
+
+def snapshot_tree(nodes: Sequence[Any]) -> tuple[SnapshotInfo, ...]:
+    return tuple(
+        SnapshotInfo(
+            moref=n.snapshot._moId,
+            id=n.id,
+            name=n.name,
+            description=n.description or "",
+            created=n.createTime,
+            state=str(n.state),
+            quiesced=bool(n.quiesced),
+            children=snapshot_tree(n.childSnapshotList or []),
+        )
+        for n in nodes
+    )
+
+
+def _vm_info(obj: Any, names: _Names) -> VMInfo:
+    p = _props(obj)
+    snap = p.get("snapshot")
+    host = p.get("runtime.host")
+    pool = p.get("resourcePool")
+    parent = p.get("parent")
+    return VMInfo(
+        moref=obj.obj._moId,
+        name=p["name"],
+        instance_uuid=p.get("config.instanceUuid"),
+        power_state=str(p.get("runtime.powerState")),
+        template=bool(p.get("config.template")),
+        host=names.name.get(host._moId) if host is not None else None,
+        resource_pool=names.name.get(pool._moId) if pool is not None else None,
+        folder=names.path(parent._moId) if parent is not None else "",
+        datastores=tuple(names.name.get(ds._moId, ds._moId) for ds in p.get("datastore", [])),
+        disks=disks_of(p.get("config.hardware.device", []), names),
+        snapshots=snapshot_tree(snap.rootSnapshotList) if snap is not None else (),
+        current_snapshot=snap.currentSnapshot._moId if snap is not None and snap.currentSnapshot else None,
+        consolidation_needed=bool(p.get("runtime.consolidationNeeded")),
+        cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
+    )
+
+
+# -- public API ----------------------------------------------------------------
+
+
+def read_inventory(conn: Connection) -> tuple[VMInfo, ...]:
+    """Every VM's full picture, in a few round trips whatever their number."""
+    with _View(conn, [vim.VirtualMachine, *_NAMED_TYPES]) as v:
+        objects = _retrieve(conn, [_view_spec(v.view, [(vim.VirtualMachine, _VM_DETAIL), *_NAME_PATHS])])
+    names = _Names()
+    for o in objects:
+        names.add(o)
+    return tuple(
+        sorted(
+            (_vm_info(o, names) for o in objects if isinstance(o.obj, vim.VirtualMachine)),
+            key=lambda i: i.name,
+        )
+    )
+
+
+def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
+    """The VMs `selector` matches (possibly none), each with its full picture."""
+    with _View(conn, [vim.VirtualMachine, *_NAMED_TYPES]) as v:
+        brief = _retrieve(conn, [_view_spec(v.view, [(vim.VirtualMachine, _VM_BRIEF), *_NAME_PATHS])])
+    names = _Names()
+    for o in brief:
+        names.add(o)
+    wanted = []
+    for o in brief:
+        if not isinstance(o.obj, vim.VirtualMachine):
+            continue
+        p = _props(o)
+        folder = names.path(p["parent"]._moId) if p.get("parent") is not None else ""
+        if selector.matches(p.get("name", ""), o.obj._moId, p.get("config.instanceUuid"), folder):
+            wanted.append(o.obj)
+    if not wanted:
+        return ()
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False) for vm in wanted],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
+    )
+    return tuple(sorted((_vm_info(o, names) for o in _retrieve(conn, [spec])), key=lambda i: i.name))
+
+
+def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:
+    """Exactly one VM (a plain string is a name); NotFound or InvalidInput otherwise."""
+    chosen = VMSelector(name=selector) if isinstance(selector, str) else selector
+    found = find_vms(conn, chosen)
+    if not found:
+        raise NotFound(f"no VM matches {chosen.describe()}")
+    if len(found) > 1:
+        raise InvalidInput(
+            f"{len(found)} VMs match {chosen.describe()}: {', '.join(v.name for v in found[:5])}"
+        )
+    return found[0]
+
+
+def vm_object(conn: Connection, moref: str) -> Any:
+    """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
+    return vim.VirtualMachine(moref, conn.service_instance._stub)

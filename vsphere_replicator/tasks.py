@@ -1,0 +1,125 @@
+"""Wait for vCenter tasks through the PropertyCollector (WaitForUpdatesEx).
+
+Each wait uses a private collector with one filter on the task's state,
+progress, result and error, so concurrent waits never see each other's
+updates and no `task.info` is polled in a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyVmomi import vmodl
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed
+from vsphere_replicator.faults import fault_message, fault_name
+from vsphere_replicator.logs import get_logger
+
+ProgressCallback = Callable[[int], None]
+_WATCHED = ["info.state", "info.progress", "info.result", "info.error"]
+_MAX_WAIT_SECONDS = 30
+
+
+class TaskTimedOut(ReplicatorError):
+    """The task did not finish in time; it may still be running in vCenter."""
+
+
+def _collector(conn: Connection, task: Any) -> tuple[Any, Any]:
+    def create() -> tuple[Any, Any]:
+        pc = conn.content.propertyCollector.CreatePropertyCollector()
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(type=type(task), pathSet=_WATCHED, all=False)
+            ],
+        )
+        return pc, pc.CreateFilter(spec, partialUpdates=False)
+
+    return conn.call("watch a task", create)
+
+
+def wait_for_task(
+    conn: Connection,
+    task: Any,
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Any:
+    """The task's result once it succeeds.
+
+    Raises TaskFailed (with vCenter's fault type in `.fault` and its message)
+    when the task ends in error, TaskTimedOut after `timeout` seconds.
+    `on_progress` receives the percentage whenever it changes.
+    """
+    log = get_logger(vm=vm, operation=what, task=task._moId)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    info: dict[str, Any] = {}
+    last_progress = -1
+    pc, _ = _collector(conn, task)
+    version = ""
+    try:
+        while True:
+            wait = _MAX_WAIT_SECONDS
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TaskTimedOut(f"{what}: task {task._moId} did not finish within {timeout} s", vm=vm)
+                wait = max(1, min(wait, int(remaining + 0.999)))
+            options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=wait)
+            try:
+                update = conn.call(what, functools.partial(pc.WaitForUpdatesEx, version, options))
+            except NotFound:
+                # The session was renewed and its collector went with the old one.
+                pc, _ = _collector(conn, task)
+                version = ""
+                continue
+            if update is None:
+                continue
+            version = update.version
+            for filter_set in update.filterSet:
+                for obj in filter_set.objectSet:
+                    for change in obj.changeSet:
+                        info[change.name] = change.val
+            progress = info.get("info.progress")
+            if on_progress is not None and isinstance(progress, int) and progress != last_progress:
+                last_progress = progress
+                on_progress(progress)
+            state = info.get("info.state")
+            if state == "success":
+                if on_progress is not None and last_progress != 100:
+                    on_progress(100)
+                log.debug("task_succeeded")
+                return info.get("info.result")
+            if state == "error":
+                error = info.get("info.error")
+                fault = getattr(error, "fault", None)
+                message = getattr(error, "localizedMessage", None) or (
+                    fault_message(fault) if fault else "failed"
+                )
+                name = fault_name(fault) if fault is not None else None
+                log.warning("task_failed", fault=name, message=message)
+                raise TaskFailed(f"{what}: {message}", task=task._moId, vm=vm, fault=name)
+    finally:
+        with contextlib.suppress(ReplicatorError):  # it dies with its session anyway
+            conn.call("drop a task watch", pc.DestroyPropertyCollector)
+
+
+def run_task(
+    conn: Connection,
+    start: Callable[[], Any],
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Any:
+    """Start a task (never repeated on a network error: it may have started) and wait for it."""
+    task = conn.call(what, start, idempotent=False, vm=vm)
+    return wait_for_task(conn, task, what=what, vm=vm, timeout=timeout, on_progress=on_progress)
