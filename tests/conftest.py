@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 
 from tests import labutil
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
@@ -32,10 +33,20 @@ def control(lab: LabInfo) -> LabControl:
 
 
 @pytest.fixture(scope="session")
-def si(lab: LabInfo) -> Iterator[Any]:
+def _shared_si(lab: LabInfo) -> Iterator[Any]:
     connection = labutil.connect(lab)
     yield connection
     labutil.disconnect(connection)
+
+
+@pytest.fixture
+def si(lab: LabInfo, _shared_si: Any) -> Any:
+    """A plain pyVmomi session, logged in again if a test expired it."""
+    try:
+        _shared_si.content.sessionManager.currentSession  # noqa: B018 - a cheap liveness probe
+    except vim.fault.NotAuthenticated:
+        _shared_si.content.sessionManager.Login(lab.user, lab.password)
+    return _shared_si
 
 
 _names = (f"lab-vm-{i:04d}" for i in itertools.count(1))

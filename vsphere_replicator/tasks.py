@@ -99,10 +99,9 @@ def wait_for_task(
                 return info.get("info.result")
             if state == "error":
                 error = info.get("info.error")
-                fault = getattr(error, "fault", None)
-                message = getattr(error, "localizedMessage", None) or (
-                    fault_message(fault) if fault else "failed"
-                )
+                # pyVmomi hands a LocalizedMethodFault over as the fault itself.
+                fault = error if isinstance(error, vmodl.MethodFault) else getattr(error, "fault", None)
+                message = fault_message(fault) if fault is not None else "the task failed"
                 name = fault_name(fault) if fault is not None else None
                 log.warning("task_failed", fault=name, message=message)
                 raise TaskFailed(f"{what}: {message}", task=task._moId, vm=vm, fault=name)

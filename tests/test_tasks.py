@@ -1,0 +1,53 @@
+"""Tasks are awaited through WaitForUpdatesEx; failures carry vCenter's fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from vsphere_replicator.errors import TaskFailed
+from vsphere_replicator.inventory import get_vm, vm_object
+from vsphere_replicator.tasks import run_task, wait_for_task
+
+
+def test_progress_reaches_100_and_never_goes_back(conn: Any, si: Any, vm_name: str) -> None:
+    seen: list[int] = []
+    handle = vm_object(conn, get_vm(conn, vm_name).moref)
+    dc = si.content.rootFolder.childEntity[0]
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(), powerOn=False)
+    clone = run_task(
+        conn,
+        lambda: handle.CloneVM_Task(folder=dc.vmFolder, name=f"{vm_name}-t", spec=spec),
+        what="clone",
+        on_progress=seen.append,
+    )
+    assert clone._moId.startswith("vm-")
+    assert seen and seen[-1] == 100 and seen == sorted(seen)
+
+
+def test_a_failed_task_raises_with_the_fault_and_message(conn: Any, control: Any, vm_name: str) -> None:
+    handle = vm_object(conn, get_vm(conn, vm_name).moref)
+    control.fail_method("CreateSnapshot_Task", "FileFault", message="datastore is read-only")
+    with pytest.raises(TaskFailed) as err:
+        run_task(
+            conn,
+            lambda: handle.CreateSnapshot_Task(name="x", memory=False, quiesce=False),
+            what=f"snapshot {vm_name}",
+            vm=vm_name,
+        )
+    assert err.value.fault == "FileFault" and err.value.vm == vm_name
+    assert "datastore is read-only" in str(err.value) and err.value.task.startswith("task-")
+
+
+def test_waiting_survives_a_session_expiry(conn: Any, control: Any, vm_name: str) -> None:
+    handle = vm_object(conn, get_vm(conn, vm_name).moref)
+    task = conn.call(
+        "snapshot",
+        lambda: handle.CreateSnapshot_Task(name="x", memory=False, quiesce=False),
+        idempotent=False,
+    )
+    control.expire_sessions()
+    snapshot = wait_for_task(conn, task, what="snapshot")
+    assert snapshot._moId.startswith("snapshot-")
