@@ -104,3 +104,14 @@ def test_the_sweep_removes_only_our_old_snapshots(conn: Any, vm: Any, vm_name: s
     removed = sweep_orphans(conn, older_than=timedelta(0))
     assert ours.moref in [o.snapshot.moref for o in removed]
     assert sorted(s.name for s in get_vm(conn, vm_name).all_snapshots()) == ["operator-made", "vr-lookalike"]
+
+
+def test_a_removal_that_needs_consolidation_is_consolidated(
+    conn: Any, control: Any, vm: Any, vm_name: str
+) -> None:
+    snap = create_snapshot(conn, vm_name, "c").snapshot
+    control.leave_consolidation_needed()
+    control.reset_stats()
+    after = remove_snapshot(conn, vm_name, snap)
+    assert control.stats()["methods"]["ConsolidateVMDisks_Task"] == 1
+    assert after.consolidation_needed is False and vm.runtime.consolidationNeeded is False

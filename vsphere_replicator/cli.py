@@ -121,6 +121,8 @@ def cmd_lab_fault(args: argparse.Namespace) -> int:
         result = control.drop_connections(count=args.count, path=args.path)
     elif args.fault_kind == "slow-reads":
         result = control.slow_reads(args.delay_ms, count=args.count)
+    elif args.fault_kind == "consolidation-needed":
+        result = control.leave_consolidation_needed(count=args.count)
     elif args.fault_kind == "list":
         result = control.faults()
     else:
@@ -201,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     slow = with_state_dir(kinds.add_parser("slow-reads", help="delay the next datastore reads"))
     slow.add_argument("--delay-ms", type=int, required=True)
     slow.add_argument("--count", type=int, default=1)
+    consolidation = with_state_dir(
+        kinds.add_parser("consolidation-needed", help="leave consolidationNeeded set after snapshot removals")
+    )
+    consolidation.add_argument("--count", type=int, default=1)
     with_state_dir(kinds.add_parser("list", help="show armed faults"))
     with_state_dir(kinds.add_parser("clear", help="disarm every fault"))
     return parser

@@ -93,6 +93,10 @@ class LabControl:
         """Delay the next `count` datastore reads by `delay_ms`."""
         return self.inject_fault("slow-reads", delay_ms=delay_ms, count=count)
 
+    def leave_consolidation_needed(self, count: int = 1) -> dict[str, Any]:
+        """Make the next `count` snapshot removals leave `runtime.consolidationNeeded` set."""
+        return self.inject_fault("consolidation-needed", count=count)
+
     def faults(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "faults")
         return result

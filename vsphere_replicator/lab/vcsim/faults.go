@@ -19,11 +19,12 @@ type armedFault struct {
 }
 
 const (
-	faultMethod = "method"
-	faultDrop   = "drop-connection"
-	faultSlow   = "slow-reads"
-	maxCount    = 1000
-	maxDelayMS  = 10000
+	faultMethod        = "method"
+	faultDrop          = "drop-connection"
+	faultSlow          = "slow-reads"
+	faultConsolidation = "consolidation-needed"
+	maxCount           = 1000
+	maxDelayMS         = 10000
 )
 
 type faultBox struct {
@@ -57,6 +58,7 @@ func (b *faultBox) arm(f armedFault) (armedFault, error) {
 		if f.DelayMS < 1 || f.DelayMS > maxDelayMS {
 			return f, fmt.Errorf("delay_ms must be between 1 and %d", maxDelayMS)
 		}
+	case faultConsolidation:
 	default:
 		return f, fmt.Errorf("unknown fault kind %q", f.Kind)
 	}

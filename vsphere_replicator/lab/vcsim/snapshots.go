@@ -438,6 +438,11 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 	l.stun(vm)
 	l.collectGarbage(vm)
 	publishVM(vm)
+	if fault == nil && l.faults.take(func(f *armedFault) bool { return f.Kind == faultConsolidation }) != nil {
+		// What a removal that could not merge every delta leaves behind.
+		// Set in place: the registry cannot apply a change to a *bool field.
+		vm.Runtime.ConsolidationNeeded = types.NewBool(true)
+	}
 	return fault
 }
 

@@ -281,7 +281,7 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 
 func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
 	simulator.Map.WithLock(vm, func() {
-		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(false)}})
+		vm.Runtime.ConsolidationNeeded = types.NewBool(false) // in place: *bool fields cannot go through Map.Update
 	})
 	return nil, nil
 }
