@@ -104,6 +104,7 @@ class Connection:
         self.settings = settings
         self.retry = retry or RetryPolicy()
         self._si: Any = None
+        self._content: Any = None
         self._si = self._retrying(idempotent=True)(self._open)
 
     @property
@@ -131,6 +132,7 @@ class Connection:
             if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
                 raise  # let the retry policy see the network error itself
             raise error from exc
+        self._content = si.RetrieveContent()  # part of logging in: later reads use the cache
         self._log.info("connected", port=s.port, user=s.user)
         return si
 
@@ -150,8 +152,10 @@ class Connection:
 
     @property
     def content(self) -> Any:
-        """The ServiceContent (fetched once, then cached by pyVmomi)."""
-        return self.call("read the service content", lambda: self._si.content)
+        """The ServiceContent, read once per connection: its references never change."""
+        if self._content is None:
+            self._content = self.call("read the service content", self._si.RetrieveContent)
+        return self._content
 
     def close(self) -> None:
         """Log out and drop the connection; safe to call twice."""
