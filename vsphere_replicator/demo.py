@@ -1,24 +1,26 @@
 """The main job on the embedded lab: snapshot, read changed blocks, clone.
 
-It talks to the lab with plain pyVmomi and HTTP range reads, the way the
-library's later layers will, and checks every byte it moves.
+Sessions, inventory and snapshots go through the library; the changed-area
+query, the range reads and the clone use pyVmomi and HTTP directly until the
+CBT and clone layers exist. Every byte moved is checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from pyVim.connect import Disconnect, SmartConnect
-from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from vsphere_replicator.connection import Connection, connect
+from vsphere_replicator.inventory import VMSelector, get_vm, vm_object
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.snapshots import create_snapshot, remove_all_snapshots
+from vsphere_replicator.tasks import run_task
 
 MiB = 1 << 20
 
@@ -41,11 +43,6 @@ class DemoReport:
 
 def _disk(obj: Any) -> Any:
     return next(d for d in obj.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
-
-
-def _wait(task: Any) -> Any:
-    WaitForTask(task)
-    return task.info.result
 
 
 def _changed_areas(
@@ -71,41 +68,35 @@ def _flat_url(lab: LabInfo, file_name: str) -> tuple[str, dict[str, str]]:
 
 def run_demo(say: Callable[[str], None] = print) -> DemoReport:
     """Start a lab, replicate one VM's changes and clone it; stop the lab."""
-    with running_lab(vms=2, disk_size=64 * MiB) as lab:
-        control = LabControl(lab)
-        context = ssl.create_default_context(cafile=lab.ca_file)
-        si = SmartConnect(host=lab.host, port=lab.port, user=lab.user, pwd=lab.password, sslContext=context)
-        try:
-            return _demo(lab, control, si, say)
-        finally:
-            Disconnect(si)
+    with (
+        running_lab(vms=2, disk_size=64 * MiB) as lab,
+        connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
+    ):
+        return _demo(lab, LabControl(lab), conn, say)
 
 
-def _demo(lab: LabInfo, control: LabControl, si: Any, say: Callable[[str], None]) -> DemoReport:
+def _demo(lab: LabInfo, control: LabControl, conn: Connection, say: Callable[[str], None]) -> DemoReport:
     say(f"lab up at {lab.url} (TLS verified with {lab.ca_file})")
-    vm = si.content.searchIndex.FindByInventoryPath(f"{lab.datacenter}/vm/lab-vm-0001")
-    _wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)))
-    base = _wait(
-        vm.CreateSnapshot_Task(
-            name="vr-demo-base", description="vsphere_replicator demo", memory=False, quiesce=False
-        )
+    info = get_vm(conn, "lab-vm-0001")
+    vm = vm_object(conn, info.moref)
+    stub = conn.service_instance._stub
+    run_task(
+        conn, lambda: vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)), what="enable CBT"
     )
-    change_id = _disk(base).backing.changeId
-    say(f"{vm.name}: CBT on, base snapshot taken, change id {change_id}")
+    base = create_snapshot(conn, info, "demo-base", description="vsphere_replicator demo")
+    change_id = _disk(vim.vm.Snapshot(base.snapshot.moref, stub)).backing.changeId
+    say(f"{info.name}: CBT on, base snapshot {base.snapshot.name} taken, change id {change_id}")
 
     rng = random.Random(2026)
     written: dict[int, bytes] = {}
     for offset in (0, 5 * MiB + 4096, 40 * MiB):
         written[offset] = control.write_random(
-            vm.name, offset=offset, length=256 * 1024, seed=rng.randrange(1 << 30)
+            info.name, offset=offset, length=256 * 1024, seed=rng.randrange(1 << 30)
         )
     say(f"guest wrote {len(written)} extents, {sum(map(len, written.values()))} bytes")
 
-    delta = _wait(
-        vm.CreateSnapshot_Task(
-            name="vr-demo-delta", description="vsphere_replicator demo", memory=False, quiesce=False
-        )
-    )
+    delta_info = create_snapshot(conn, info, "demo-delta", description="vsphere_replicator demo").snapshot
+    delta = vim.vm.Snapshot(delta_info.moref, stub)
     disk = _disk(delta)
     areas, calls = _changed_areas(vm, delta, disk.key, change_id, disk.capacityInBytes)
     say(f"QueryChangedDiskAreas: {len(areas)} changed areas in {calls} paged calls")
@@ -113,7 +104,7 @@ def _demo(lab: LabInfo, control: LabControl, si: Any, say: Callable[[str], None]
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace the lab's CA
     session.verify = lab.ca_file
-    session.headers["Cookie"] = si._stub.cookie
+    session.headers["Cookie"] = stub.cookie
     url, params = _flat_url(lab, disk.backing.fileName)
     image: dict[int, bytes] = {}
     for start, length in areas:
@@ -132,24 +123,29 @@ def _demo(lab: LabInfo, control: LabControl, si: Any, say: Callable[[str], None]
     )
     say(f"read {bytes_read} bytes of the frozen snapshot disk; written data found intact: {verified}")
 
-    dc = si.content.rootFolder.childEntity[0]
+    dc = conn.content.rootFolder.childEntity[0]
     secondary = next(ds for ds in dc.datastore if ds.name == "secondary-ds")
     spec = vim.vm.CloneSpec(snapshot=delta, powerOn=False, location=vim.vm.RelocateSpec(datastore=secondary))
-    clone = _wait(vm.CloneVM_Task(folder=dc.vmFolder, name=f"{vm.name}-replica", spec=spec))
-    clone_url, clone_params = _flat_url(lab, _disk(clone).backing.fileName)
+    clone_ref = run_task(
+        conn,
+        lambda: vm.CloneVM_Task(folder=dc.vmFolder, name=f"{info.name}-replica", spec=spec),
+        what="clone",
+    )
+    clone = get_vm(conn, VMSelector(moref=clone_ref._moId))
+    clone_url, clone_params = _flat_url(lab, clone.disks[0].file_name)
     digests = [
         hashlib.sha256(session.get(u, params=p, timeout=60).content).hexdigest()
         for u, p in ((url, params), (clone_url, clone_params))
     ]
     matches = digests[0] == digests[1]
     say(
-        f"cloned to {clone.name} on secondary-ds, {clone.runtime.powerState}; "
+        f"cloned to {clone.name} on {clone.disks[0].datastore}, {clone.power_state}; "
         f"bytes equal to the snapshot: {matches}"
     )
-    _wait(vm.RemoveAllSnapshots_Task())
-    say(f"{vm.name}: demo snapshots removed")
+    remove_all_snapshots(conn, info)
+    say(f"{info.name}: demo snapshots removed")
     return DemoReport(
-        vm=vm.name,
+        vm=info.name,
         change_id=change_id,
         query_calls=calls,
         changed_areas=tuple(areas),
@@ -157,6 +153,6 @@ def _demo(lab: LabInfo, control: LabControl, si: Any, say: Callable[[str], None]
         bytes_read=bytes_read,
         delta_verified=verified,
         clone=clone.name,
-        clone_datastore="secondary-ds",
+        clone_datastore=clone.disks[0].datastore,
         clone_matches_snapshot=matches,
     )
