@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,18 +194,23 @@ def create_snapshot(
     )
 
 
+def _on_snapshot(
+    conn: Connection, vm: VMRef, snapshot: SnapshotInfo, what: str, start: Callable[[Any], Any]
+) -> VMInfo:
+    """Run a task on one of the VM's snapshots (checked to still be there); the VM as it was."""
+    info = _resolve(conn, vm)
+    find_snapshot(info, moref=snapshot.moref)
+    handle = _snapshot_handle(conn, snapshot.moref)
+    run_task(conn, lambda: start(handle), what=f"{what} {snapshot.name} of {info.name}", vm=info.name)
+    return info
+
+
 def revert_to_snapshot(
     conn: Connection, vm: VMRef, snapshot: SnapshotInfo, *, suppress_power_on: bool = False
 ) -> VMInfo:
     """Bring the VM back to `snapshot`; returns its new state."""
-    info = _resolve(conn, vm)
-    find_snapshot(info, moref=snapshot.moref)
-    handle = _snapshot_handle(conn, snapshot.moref)
-    run_task(
-        conn,
-        lambda: handle.RevertToSnapshot_Task(suppressPowerOn=suppress_power_on),
-        what=f"revert {info.name} to {snapshot.name}",
-        vm=info.name,
+    info = _on_snapshot(
+        conn, vm, snapshot, "revert to", lambda s: s.RevertToSnapshot_Task(suppressPowerOn=suppress_power_on)
     )
     return get_vm(conn, VMSelector(moref=info.moref))
 
@@ -213,14 +219,8 @@ def remove_snapshot(
     conn: Connection, vm: VMRef, snapshot: SnapshotInfo, *, remove_children: bool = False
 ) -> VMInfo:
     """Delete one snapshot (its data folds into the remaining disks), then consolidate if needed."""
-    info = _resolve(conn, vm)
-    find_snapshot(info, moref=snapshot.moref)
-    handle = _snapshot_handle(conn, snapshot.moref)
-    run_task(
-        conn,
-        lambda: handle.RemoveSnapshot_Task(removeChildren=remove_children),
-        what=f"remove snapshot {snapshot.name} of {info.name}",
-        vm=info.name,
+    info = _on_snapshot(
+        conn, vm, snapshot, "remove snapshot", lambda s: s.RemoveSnapshot_Task(removeChildren=remove_children)
     )
     consolidate_if_needed(conn, info)
     return get_vm(conn, VMSelector(moref=info.moref))
