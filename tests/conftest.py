@@ -13,7 +13,7 @@ from tests import labutil
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 
-LAB_VMS = 60
+LAB_VMS = 100
 DISK_SIZE = 32 << 20
 CBT_WINDOW = 4 << 20
 CBT_BLOCK = 64 << 10

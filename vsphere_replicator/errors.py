@@ -12,6 +12,7 @@ ReplicatorError                  root of everything raised on purpose
  ├── VSphereFault                any other fault vCenter answered with
  │    └── TaskFailed             a vCenter task ended in error
  └── CBTError                    Changed Block Tracking cannot be used as asked
+      └── ChangeIdInvalid         a change id is stale or unknown: read the disk in full
 
 Every error that concerns a VM carries `.vm`; those that came from vCenter
 carry `.fault` (the vim25 fault type name, e.g. "FileFault"). Messages name
@@ -76,3 +77,25 @@ class TaskFailed(VSphereFault):
 
 class CBTError(ReplicatorError):
     """Changed Block Tracking cannot be used as asked."""
+
+
+class ChangeIdInvalid(CBTError):
+    """vCenter no longer knows the change id (CBT reset, host crash, …); the disk needs a full read.
+
+    `.disk` is the device key, `.change_id` the id that failed, `.reason` why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vm: str | None,
+        disk: int,
+        change_id: str,
+        reason: str,
+        fault: str | None = None,
+    ) -> None:
+        super().__init__(message, vm=vm, fault=fault)
+        self.disk = disk
+        self.change_id = change_id
+        self.reason = reason

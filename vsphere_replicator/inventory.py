@@ -355,6 +355,23 @@ def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:
     return found[0]
 
 
+def snapshot_disks(conn: Connection, snapshot_moref: str) -> tuple[DiskInfo, ...]:
+    """The disks as a snapshot froze them: its own backings, capacities and change ids."""
+    snapshot = vim.vm.Snapshot(snapshot_moref, conn.service_instance._stub)
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=snapshot, skip=False)],
+        propSet=[
+            vmodl.query.PropertyCollector.PropertySpec(
+                type=vim.vm.Snapshot, pathSet=["config.hardware.device"]
+            )
+        ],
+    )
+    objects = _retrieve(conn, [spec])
+    if not objects:
+        raise NotFound(f"snapshot {snapshot_moref} not found")
+    return disks_of(_props(objects[0]).get("config.hardware.device", []))
+
+
 def vm_object(conn: Connection, moref: str) -> Any:
     """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
     return vim.VirtualMachine(moref, conn.service_instance._stub)

@@ -1,0 +1,233 @@
+"""Changed Block Tracking: switch it on, read change ids, ask what changed.
+
+A disk's change id is read from a snapshot's own copy of the device list.
+`changed_areas` loops QueryChangedDiskAreas over the whole disk (one answer
+covers only part of it), checks every answer, and turns a stale or unknown
+change id into ChangeIdInvalid — never into an empty delta.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from pyVmomi import vim
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import CBTError, ChangeIdInvalid, InvalidInput, VSphereFault
+from vsphere_replicator.inventory import (
+    DiskInfo,
+    SnapshotInfo,
+    VMInfo,
+    VMSelector,
+    get_vm,
+    snapshot_disks,
+    vm_object,
+)
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.snapshots import VMRef, create_snapshot, remove_snapshot
+from vsphere_replicator.tasks import run_task
+
+ALL_ALLOCATED = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedArea:
+    """Bytes [start, start + length) of a disk."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedAreas:
+    """What changed on one disk between `since` and the snapshot, merged and checked."""
+
+    vm: str
+    disk: int
+    snapshot: str
+    since: str
+    capacity: int
+    areas: tuple[ChangedArea, ...]
+    queries: int
+
+    @property
+    def total(self) -> int:
+        return sum(a.length for a in self.areas)
+
+
+def change_id_uuid(change_id: str) -> str:
+    """The tracking identity part of a change id: everything before the '/'."""
+    uuid, slash, seq = change_id.rpartition("/")
+    if not slash or not uuid or not seq.isdigit():
+        raise InvalidInput(f"not a change id: {change_id!r}")
+    return uuid
+
+
+def enable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
+    """Switch CBT on and make it take effect; returns the VM with change ids on every disk.
+
+    Refuses a VM that has snapshots (unsupported by VMware). A powered-on VM
+    needs a stun before tracking starts: a marked snapshot is taken and
+    removed for that.
+    """
+    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    if info.snapshots:
+        raise CBTError(
+            f"{info.name} has snapshots: VMware does not support enabling CBT then; remove them first",
+            vm=info.name,
+        )
+    log = get_logger(vm=info.name, operation="enable_cbt")
+    if not info.cbt_enabled:
+        handle = vm_object(conn, info.moref)
+        run_task(
+            conn,
+            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)),
+            what=f"enable CBT on {info.name}",
+            vm=info.name,
+        )
+        log.info("cbt_enabled")
+    fresh = get_vm(conn, VMSelector(moref=info.moref))
+    if any(d.change_id is None for d in fresh.disks):
+        stun = create_snapshot(conn, fresh, "cbt-stun", description="starts Changed Block Tracking").snapshot
+        fresh = remove_snapshot(conn, fresh, stun)
+    untracked = [d.label for d in fresh.disks if d.change_id is None]
+    if untracked:
+        raise CBTError(f"CBT did not start on {info.name}: {', '.join(untracked)}", vm=info.name)
+    return fresh
+
+
+def disable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
+    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    handle = vm_object(conn, info.moref)
+    run_task(
+        conn,
+        lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=False)),
+        what=f"disable CBT on {info.name}",
+        vm=info.name,
+    )
+    return get_vm(conn, VMSelector(moref=info.moref))
+
+
+def tracked_disks(vm: VMInfo) -> dict[int, bool]:
+    """Per device key: is tracking active (the disk carries a change id)?"""
+    return {d.key: d.change_id is not None for d in vm.disks}
+
+
+def change_ids_at(conn: Connection, snapshot: SnapshotInfo) -> dict[int, str | None]:
+    """Each disk's change id as the snapshot froze it (None where not tracked)."""
+    return {d.key: d.change_id for d in snapshot_disks(conn, snapshot.moref)}
+
+
+def _disk_at(conn: Connection, snapshot: SnapshotInfo, disk: int) -> DiskInfo:
+    for d in snapshot_disks(conn, snapshot.moref):
+        if d.key == disk:
+            return d
+    raise InvalidInput(f"snapshot {snapshot.name} has no disk with key {disk}")
+
+
+def _merge(areas: list[ChangedArea]) -> tuple[ChangedArea, ...]:
+    merged: list[ChangedArea] = []
+    for a in areas:
+        if merged and merged[-1].end == a.start:
+            merged[-1] = ChangedArea(merged[-1].start, merged[-1].length + a.length)
+        else:
+            merged.append(a)
+    return tuple(merged)
+
+
+def changed_areas(
+    conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, disk: int, since: str
+) -> ChangedAreas:
+    """The areas of `disk` written between change id `since` (or "*": all allocated) and `snapshot`.
+
+    Raises ChangeIdInvalid when vCenter no longer knows `since`, or its
+    tracking identity differs from the disk's at the snapshot: the caller
+    must then read the disk in full. Raises CBTError when vCenter's answers
+    are inconsistent (unsorted, overlapping, outside the disk, empty).
+    """
+    log = get_logger(vm=vm.name, disk=disk, operation="changed_areas")
+    at = _disk_at(conn, snapshot, disk)
+    if at.change_id is None:
+        raise CBTError(f"{vm.name} disk {disk} was not tracked when {snapshot.name} was taken", vm=vm.name)
+    if since != ALL_ALLOCATED and change_id_uuid(since) != change_id_uuid(at.change_id):
+        log.warning("change_id_reset", since=since, now=at.change_id)
+        raise ChangeIdInvalid(
+            f"{vm.name} disk {disk}: change id {since} belongs to an earlier tracking identity "
+            f"(now {at.change_id}); read the disk in full",
+            vm=vm.name,
+            disk=disk,
+            change_id=since,
+            reason="tracking identity changed",
+        )
+    handle = vm_object(conn, vm.moref)
+    snap = vim.vm.Snapshot(snapshot.moref, conn.service_instance._stub)
+    capacity, offset, queries = at.capacity, 0, 0
+    found: list[ChangedArea] = []
+    while offset < capacity:  # never ask at offset == capacity: ESXi answers InvalidArgument
+        query = functools.partial(
+            handle.QueryChangedDiskAreas, snapshot=snap, deviceKey=disk, startOffset=offset, changeId=since
+        )
+        try:
+            info = conn.call(f"query changed areas of {vm.name} disk {disk}", query, vm=vm.name)
+        except (VSphereFault, InvalidInput) as exc:
+            stale = exc.fault == "FileFault" or (exc.fault == "InvalidArgument" and "changeId" in str(exc))
+            if not stale:
+                raise
+            log.warning("change_id_invalid", since=since, fault=exc.fault)
+            raise ChangeIdInvalid(
+                f"{vm.name} disk {disk}: vCenter rejects change id {since} ({exc.fault}); read it in full",
+                vm=vm.name,
+                disk=disk,
+                change_id=since,
+                reason=str(exc),
+                fault=exc.fault,
+            ) from exc
+        queries += 1
+        window_end = info.startOffset + info.length
+        if info.startOffset != offset or info.length <= 0:
+            window = f"{info.startOffset}+{info.length}"
+            raise CBTError(f"{vm.name} disk {disk}: vCenter answered window {window} for offset {offset}")
+        previous_end = found[-1].end if found else 0
+        for extent in info.changedArea or []:
+            area = ChangedArea(int(extent.start), int(extent.length))
+            if (
+                area.length <= 0
+                or area.start < max(previous_end, info.startOffset)
+                or area.end > min(window_end, capacity)
+            ):
+                where = f"{area.start}+{area.length}"
+                raise CBTError(
+                    f"{vm.name} disk {disk}: changed area {where} is out of order or outside the disk"
+                )
+            found.append(area)
+            previous_end = area.end
+        offset = window_end
+    result = ChangedAreas(
+        vm=vm.name,
+        disk=disk,
+        snapshot=snapshot.moref,
+        since=since,
+        capacity=capacity,
+        areas=_merge(found),
+        queries=queries,
+    )
+    log.info("changed_areas", since=since, areas=len(result.areas), bytes=result.total, queries=queries)
+    return result
+
+
+__all__ = [
+    "ALL_ALLOCATED",
+    "ChangedArea",
+    "ChangedAreas",
+    "change_id_uuid",
+    "change_ids_at",
+    "changed_areas",
+    "disable_cbt",
+    "enable_cbt",
+    "tracked_disks",
+]
