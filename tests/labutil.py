@@ -154,3 +154,9 @@ def block_round(writes: list[tuple[int, int]], block: int, capacity: int) -> lis
         else:
             out.append((start, block))
     return [(s, min(n, capacity - s)) for s, n in out]
+
+
+def qemu_img_compare_raw(a: Path, b: Path) -> int:
+    return subprocess.run(
+        ["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(b)], check=False
+    ).returncode

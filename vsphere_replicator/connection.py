@@ -136,6 +136,16 @@ class Connection:
         self._log.info("connected", port=s.port, user=s.user)
         return si
 
+    def renew_session(self) -> None:
+        """Log in again on the same connection (after vCenter said the session expired)."""
+        self._login_again()
+
+    @property
+    def session_cookie(self) -> str:
+        """The `Cookie` header value of this session, for the datastore HTTP endpoint. A secret."""
+        cookie: str = self._si._stub.cookie
+        return cookie
+
     def _login_again(self) -> None:
         self._log.warning("session_expired_relogin")
         manager = self._si.content.sessionManager

@@ -1,0 +1,132 @@
+"""Delta reads end to end: apply them to the previous copy and get the snapshot's bytes."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import labutil
+from tests.conftest import CBT_BLOCK, DISK_SIZE
+from vsphere_replicator.cbt import change_ids_at, enable_cbt
+from vsphere_replicator.delta import http_sources, plan_delta, read_delta
+from vsphere_replicator.errors import ChangeIdInvalid
+from vsphere_replicator.inventory import SnapshotInfo, VMInfo, snapshot_disks
+from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
+from vsphere_replicator.transport import FileBlockSink, FileBlockSource, MemoryBlockDevice, copy_areas
+from vsphere_replicator.verify import checksum, first_mismatch
+
+
+def mounted_sources(lab: Any) -> Any:
+    """The datastore seen as a local directory (the lab's datastores are)."""
+    return lambda disk: FileBlockSource(labutil.local_extent(lab, disk.file_name))
+
+
+def apply(plan: Any, sources: Any, copies: dict[int, Path]) -> int:
+    sinks = {key: FileBlockSink(path) for key, path in copies.items()}
+    moved = 0
+    for key, offset, data in read_delta(plan, sources):
+        sinks[key].write(offset, data)
+        moved += len(data)
+    for sink in sinks.values():
+        sink.flush()
+        sink.close()
+    return moved
+
+
+def assert_same(lab: Any, conn: Any, snap: SnapshotInfo, copies: dict[int, Path]) -> None:
+    for disk in snapshot_disks(conn, snap.moref):
+        frozen = labutil.local_extent(lab, disk.file_name)
+        assert labutil.sha256(frozen) == labutil.sha256(copies[disk.key]), disk.label
+        assert labutil.qemu_img_compare_raw(frozen, copies[disk.key]) == 0
+
+
+def seed(
+    lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path, sources: Any
+) -> tuple[VMInfo, SnapshotInfo, dict[int, Path], int]:
+    control.write_random(vm_name, offset=CBT_BLOCK * 7 + 3, length=200_000, seed=1)
+    control.write_random(vm_name, offset=DISK_SIZE // 2, length=10, seed=2, disk=1)
+    info = enable_cbt(conn, vm_name)
+    base = create_snapshot(conn, info, "seed").snapshot
+    copies = {}
+    for disk in info.disks:
+        copies[disk.key] = tmp_path / f"copy-{disk.key}.img"
+        FileBlockSink(copies[disk.key], size=disk.capacity).close()
+    moved = apply(plan_delta(conn, info, base, {}), sources, copies)
+    assert_same(lab, conn, base, copies)
+    return info, base, copies, moved
+
+
+@pytest.mark.parametrize("transport", ["http", "mounted"])
+def test_seed_then_incremental_rounds_end_byte_exact(
+    lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path, transport: str
+) -> None:
+    info = enable_cbt(conn, vm_name)
+    sources = http_sources(conn, info) if transport == "http" else mounted_sources(lab)
+    info, previous, copies, moved = seed(lab, conn, control, vm_name, tmp_path, sources)
+    assert moved == 4 * CBT_BLOCK + CBT_BLOCK  # the first full read touched only allocated blocks
+    rng = random.Random(11)
+    for round_ in range(3):
+        for i in range(6):
+            control.write_random(
+                vm_name,
+                offset=rng.randrange(0, DISK_SIZE - 50_000),
+                length=rng.randrange(1, 50_000),
+                seed=round_ * 10 + i,
+                disk=i % 2,
+            )
+        current = create_snapshot(conn, info, f"round-{round_}").snapshot
+        plan = plan_delta(conn, info, current, change_ids_at(conn, previous))
+        moved = apply(plan, sources, copies)
+        assert moved <= plan.total * 1.05 + 8192
+        assert_same(lab, conn, current, copies)
+        remove_snapshot(conn, info, previous)
+        previous = current
+
+
+def test_a_stale_change_id_falls_back_to_a_full_read(
+    lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    info = enable_cbt(conn, vm_name)
+    sources = http_sources(conn, info)
+    info, previous, copies, _ = seed(lab, conn, control, vm_name, tmp_path, sources)
+    control.cbt_reset(vm_name)
+    control.write_random(vm_name, offset=CBT_BLOCK, length=100, seed=9)
+    current = create_snapshot(conn, info, "after-reset").snapshot
+    with pytest.raises(ChangeIdInvalid):
+        plan_delta(conn, info, current, change_ids_at(conn, previous))
+    apply(plan_delta(conn, info, current, {}), sources, copies)
+    assert_same(lab, conn, current, copies)
+
+
+def test_dropped_range_reads_are_retried_without_corruption(
+    lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    info = enable_cbt(conn, vm_name)
+    sources = http_sources(conn, info)
+    control.write_random(vm_name, offset=0, length=3 << 20, seed=3)
+    snap = create_snapshot(conn, info, "full").snapshot
+    copies = {}
+    for disk in info.disks:
+        copies[disk.key] = tmp_path / f"copy-{disk.key}.img"
+        FileBlockSink(copies[disk.key], size=disk.capacity).close()
+    control.drop_connections(count=3, path="folder")
+    apply(plan_delta(conn, info, snap, {}), sources, copies)
+    assert control.faults() == []
+    assert_same(lab, conn, snap, copies)
+
+
+def test_first_mismatch_finds_the_byte(lab: Any) -> None:
+    a = MemoryBlockDevice(1 << 20, b"x" * 5000)
+    b = MemoryBlockDevice(1 << 20, b"x" * 4000 + b"y" + b"x" * 999)
+    assert first_mismatch(a, a) is None
+    found = first_mismatch(a, b, chunk=64 << 10)
+    assert found is not None and found.offset == 4000 and found.chunk_offset == 0
+    assert checksum(a) != checksum(b)
+    target = MemoryBlockDevice(1 << 20)
+    copy_areas(b, target, [(0, 1 << 20)], skip_zero=True)
+    assert first_mismatch(b, target) is None and target.flushes == 1
+    assert shutil.which("qemu-img")

@@ -1,0 +1,32 @@
+"""Where disk bytes are read and written: one small seam, several transports.
+
+`BlockSource.read(offset, length)` and `BlockSink.write(offset, data)` /
+`flush()` are all a transport implements; chunking, alignment, parallelism
+and verification live above it (see `vsphere_replicator.transport.base`).
+"""
+
+from vsphere_replicator.transport.base import (
+    BlockSink,
+    BlockSource,
+    TransportError,
+    copy_areas,
+    plan_chunks,
+    read_chunks,
+)
+from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
+from vsphere_replicator.transport.memory import MemoryBlockDevice
+from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
+
+__all__ = [
+    "BlockSink",
+    "BlockSource",
+    "DatastoreHTTPSource",
+    "FileBlockSink",
+    "FileBlockSource",
+    "MemoryBlockDevice",
+    "TransportError",
+    "copy_areas",
+    "flat_extent_path",
+    "plan_chunks",
+    "read_chunks",
+]

@@ -1,0 +1,123 @@
+"""The transport seam and what sits on top of it: chunking, bounded parallel reads, copying."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
+
+from vsphere_replicator.errors import InvalidInput, ReplicatorError
+
+SECTOR = 512
+ALIGN = 4096
+DEFAULT_CHUNK = 4 << 20
+MAX_CHUNK = 64 << 20
+
+
+class TransportError(ReplicatorError):
+    """Bytes could not be read or written (after the transport's own retries)."""
+
+
+@runtime_checkable
+class BlockSource(Protocol):
+    """Reads a disk image. `size` is its capacity in bytes."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset`, or TransportError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlockSink(Protocol):
+    """Writes a disk image; data is durable only after `flush()`."""
+
+    size: int
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def plan_chunks(
+    areas: Iterable[tuple[int, int]], size: int, *, chunk: int = DEFAULT_CHUNK, align: int = ALIGN
+) -> Iterator[tuple[int, int]]:
+    """(offset, length) reads covering `areas`: aligned to `align` (never past `size`), at most `chunk` long.
+
+    Alignment only widens an area to whole sectors/blocks around it; the
+    bytes read stay within 1/`align` of the bytes changed.
+    """
+    if align % SECTOR or chunk % align or not 0 < chunk <= MAX_CHUNK:
+        raise InvalidInput(
+            f"chunk ({chunk}) must be a multiple of align ({align}), itself of 512, and <= 64 MiB"
+        )
+    last_end = 0
+    for start, length in areas:
+        if length <= 0:
+            continue
+        begin = max(start // align * align, last_end)
+        end = min(-(-(start + length) // align) * align, size)
+        while begin < end:
+            n = min(chunk, end - begin)
+            yield begin, n
+            begin += n
+        last_end = max(last_end, end)
+
+
+def read_chunks(
+    source: BlockSource, chunks: Iterable[tuple[int, int]], *, workers: int = 4
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) for each chunk, in order, with up to `workers` reads in flight.
+
+    Memory stays bounded: at most `2 * workers` chunks are held at once.
+    """
+    if workers <= 1:
+        for offset, length in chunks:
+            yield offset, source.read(offset, length)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vr-read") as pool:
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+        for offset, length in chunks:
+            pending.append((offset, pool.submit(source.read, offset, length)))
+            if len(pending) >= 2 * workers:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+
+
+def copy_areas(
+    source: BlockSource,
+    sink: BlockSink,
+    areas: Iterable[tuple[int, int]],
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    workers: int = 4,
+    skip_zero: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Copy `areas` from source to sink and flush; returns bytes read.
+
+    `skip_zero` leaves all-zero chunks unwritten: only correct where the
+    sink is known to hold zeros there (a fresh sparse target).
+    """
+    if sink.size < source.size:
+        raise InvalidInput(f"the target ({sink.size} bytes) is smaller than the source ({source.size} bytes)")
+    plan = list(plan_chunks(areas, source.size, chunk=chunk))
+    total = sum(n for _, n in plan)
+    done = 0
+    for offset, data in read_chunks(source, plan, workers=workers):
+        if not (skip_zero and data.count(0) == len(data)):
+            sink.write(offset, data)
+        done += len(data)
+        if on_progress is not None:
+            on_progress(done, total)
+    sink.flush()
+    return done

@@ -1,0 +1,126 @@
+"""Datastore HTTP access (`/folder/...` with Range): the lab's and powered-off VMs' path.
+
+Reuses the SOAP session's cookie, verifies TLS exactly as the SOAP
+connection does, pools connections, and checks every answer's range and
+length: a response cut short is retried, never handed on.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.transport.base import TransportError
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+def flat_extent_path(file_name: str) -> tuple[str, str]:
+    """'[ds] vm/vm.vmdk' -> ('ds', 'vm/vm-flat.vmdk'): the extent that holds a flat disk's bytes."""
+    match = re.match(r"^\[([^\]]+)\] (.+)\.vmdk$", file_name)
+    if match is None:
+        raise InvalidInput(f"not a datastore path to a .vmdk: {file_name!r}")
+    return match.group(1), match.group(2) + "-flat.vmdk"
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Accepts only the certificate with the pinned SHA-256 fingerprint."""
+
+    def __init__(self, fingerprint: str, **kwargs: object) -> None:
+        self._fingerprint = fingerprint
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class DatastoreHTTPSource:
+    """Reads one flat extent over `/folder` with Range requests (thread-safe)."""
+
+    def __init__(
+        self, conn: Connection, file_name: str, size: int, *, datacenter: str, pool_size: int = 8
+    ) -> None:
+        self.size = size
+        self._conn = conn
+        settings = conn.settings
+        datastore, path = flat_extent_path(file_name)
+        self._url = f"https://{settings.host}:{settings.port}/folder/{path}"
+        self._params = {"dcPath": datacenter, "dsName": datastore}
+        self._log = get_logger(file=file_name, operation="http_read")
+        self._renew_lock = threading.Lock()
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE and proxies must not replace what the caller chose
+        if settings.thumbprint is not None:
+            session.verify = False  # the pinned fingerprint below is the check
+            session.mount("https://", _PinnedAdapter(settings.thumbprint, pool_maxsize=pool_size))
+        else:
+            session.verify = False if settings.insecure else (settings.ca_file or True)
+            session.mount("https://", HTTPAdapter(pool_maxsize=pool_size))
+        self._session = session
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            raise InvalidInput(f"range {offset}+{length} is outside the disk ({self.size} bytes)")
+        policy = self._conn.retry
+        renewed = False
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return self._get(offset, length)
+            except _Expired:
+                if renewed:
+                    raise TransportError(
+                        f"the datastore refused the renewed session for {self._url}"
+                    ) from None
+                with self._renew_lock:
+                    self._conn.renew_session()
+                renewed = True
+            except (*_TRANSIENT, _ShortRead) as exc:
+                if attempt == policy.attempts:
+                    raise TransportError(
+                        f"reading {length} bytes at {offset} failed {attempt} times: {exc}"
+                    ) from exc
+                wait = min(policy.max_wait, policy.initial_wait * 2 ** (attempt - 1))
+                self._log.warning(
+                    "range_read_retry", offset=offset, attempt=attempt, error=type(exc).__name__
+                )
+                policy.sleep(wait)
+        raise TransportError(f"reading {length} bytes at {offset} did not succeed")
+
+    def _get(self, offset: int, length: int) -> bytes:
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}", "Cookie": self._conn.session_cookie}
+        started = time.monotonic()
+        response = self._session.get(self._url, params=self._params, headers=headers, timeout=(10, 120))
+        if response.status_code == 401:
+            raise _Expired()
+        if response.status_code != 206:
+            raise TransportError(f"GET {self._url} answered {response.status_code}, expected 206")
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        body = response.content
+        if match is None or int(match.group(1)) != offset or len(body) != length:
+            raise _ShortRead(
+                f"asked {offset}+{length}, got {response.headers.get('Content-Range')} ({len(body)} bytes)"
+            )
+        self._log.debug(
+            "range_read", offset=offset, length=length, seconds=round(time.monotonic() - started, 4)
+        )
+        return body
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class _Expired(Exception):
+    """The datastore endpoint refused the session cookie."""
+
+
+class _ShortRead(Exception):
+    """The answer did not hold exactly the requested range."""

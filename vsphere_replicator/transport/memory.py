@@ -1,0 +1,37 @@
+"""An in-memory block device: both a source and a sink, for tests of code built on transports."""
+
+from __future__ import annotations
+
+from vsphere_replicator.errors import InvalidInput
+
+
+class MemoryBlockDevice:
+    """A disk image held in memory; `flushes` counts flush() calls."""
+
+    def __init__(self, size: int, data: bytes = b"") -> None:
+        if len(data) > size:
+            raise InvalidInput("initial data is larger than the device")
+        self.size = size
+        self._image = bytearray(data) + bytearray(size - len(data))
+        self.flushes = 0
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidInput(f"range {offset}+{length} is outside the device ({self.size} bytes)")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return bytes(self._image[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        self._image[offset : offset + len(data)] = data
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def close(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return bytes(self._image)
