@@ -372,6 +372,53 @@ def snapshot_disks(conn: Connection, snapshot_moref: str) -> tuple[DiskInfo, ...
     return disks_of(_props(objects[0]).get("config.hardware.device", []))
 
 
+@dataclass(frozen=True, slots=True)
+class NamedObject:
+    """A managed object by name: what placement arguments resolve to."""
+
+    moref: str
+    name: str
+    kind: str
+    path: str
+    free_space: int | None = None
+
+
+def named_objects(conn: Connection) -> tuple[NamedObject, ...]:
+    """Every datastore, host, resource pool, cluster, folder and datacenter, in one read."""
+    kinds = [
+        vim.Datastore,
+        vim.HostSystem,
+        vim.ResourcePool,
+        vim.ClusterComputeResource,
+        vim.Folder,
+        vim.Datacenter,
+    ]
+    paths = [
+        (t, ["name", "parent", "summary.freeSpace"] if t is vim.Datastore else ["name", "parent"])
+        for t in kinds
+    ]
+    with _View(conn, kinds) as v:
+        objects = _retrieve(conn, [_view_spec(v.view, paths)])
+    names = _Names()
+    for o in objects:
+        names.add(o)
+    found = []
+    for o in objects:
+        p = _props(o)
+        moref = o.obj._moId
+        free = p.get("summary.freeSpace")
+        found.append(
+            NamedObject(
+                moref=moref,
+                name=names.name[moref],
+                kind=type(o.obj).__name__.rsplit(".", 1)[-1],
+                path=names.path(moref),
+                free_space=int(free) if free is not None else None,
+            )
+        )
+    return tuple(found)
+
+
 def vm_object(conn: Connection, moref: str) -> Any:
     """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
     return vim.VirtualMachine(moref, conn.service_instance._stub)

@@ -1,0 +1,162 @@
+"""Clone a VM from a snapshot to a secondary datastore: the replica's seed.
+
+Cloning from a snapshot leaves the running VM untouched; the copy lands
+powered off on the placement asked for, and a target without room for the
+disks is refused before vCenter is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pyVmomi import vim
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput, NotFound
+from vsphere_replicator.inventory import (
+    NamedObject,
+    SnapshotInfo,
+    VMInfo,
+    VMSelector,
+    find_vms,
+    get_vm,
+    named_objects,
+    snapshot_disks,
+    vm_object,
+)
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.snapshots import VMRef, find_snapshot
+from vsphere_replicator.tasks import ProgressCallback, run_task
+
+PROVISIONING = ("thin", "thick-lazy", "thick-eager")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskPlacement:
+    """Where one disk (by device key) of the clone goes, and how it is provisioned."""
+
+    disk: int
+    datastore: str | None = None
+    provisioning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClonePlacement:
+    """The clone's home: datastore, and optionally host, resource pool, folder path, per-disk choices."""
+
+    datastore: str
+    host: str | None = None
+    resource_pool: str | None = None
+    folder: str | None = None
+    provisioning: str | None = None
+    disks: tuple[DiskPlacement, ...] = ()
+
+
+def clone_name(template: str, vm: VMInfo, now: datetime | None = None) -> str:
+    """Expand a name template: {vm} (source name), {date} (YYYYMMDD), {time} (HHMMSS, UTC)."""
+    moment = now or datetime.now(UTC)
+    try:
+        name = template.format(vm=vm.name, date=moment.strftime("%Y%m%d"), time=moment.strftime("%H%M%S"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInput(
+            f"bad clone name template {template!r}: use {{vm}}, {{date}} and {{time}}"
+        ) from exc
+    if not name or len(name) > 80 or "/" in name:
+        raise InvalidInput(f"clone name {name!r} must be 1 to 80 characters without '/'")
+    return name
+
+
+def _one(objects: Sequence[NamedObject], kind: str, name: str) -> NamedObject:
+    hits = [o for o in objects if o.kind == kind and (o.name == name or o.path == name.strip("/"))]
+    if not hits:
+        raise NotFound(f"no {kind} named {name!r}")
+    if len(hits) > 1:
+        raise InvalidInput(f"{len(hits)} objects of type {kind} are named {name!r}; give the path")
+    return hits[0]
+
+
+def _backing(provisioning: str) -> Any:
+    if provisioning not in PROVISIONING:
+        raise InvalidInput(f"provisioning must be one of {', '.join(PROVISIONING)}, not {provisioning!r}")
+    return vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+        fileName="",
+        diskMode="persistent",
+        thinProvisioned=provisioning == "thin",
+        eagerlyScrub=provisioning == "thick-eager",
+    )
+
+
+def clone_vm(
+    conn: Connection,
+    vm: VMRef,
+    name: str,
+    placement: ClonePlacement,
+    *,
+    snapshot: SnapshotInfo | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> VMInfo:
+    """Clone `vm` (from `snapshot`, so the running VM is untouched) as `name`, powered off.
+
+    `name` may be a template ({vm}, {date}, {time}). Raises InvalidInput when
+    the name is taken or a datastore lacks free space for thick disks (thin
+    disks need what the source holds, which vCenter checks itself), NotFound
+    for an unknown placement; nothing is created then.
+    """
+    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    target = clone_name(name, info)
+    if find_vms(conn, VMSelector(name=target)):
+        raise InvalidInput(f"a VM named {target!r} already exists")
+    disks = snapshot_disks(conn, snapshot.moref) if snapshot is not None else info.disks
+    if snapshot is not None:
+        find_snapshot(info, moref=snapshot.moref)
+    objects = named_objects(conn)
+    home = _one(objects, "Datastore", placement.datastore)
+    keys = {d.key for d in disks}
+    stray = [p.disk for p in placement.disks if p.disk not in keys]
+    if stray:
+        raise InvalidInput(f"{info.name} has no disk with key {stray}")
+    need: dict[str, int] = {}
+    locators = []
+    for disk in disks:
+        chosen = next((p for p in placement.disks if p.disk == disk.key), DiskPlacement(disk.key))
+        store = _one(objects, "Datastore", chosen.datastore) if chosen.datastore else home
+        provisioning = chosen.provisioning or placement.provisioning or disk.provisioning
+        if provisioning != "thin":
+            need[store.name] = need.get(store.name, 0) + disk.capacity
+        locators.append(
+            vim.vm.RelocateSpec.DiskLocator(
+                diskId=disk.key,
+                datastore=vim.Datastore(store.moref, conn.service_instance._stub),
+                diskBackingInfo=_backing(provisioning),
+            )
+        )
+    for store_name, bytes_needed in need.items():
+        free = _one(objects, "Datastore", store_name).free_space
+        if free is not None and bytes_needed > free:
+            raise InvalidInput(
+                f"{store_name} has {free} bytes free; thick disks of {info.name} need {bytes_needed}"
+            )
+    stub = conn.service_instance._stub
+    location = vim.vm.RelocateSpec(datastore=vim.Datastore(home.moref, stub), disk=locators)
+    if placement.host:
+        location.host = vim.HostSystem(_one(objects, "HostSystem", placement.host).moref, stub)
+    if placement.resource_pool:
+        location.pool = vim.ResourcePool(_one(objects, "ResourcePool", placement.resource_pool).moref, stub)
+    folder_path = placement.folder or info.folder
+    folder = vim.Folder(_one(objects, "Folder", folder_path).moref, stub)
+    spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False)
+    if snapshot is not None:
+        spec.snapshot = vim.vm.Snapshot(snapshot.moref, stub)
+    handle = vm_object(conn, info.moref)
+    get_logger(vm=info.name, operation="clone").info("clone_started", target=target, datastore=home.name)
+    result = run_task(
+        conn,
+        lambda: handle.CloneVM_Task(folder=folder, name=target, spec=spec),
+        what=f"clone {info.name} to {target}",
+        vm=info.name,
+        on_progress=on_progress,
+    )
+    return get_vm(conn, VMSelector(moref=result._moId))
