@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(golang-go golang-github-vmware-govmomi-dev qemu-utils openssl ca-certificates)
+packages=(golang-go golang-github-vmware-govmomi-dev qemu-utils nbdkit openssl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

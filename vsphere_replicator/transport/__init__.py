@@ -16,6 +16,7 @@ from vsphere_replicator.transport.base import (
 from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
 from vsphere_replicator.transport.memory import MemoryBlockDevice
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
+from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 
 __all__ = [
     "BlockSink",
@@ -24,6 +25,8 @@ __all__ = [
     "FileBlockSink",
     "FileBlockSource",
     "MemoryBlockDevice",
+    "NBDBlockDevice",
+    "NBDEndpoint",
     "TransportError",
     "copy_areas",
     "flat_extent_path",
