@@ -1,0 +1,226 @@
+"""Delta read + apply throughput over each transport, against a same-run sequential baseline.
+
+    python3 benchmarks/delta.py [--disk-size 2G] [--fractions 0.01,0.1,0.5] [--extent 256K]
+
+For each share of the disk changed (scattered extents), it reads the delta
+from the frozen snapshot and writes it into a copy, over the datastore HTTP
+endpoint, the mounted datastore path and NBD (qemu-nbd serving the snapshot
+extent), and compares with a plain sequential read of as many bytes of the
+same file over the same path: one `/folder` GET for HTTP, a `cp`-like read
+for the mounted path, sequential NBD reads. Each measurement runs in a
+forked child so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from vsphere_replicator.cbt import change_ids_at, enable_cbt
+from vsphere_replicator.connection import connect
+from vsphere_replicator.delta import DeltaPlan, http_sources, plan_delta, read_delta
+from vsphere_replicator.inventory import snapshot_disks
+from vsphere_replicator.lab import LabControl, LabInfo, parse_size, running_lab
+from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
+from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice, NBDEndpoint
+from vsphere_replicator.transport.http import flat_extent_path
+
+MiB = 1 << 20
+
+
+def in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work` in a forked child; its result plus the child's own peak RSS."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            result = work()
+        except BaseException as exc:  # report, never return into the parent's code
+            result = {"error": repr(exc)}
+        os.write(write_fd, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, _, usage = os.wait4(pid, 0)
+    result: dict[str, Any] = json.loads(b"".join(chunks))
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def scatter(control: LabControl, vm: str, size: int, fraction: float, extent: int, seed: int) -> int:
+    """Write `fraction` of the disk in non-overlapping extents at random aligned places."""
+    rng = random.Random(seed)
+    slots = rng.sample(range(size // extent), max(1, int(size * fraction) // extent))
+    for slot in slots:
+        control.write(vm, rng.randbytes(extent), offset=slot * extent)
+    return len(slots) * extent
+
+
+def apply_delta(plan: DeltaPlan, sources: Any, target: Path) -> dict[str, Any]:
+    sink = FileBlockSink(target)
+    started = time.perf_counter()
+    moved = 0
+    for _, offset, data in read_delta(plan, sources):
+        sink.write(offset, data)
+        moved += len(data)
+    sink.flush()
+    sink.close()
+    return {"seconds": time.perf_counter() - started, "bytes": moved}
+
+
+def sequential(read: Callable[[int, int], int], total: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    done = 0
+    while done < total:
+        done += read(done, min(4 * MiB, total - done))
+    return {"seconds": time.perf_counter() - started, "bytes": done}
+
+
+def http_baseline(lab: LabInfo, file_name: str, total: int) -> dict[str, Any]:
+    with connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn:
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = lab.ca_file
+        datastore, path = flat_extent_path(file_name)
+        started = time.perf_counter()
+        response = session.get(
+            f"https://{lab.host}:{lab.port}/folder/{path}",
+            params={"dcPath": lab.datacenter, "dsName": datastore},
+            headers={"Range": f"bytes=0-{total - 1}", "Cookie": conn.session_cookie},
+            stream=True,
+            timeout=600,
+        )
+        done = sum(len(chunk) for chunk in response.iter_content(4 * MiB))
+        return {"seconds": time.perf_counter() - started, "bytes": done}
+
+
+Measure = Callable[[], dict[str, Any]]
+
+
+def transports(
+    lab: LabInfo,
+    info: Any,
+    plan: DeltaPlan,
+    frozen: Path,
+    frozen_name: str,
+    endpoint: NBDEndpoint,
+    target: Path,
+) -> dict[str, tuple[Measure, Measure]]:
+    """Per transport: (library delta read + apply, sequential baseline of as many bytes)."""
+
+    def http_library() -> dict[str, Any]:
+        conn = connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file)
+        return apply_delta(plan, http_sources(conn, info), target)
+
+    def nbd_baseline() -> dict[str, Any]:
+        device = NBDBlockDevice(endpoint, connections=1)
+        return sequential(lambda o, n: len(device.read(o, n)), plan.total)
+
+    def mounted_baseline() -> dict[str, Any]:
+        source = FileBlockSource(frozen)
+        return sequential(lambda o, n: len(source.read(o, n)), plan.total)
+
+    return {
+        "http": (http_library, lambda: http_baseline(lab, frozen_name, plan.total)),
+        "mounted": (lambda: apply_delta(plan, lambda d: FileBlockSource(frozen), target), mounted_baseline),
+        "nbd": (lambda: apply_delta(plan, lambda d: NBDBlockDevice(endpoint), target), nbd_baseline),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--disk-size", default="2G")
+    parser.add_argument("--fractions", default="0.01,0.1,0.5")
+    parser.add_argument("--extent", default="256K")
+    args = parser.parse_args()
+    size, extent = parse_size(args.disk_size), parse_size(args.extent)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    rows = []
+    with (
+        tempfile.TemporaryDirectory(prefix="vr-bench-") as scratch,
+        running_lab(vms=1, disk_size=size, cbt_window=64 * MiB) as lab,
+        connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
+    ):
+        control = LabControl(lab)
+        info = enable_cbt(conn, "lab-vm-0001")
+        previous = create_snapshot(conn, info, "bench-base").snapshot
+        for i, fraction in enumerate(fractions):
+            changed = scatter(control, info.name, size, fraction, extent, seed=i)
+            current = create_snapshot(conn, info, f"bench-{i}").snapshot
+            plan = plan_delta(conn, info, current, change_ids_at(conn, previous))
+            frozen_name = snapshot_disks(conn, current.moref)[0].file_name
+            ds, rel = flat_extent_path(frozen_name)
+            frozen = Path(lab.datastores[ds]) / rel
+            target = Path(scratch) / "copy.img"
+            FileBlockSink(target, size=size).close()
+            sock = Path(scratch) / f"nbd-{i}.sock"
+            nbd = subprocess.Popen(
+                ["qemu-nbd", "-f", "raw", "-r", "-t", "-e", "8", "-k", str(sock), str(frozen)]
+            )
+            while not sock.exists():
+                time.sleep(0.05)
+            endpoint = NBDEndpoint(socket_path=str(sock))
+            try:
+                measured = transports(lab, info, plan, frozen, frozen_name, endpoint, target)
+                for name, (library, baseline) in measured.items():
+                    os.posix_fadvise(os.open(frozen, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+                    base = in_child(baseline)
+                    lib = in_child(library)
+                    rows.append(
+                        {
+                            "changed %": fraction * 100,
+                            "transport": name,
+                            "library MB/s": lib["bytes"] / lib["seconds"] / 1e6,
+                            "baseline MB/s": base["bytes"] / base["seconds"] / 1e6,
+                            "ratio": (lib["bytes"] / lib["seconds"]) / (base["bytes"] / base["seconds"]),
+                            "moved/changed": lib["bytes"] / changed,
+                            "peak RSS MiB": lib["peak_rss_mib"],
+                        }
+                    )
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+            finally:
+                nbd.terminate()
+                nbd.wait()
+            remove_snapshot(conn, info, previous)
+            previous = current
+    header = [
+        "changed %",
+        "transport",
+        "library MB/s",
+        "baseline MB/s",
+        "ratio",
+        "moved/changed",
+        "peak RSS MiB",
+    ]
+    print(f"disk {size // MiB} MiB, extents of {extent // 1024} KiB, 4 workers, 4 MiB chunks")
+    print(" | ".join(f"{h:>13}" for h in header))
+    for row in rows:
+        print(
+            " | ".join(f"{row[h]:>13.2f}" if isinstance(row[h], float) else f"{row[h]:>13}" for h in header)
+        )
+    ok = all(r["ratio"] >= 0.8 and r["moved/changed"] <= 1.05 and r["peak RSS MiB"] < 200 for r in rows)
+    print(
+        f"goals (ratio >= 0.8, moved/changed <= 1.05, peak RSS < 200 MiB): {'met' if ok else 'NOT all met'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
