@@ -155,3 +155,15 @@ def test_a_plain_pyvmomi_script_can_do_everything_against_the_lab(tmp_path: Path
     )
     assert run.returncode == 0, run.stderr
     assert "3 changed areas" in run.stdout
+
+
+def test_added_latency_slows_every_soap_call(tmp_path: Path) -> None:
+    from vsphere_replicator.lab import running_lab
+
+    with running_lab(tmp_path / "slow", vms=1, disk_size=1 << 20, latency_ms=150) as info:
+        si = labutil.connect(info)
+        started = time.monotonic()
+        si.RetrieveContent()
+        elapsed = time.monotonic() - started
+        labutil.disconnect(si)
+    assert elapsed >= 0.15

@@ -49,6 +49,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         hosts=args.hosts,
         cbt_window=args.cbt_window,
         cbt_block=args.cbt_block,
+        latency_ms=args.latency_ms,
     )
     print(info.to_json())
     return EXIT_OK
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=2)
     up.add_argument("--cbt-window", type=_size, default=None, metavar="SIZE")
     up.add_argument("--cbt-block", type=_size, default=None, metavar="SIZE")
+    up.add_argument("--latency-ms", type=int, default=0, help="delay added to every SOAP call")
     lab_parser("status", cmd_lab_status, "print the running lab's JSON line")
     lab_parser("down", cmd_lab_down, "stop the lab")
     lab_parser("env", cmd_lab_env, "print shell export lines for the running lab")

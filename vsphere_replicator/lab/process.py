@@ -88,9 +88,14 @@ def start_lab(
     hosts: int = 2,
     cbt_window: int | None = None,
     cbt_block: int | None = None,
+    latency_ms: int = 0,
     timeout: float = 120.0,
 ) -> LabInfo:
-    """Start a lab in the background and return once it serves."""
+    """Start a lab in the background and return once it serves.
+
+    `latency_ms` is added to every SOAP call, to see what round trips cost
+    against a vCenter that is not on the same machine.
+    """
     directory = Path(state_dir or default_state_dir()).resolve()
     running = lab_status(directory)
     if running is not None:
@@ -117,6 +122,8 @@ def start_lab(
         args += ["-cbt-window", str(cbt_window)]
     if cbt_block is not None:
         args += ["-cbt-block", str(cbt_block)]
+    if latency_ms:
+        args += ["-latency", f"{latency_ms}ms"]
     log_path = directory / LOG_FILE
     with log_path.open("wb") as log:
         process = subprocess.Popen(

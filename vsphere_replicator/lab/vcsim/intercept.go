@@ -45,6 +45,9 @@ func (l *lab) dropFor(path string) bool {
 }
 
 func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	if l.cfg.latency > 0 {
+		time.Sleep(l.cfg.latency)
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxSOAPBody))
 	_ = r.Body.Close()
 	if err != nil {

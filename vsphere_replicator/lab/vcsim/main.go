@@ -37,6 +37,7 @@ type config struct {
 	user       string
 	password   string
 	poweredOff bool
+	latency    time.Duration
 }
 
 // labInfo is what lab.json holds: everything a client needs to connect.
@@ -66,6 +67,7 @@ func parseFlags() config {
 	flag.StringVar(&c.user, "user", "administrator@vsphere.local", "login user")
 	flag.StringVar(&c.password, "password", "", "login password (random when empty)")
 	flag.BoolVar(&c.poweredOff, "powered-off", false, "leave the VMs powered off")
+	flag.DurationVar(&c.latency, "latency", 0, "added to every SOAP call, as a WAN link and a busy vCenter would (e.g. 5ms)")
 	flag.Parse()
 	return c
 }
@@ -80,6 +82,8 @@ func validate(c *config) error {
 		return fmt.Errorf("-disks-per-vm must be between 1 and 15")
 	case c.diskSize < 1<<20 || c.diskSize%512 != 0:
 		return fmt.Errorf("-disk-size must be at least 1 MiB and a multiple of 512")
+	case c.latency < 0 || c.latency > 10*time.Second:
+		return fmt.Errorf("-latency must be between 0 and 10s")
 	case c.hosts < 1 || c.hosts > 64:
 		return fmt.Errorf("-hosts must be between 1 and 64")
 	case c.cbtBlock < 512 || c.cbtBlock&(c.cbtBlock-1) != 0:
