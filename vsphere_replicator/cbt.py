@@ -19,13 +19,15 @@ from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
     VMInfo,
+    VMRef,
     VMSelector,
     get_vm,
+    resolve_vm,
     snapshot_disks,
     vm_object,
 )
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.snapshots import VMRef, create_snapshot, remove_snapshot
+from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
 from vsphere_replicator.tasks import run_task
 
 ALL_ALLOCATED = "*"
@@ -75,7 +77,7 @@ def enable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
     needs a stun before tracking starts: a marked snapshot is taken and
     removed for that.
     """
-    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    info = resolve_vm(conn, vm)
     if info.snapshots:
         raise CBTError(
             f"{info.name} has snapshots: VMware does not support enabling CBT then; remove them first",
@@ -102,7 +104,7 @@ def enable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
 
 
 def disable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
-    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    info = resolve_vm(conn, vm)
     handle = vm_object(conn, info.moref)
     run_task(
         conn,

@@ -20,15 +20,17 @@ from vsphere_replicator.inventory import (
     NamedObject,
     SnapshotInfo,
     VMInfo,
+    VMRef,
     VMSelector,
     find_vms,
     get_vm,
     named_objects,
+    resolve_vm,
     snapshot_disks,
     vm_object,
 )
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.snapshots import VMRef, find_snapshot
+from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import ProgressCallback, run_task
 
 PROVISIONING = ("thin", "thick-lazy", "thick-eager")
@@ -105,7 +107,7 @@ def clone_vm(
     disks need what the source holds, which vCenter checks itself), NotFound
     for an unknown placement; nothing is created then.
     """
-    info = get_vm(conn, vm) if isinstance(vm, str | VMSelector) else get_vm(conn, VMSelector(moref=vm.moref))
+    info = resolve_vm(conn, vm)
     target = clone_name(name, info)
     if find_vms(conn, VMSelector(name=target)):
         raise InvalidInput(f"a VM named {target!r} already exists")

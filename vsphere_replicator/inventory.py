@@ -419,6 +419,15 @@ def named_objects(conn: Connection) -> tuple[NamedObject, ...]:
     return tuple(found)
 
 
+VMRef = VMInfo | VMSelector | str
+"""A VM given by name, by selector, or by an earlier VMInfo."""
+
+
+def resolve_vm(conn: Connection, vm: VMRef) -> VMInfo:
+    """The VM's current state, whichever way it was given."""
+    return get_vm(conn, VMSelector(moref=vm.moref) if isinstance(vm, VMInfo) else vm)
+
+
 def vm_object(conn: Connection, moref: str) -> Any:
     """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
     return vim.VirtualMachine(moref, conn.service_instance._stub)

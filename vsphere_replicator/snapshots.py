@@ -22,10 +22,12 @@ from vsphere_replicator.errors import InvalidInput, NotFound, SnapshotChainTooDe
 from vsphere_replicator.inventory import (
     SnapshotInfo,
     VMInfo,
+    VMRef,
     VMSelector,
     find_vms,
     get_vm,
     read_inventory,
+    resolve_vm,
     vm_object,
 )
 from vsphere_replicator.logs import get_logger
@@ -92,16 +94,6 @@ def _depth(vm: VMInfo) -> int:
     return find(vm.snapshots, 1) if vm.current_snapshot else 0
 
 
-VMRef = VMInfo | VMSelector | str
-
-
-def _resolve(conn: Connection, vm: VMRef) -> VMInfo:
-    """Fresh state of a VM given by name, selector or an earlier VMInfo."""
-    if isinstance(vm, VMInfo):
-        return get_vm(conn, VMSelector(moref=vm.moref))
-    return get_vm(conn, vm)
-
-
 def _snapshot_handle(conn: Connection, moref: str) -> Any:
     return vim.vm.Snapshot(moref, conn.service_instance._stub)
 
@@ -147,7 +139,7 @@ def create_snapshot(
     """
     if not name or len(NAME_PREFIX + name) > 80:
         raise InvalidInput(f"snapshot name must be 1 to {80 - len(NAME_PREFIX)} characters, got {name!r}")
-    info = _resolve(conn, vm)
+    info = resolve_vm(conn, vm)
     if _depth(info) >= MAX_CHAIN_DEPTH:
         raise SnapshotChainTooDeep(
             f"{info.name} already has a chain of {MAX_CHAIN_DEPTH} snapshots; remove some first", vm=info.name
@@ -198,7 +190,7 @@ def _on_snapshot(
     conn: Connection, vm: VMRef, snapshot: SnapshotInfo, what: str, start: Callable[[Any], Any]
 ) -> VMInfo:
     """Run a task on one of the VM's snapshots (checked to still be there); the VM as it was."""
-    info = _resolve(conn, vm)
+    info = resolve_vm(conn, vm)
     find_snapshot(info, moref=snapshot.moref)
     handle = _snapshot_handle(conn, snapshot.moref)
     run_task(conn, lambda: start(handle), what=f"{what} {snapshot.name} of {info.name}", vm=info.name)
@@ -228,7 +220,7 @@ def remove_snapshot(
 
 def remove_all_snapshots(conn: Connection, vm: VMRef) -> VMInfo:
     """Delete every snapshot of the VM, ours or not — an explicit, whole-VM operation."""
-    info = _resolve(conn, vm)
+    info = resolve_vm(conn, vm)
     handle = vm_object(conn, info.moref)
     run_task(conn, handle.RemoveAllSnapshots_Task, what=f"remove all snapshots of {info.name}", vm=info.name)
     consolidate_if_needed(conn, info)
@@ -237,7 +229,7 @@ def remove_all_snapshots(conn: Connection, vm: VMRef) -> VMInfo:
 
 def consolidate_if_needed(conn: Connection, vm: VMRef) -> bool:
     """Consolidate the VM's disks when vCenter says it is needed; True if it did."""
-    info = _resolve(conn, vm)
+    info = resolve_vm(conn, vm)
     if not info.consolidation_needed:
         return False
     handle = vm_object(conn, info.moref)
