@@ -130,3 +130,23 @@ def test_first_mismatch_finds_the_byte(lab: Any) -> None:
     copy_areas(b, target, [(0, 1 << 20)], skip_zero=True)
     assert first_mismatch(b, target) is None and target.flushes == 1
     assert shutil.which("qemu-img")
+
+
+def test_http_reads_verify_the_pinned_certificate(lab: Any, control: Any, vm_name: str) -> None:
+    from tests.test_connection import lab_thumbprint
+    from vsphere_replicator.connection import connect
+    from vsphere_replicator.errors import TLSVerificationFailed
+    from vsphere_replicator.inventory import get_vm
+    from vsphere_replicator.transport import DatastoreHTTPSource
+
+    data = control.write_random(vm_name, offset=4096, length=1000, seed=8)
+    pin = lab_thumbprint(lab)
+    with connect(lab.host, lab.user, lab.password, port=lab.port, thumbprint=pin) as pinned:
+        disk = get_vm(pinned, vm_name).disks[0]
+        source = DatastoreHTTPSource(pinned, disk.file_name, disk.capacity, datacenter=lab.datacenter)
+        assert source.read(4096, 1000) == data
+        source.close()
+        object.__setattr__(pinned.settings, "thumbprint", "0" * 64)  # as if the certificate had changed
+        wrong = DatastoreHTTPSource(pinned, disk.file_name, disk.capacity, datacenter=lab.datacenter)
+        with pytest.raises(TLSVerificationFailed):
+            wrong.read(0, 512)

@@ -8,19 +8,20 @@ length: a response cut short is retried, never handed on.
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
+import urllib.parse
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.transport.base import TransportError
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_TRANSIENT = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
 def flat_extent_path(file_name: str) -> tuple[str, str]:
@@ -29,18 +30,6 @@ def flat_extent_path(file_name: str) -> tuple[str, str]:
     if match is None:
         raise InvalidInput(f"not a datastore path to a .vmdk: {file_name!r}")
     return match.group(1), match.group(2) + "-flat.vmdk"
-
-
-class _PinnedAdapter(HTTPAdapter):
-    """Accepts only the certificate with the pinned SHA-256 fingerprint."""
-
-    def __init__(self, fingerprint: str, **kwargs: object) -> None:
-        self._fingerprint = fingerprint
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-
-    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        kwargs["assert_fingerprint"] = self._fingerprint
-        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
 
 
 class DatastoreHTTPSource:
@@ -57,15 +46,30 @@ class DatastoreHTTPSource:
         self._params = {"dcPath": datacenter, "dsName": datastore}
         self._log = get_logger(file=file_name, operation="http_read")
         self._renew_lock = threading.Lock()
-        session = requests.Session()
-        session.trust_env = False  # REQUESTS_CA_BUNDLE and proxies must not replace what the caller chose
+        # urllib3 directly: per request it costs about half of what requests does, and a
+        # delta is many small range requests. Nothing here reads REQUESTS_CA_BUNDLE or proxies.
+        tls: dict[str, object] = {}
         if settings.thumbprint is not None:
-            session.verify = False  # the pinned fingerprint below is the check
-            session.mount("https://", _PinnedAdapter(settings.thumbprint, pool_maxsize=pool_size))
+            tls = {
+                "cert_reqs": ssl.CERT_NONE,
+                "assert_fingerprint": settings.thumbprint,
+            }  # the pin is the check
+        elif settings.insecure:
+            tls = {"cert_reqs": ssl.CERT_NONE}
         else:
-            session.verify = False if settings.insecure else (settings.ca_file or True)
-            session.mount("https://", HTTPAdapter(pool_maxsize=pool_size))
-        self._session = session
+            tls = {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": settings.ca_file}
+            if settings.ca_file is None:
+                tls = {"ssl_context": ssl.create_default_context()}
+        self._pool = urllib3.HTTPSConnectionPool(
+            settings.host,
+            settings.port,
+            maxsize=pool_size,
+            block=True,
+            retries=False,
+            timeout=urllib3.Timeout(connect=10, read=120),
+            **tls,  # type: ignore[arg-type]
+        )
+        self._path = f"/folder/{urllib.parse.quote(path)}?{urllib.parse.urlencode(self._params)}"
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length <= 0 or offset + length > self.size:
@@ -83,6 +87,10 @@ class DatastoreHTTPSource:
                 with self._renew_lock:
                     self._conn.renew_session()
                 renewed = True
+            except urllib3.exceptions.SSLError as exc:  # a certificate that changed is no network hiccup
+                raise TLSVerificationFailed(
+                    f"the datastore endpoint's certificate did not verify: {exc}"
+                ) from exc
             except (*_TRANSIENT, _ShortRead) as exc:
                 if attempt == policy.attempts:
                     raise TransportError(
@@ -98,24 +106,23 @@ class DatastoreHTTPSource:
     def _get(self, offset: int, length: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}", "Cookie": self._conn.session_cookie}
         started = time.monotonic()
-        response = self._session.get(self._url, params=self._params, headers=headers, timeout=(10, 120))
-        if response.status_code == 401:
+        response = self._pool.request("GET", self._path, headers=headers)
+        if response.status == 401:
             raise _Expired()
-        if response.status_code != 206:
-            raise TransportError(f"GET {self._url} answered {response.status_code}, expected 206")
+        if response.status != 206:
+            raise TransportError(f"GET {self._url} answered {response.status}, expected 206")
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-        body = response.content
+        body = response.data
         if match is None or int(match.group(1)) != offset or len(body) != length:
-            raise _ShortRead(
-                f"asked {offset}+{length}, got {response.headers.get('Content-Range')} ({len(body)} bytes)"
-            )
+            got = response.headers.get("Content-Range")
+            raise _ShortRead(f"asked {offset}+{length}, got {got} ({len(body)} bytes)")
         self._log.debug(
             "range_read", offset=offset, length=length, seconds=round(time.monotonic() - started, 4)
         )
         return body
 
     def close(self) -> None:
-        self._session.close()
+        self._pool.close()
 
 
 class _Expired(Exception):
