@@ -6,7 +6,7 @@ For each share of the disk changed (scattered extents), it reads the delta
 from the frozen snapshot and writes it into a copy, over the datastore HTTP
 endpoint, the mounted datastore path and NBD (qemu-nbd serving the snapshot
 extent), and compares with a plain sequential read of as many bytes of the
-same file over the same path: one `/folder` GET for HTTP, a `cp`-like read
+same file over the same path: one streamed `/folder` GET for HTTP (urllib3, as the library), a `cp`-like read
 for the mounted path, sequential NBD reads. Each measurement runs in a
 forked child so its peak RSS is its own.
 """
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
+import urllib3
 
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.connection import connect
@@ -94,20 +94,20 @@ def sequential(read: Callable[[int, int], int], total: int) -> dict[str, Any]:
 
 
 def http_baseline(lab: LabInfo, file_name: str, total: int) -> dict[str, Any]:
+    """One streamed `/folder` GET of `total` bytes, over the same HTTP stack the library uses (urllib3)."""
     with connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn:
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = lab.ca_file
+        pool = urllib3.HTTPSConnectionPool(
+            lab.host, lab.port, cert_reqs="CERT_REQUIRED", ca_certs=lab.ca_file
+        )
         datastore, path = flat_extent_path(file_name)
         started = time.perf_counter()
-        response = session.get(
-            f"https://{lab.host}:{lab.port}/folder/{path}",
-            params={"dcPath": lab.datacenter, "dsName": datastore},
+        response = pool.request(
+            "GET",
+            f"/folder/{path}?dcPath={lab.datacenter}&dsName={datastore}",
             headers={"Range": f"bytes=0-{total - 1}", "Cookie": conn.session_cookie},
-            stream=True,
-            timeout=600,
+            preload_content=False,
         )
-        done = sum(len(chunk) for chunk in response.iter_content(4 * MiB))
+        done = sum(len(chunk) for chunk in response.stream(4 * MiB))
         return {"seconds": time.perf_counter() - started, "bytes": done}
 
 
