@@ -7,6 +7,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -339,13 +342,41 @@ func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Hand
 			time.Sleep(time.Duration(f.DelayMS) * time.Millisecond)
 		}
 	}
+	serve := next
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		serve = http.HandlerFunc(serveDatastoreFile)
+	}
 	if l.dropFor("folder") {
 		cw := &cuttingWriter{ResponseWriter: w}
-		next.ServeHTTP(cw, r)
+		serve.ServeHTTP(cw, r)
 		cw.finish()
 		return
 	}
-	next.ServeHTTP(w, r)
+	serve.ServeHTTP(w, r)
+}
+
+// serveDatastoreFile reads a datastore file for GET/HEAD (with Range). vcsim
+// resolves the datacenter and datastore through its own API on every
+// request, which made each range read cost far more than vCenter's does.
+func serveDatastoreFile(w http.ResponseWriter, r *http.Request) {
+	dir, err := datastoreDir(r.URL.Query().Get("dsName"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	rel := path.Clean("/" + strings.TrimPrefix(r.URL.Path, "/folder/"))
+	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(rel)))
+	if err != nil {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil || info.IsDir() {
+		http.Error(w, "not a file", http.StatusNotFound)
+		return
+	}
+	http.ServeContent(w, r, info.Name(), info.ModTime(), f)
 }
 
 // fetch answers pyVmomi's property accessor; vcsim's own Fetch fails on a
