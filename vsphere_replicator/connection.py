@@ -123,6 +123,7 @@ class Connection:
                 pwd=s.password,
                 sslContext=tls_context(s),
             )
+            self._content = si.RetrieveContent()  # part of logging in: later reads use the cache
         except vim.fault.InvalidLogin as exc:
             raise AuthenticationFailed(
                 f"connect to {s.host}: vCenter refused the user name or password", fault="InvalidLogin"
@@ -132,13 +133,8 @@ class Connection:
             if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
                 raise  # let the retry policy see the network error itself
             raise error from exc
-        self._content = si.RetrieveContent()  # part of logging in: later reads use the cache
         self._log.info("connected", port=s.port, user=s.user)
         return si
-
-    def renew_session(self) -> None:
-        """Log in again on the same connection (after vCenter said the session expired)."""
-        self._login_again()
 
     @property
     def session_cookie(self) -> str:
@@ -146,9 +142,10 @@ class Connection:
         cookie: str = self._si._stub.cookie
         return cookie
 
-    def _login_again(self) -> None:
+    def renew_session(self) -> None:
+        """Log in again on the same connection (after vCenter said the session expired)."""
         self._log.warning("session_expired_relogin")
-        manager = self._si.content.sessionManager
+        manager = self.content.sessionManager
         try:
             manager.Login(userName=self.settings.user, password=self.settings.password)
         except vim.fault.InvalidLogin as exc:
@@ -162,9 +159,7 @@ class Connection:
 
     @property
     def content(self) -> Any:
-        """The ServiceContent, read once per connection: its references never change."""
-        if self._content is None:
-            self._content = self.call("read the service content", self._si.RetrieveContent)
+        """The ServiceContent, read at login: its references never change."""
         return self._content
 
     def close(self) -> None:
@@ -216,7 +211,7 @@ class Connection:
             except vim.fault.NotAuthenticated as exc:
                 if relogged:
                     raise translate(exc, what=what, vm=vm) from exc
-                self._login_again()
+                self.renew_session()
                 relogged = True
             except SOAP_ERRORS as exc:
                 raise translate(exc, what=what, vm=vm) from exc
