@@ -142,8 +142,10 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		ChangeTrackingEnabled: source.ChangeTrackingEnabled,
 		Files:                 &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", homeDS)},
 	}
+	// A clone carries the source's options; the spec's own are applied on top.
+	config.ExtraConfig = mergeExtraConfig(nil, source.ExtraConfig)
 	if spec.Config != nil {
-		config.ExtraConfig = spec.Config.ExtraConfig
+		config.ExtraConfig = mergeExtraConfig(config.ExtraConfig, spec.Config.ExtraConfig)
 		config.InstanceUuid = spec.Config.InstanceUuid
 		if spec.Config.Annotation != "" {
 			config.Annotation = spec.Config.Annotation

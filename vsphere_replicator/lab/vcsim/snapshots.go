@@ -505,6 +505,9 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 		vm.Config.ChangeTrackingEnabled = config.ChangeTrackingEnabled
 		vm.Config.Hardware.NumCPU = config.Hardware.NumCPU
 		vm.Config.Hardware.MemoryMB = config.Hardware.MemoryMB
+		// The snapshot saved the whole configuration: its options come back too.
+		vm.Config.ExtraConfig = config.ExtraConfig
+		vm.Config.Annotation = config.Annotation
 		enabled := config.ChangeTrackingEnabled != nil && *config.ChangeTrackingEnabled
 		for _, disk := range vmDisks(vm.Config.Hardware.Device) {
 			id := diskID{vm.Self.Value, disk.Key}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -162,11 +163,19 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 	if fault != nil {
 		return nil, fault
 	}
+	options := spec.ExtraConfig
+	spec.ExtraConfig = nil
+	for _, o := range options {
+		if strings.HasPrefix(o.GetOptionValue().Key, "SET.") {
+			spec.ExtraConfig = append(spec.ExtraConfig, o) // vcsim's own guest property shortcuts
+		}
+	}
 	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Reconfigure(context.Background(), spec)
 	if f := waitInproc(t, err); f != nil {
 		return nil, f
 	}
 	simulator.Map.WithLock(vm, func() {
+		vm.Config.ExtraConfig = mergeExtraConfig(vm.Config.ExtraConfig, options)
 		keepDeviceOrder(vm.Config.Hardware.Device, order)
 		for _, d := range vmDisks(vm.Config.Hardware.Device) {
 			old := before[d.Key]
@@ -221,6 +230,28 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 		publishVM(vm)
 	})
 	return nil, fault
+}
+
+// mergeExtraConfig applies options as vSphere does: a key set again is
+// replaced, a key set to an empty value is removed (vcsim only appends).
+func mergeExtraConfig(current []types.BaseOptionValue, options []types.BaseOptionValue) []types.BaseOptionValue {
+	for _, o := range options {
+		v := o.GetOptionValue()
+		if strings.HasPrefix(v.Key, "SET.") {
+			continue
+		}
+		kept := current[:0]
+		for _, c := range current {
+			if c.GetOptionValue().Key != v.Key {
+				kept = append(kept, c)
+			}
+		}
+		current = kept
+		if s, isString := v.Value.(string); v.Value != nil && (!isString || s != "") {
+			current = append(current, &types.OptionValue{Key: v.Key, Value: v.Value})
+		}
+	}
+	return current
 }
 
 // keepDeviceOrder undoes vcsim's habit of moving an edited device to the end:
