@@ -7,7 +7,7 @@ disks is refused before vCenter is asked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +98,7 @@ def clone_vm(
     placement: ClonePlacement,
     *,
     snapshot: SnapshotInfo | None = None,
+    options: Mapping[str, str] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> VMInfo:
     """Clone `vm` (from `snapshot`, so the running VM is untouched) as `name`, powered off.
@@ -105,7 +106,9 @@ def clone_vm(
     `name` may be a template ({vm}, {date}, {time}). Raises InvalidInput when
     the name is taken or a datastore lacks free space for thick disks (thin
     disks need what the source holds, which vCenter checks itself), NotFound
-    for an unknown placement; nothing is created then.
+    for an unknown placement; nothing is created then. `options` are
+    extraConfig entries set on the clone as it is created (an empty value
+    removes one the source carried).
     """
     info = resolve_vm(conn, vm)
     target = clone_name(name, info)
@@ -150,6 +153,10 @@ def clone_vm(
     folder_path = placement.folder or info.folder
     folder = vim.Folder(_one(objects, "Folder", folder_path).moref, stub)
     spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False)
+    if options:
+        spec.config = vim.vm.ConfigSpec(
+            extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in options.items()]
+        )
     if snapshot is not None:
         spec.snapshot = vim.vm.Snapshot(snapshot.moref, stub)
     handle = vm_object(conn, info.moref)

@@ -73,9 +73,9 @@ def is_ours(snapshot: SnapshotInfo) -> bool:
     return snapshot.description.split("\n", 1)[0].split(" ", 1)[0] == MARKER
 
 
-def marked_description(description: str, run_id: str) -> str:
+def marked_description(description: str, run_id: str, marker: str = MARKER) -> str:
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    head = f"{MARKER} run={run_id} created={created}"
+    head = f"{marker} run={run_id} created={created}"
     return f"{head}\n{description}" if description else head
 
 
@@ -128,10 +128,13 @@ def create_snapshot(
     quiesce: bool = False,
     on_quiesce_failure: QuiesceFallback = QuiesceFallback.FAIL,
     run_id: str | None = None,
+    marker: str = MARKER,
     on_progress: ProgressCallback | None = None,
 ) -> SnapshotResult:
     """Take a marked snapshot ("vr-" + name) of the VM.
 
+    `marker` is MARKER for the transient snapshots the orphan sweep may
+    remove; replica restore points carry their own, which it never matches.
     With `quiesce`, a VM that cannot be quiesced either fails the call
     (TaskFailed) or, with QuiesceFallback.CRASH_CONSISTENT, gets a
     crash-consistent snapshot and the result says so. Refuses (before
@@ -145,7 +148,7 @@ def create_snapshot(
             f"{info.name} already has a chain of {MAX_CHAIN_DEPTH} snapshots; remove some first", vm=info.name
         )
     log = get_logger(vm=info.name, operation="create_snapshot")
-    text = marked_description(description, run_id or uuid.uuid4().hex[:12])
+    text = marked_description(description, run_id or uuid.uuid4().hex[:12], marker)
     handle = vm_object(conn, info.moref)
     full_name = NAME_PREFIX + name
 
