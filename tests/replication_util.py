@@ -1,0 +1,81 @@
+"""Independent checks of a replica: plain pyVmomi for vCenter state, hashes of the datastore files for bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pyVmomi import vim
+
+from tests import labutil
+
+STATE_KEY = "vsphere_replicator.state"
+JOURNAL_KEY = "vsphere_replicator.journal"
+
+
+def by_position(disks: list[Any]) -> list[Any]:
+    return sorted(disks, key=lambda d: (d.controllerKey, d.unitNumber, d.key))
+
+
+def snapshots(vm: Any) -> list[Any]:
+    """Every snapshot tree node of a VM, parents first."""
+    out: list[Any] = []
+
+    def walk(nodes: list[Any]) -> None:
+        for n in nodes:
+            out.append(n)
+            walk(n.childSnapshotList)
+
+    if vm.snapshot is not None:
+        walk(vm.snapshot.rootSnapshotList)
+    return out
+
+
+def option(vm: Any, key: str) -> str | None:
+    return next((str(o.value) for o in vm.config.extraConfig if o.key == key), None)
+
+
+def state(vm: Any) -> dict[str, Any]:
+    text = option(vm, STATE_KEY)
+    assert text is not None, f"{vm.name} carries no replication state"
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def source_hashes(lab: Any, vm: Any) -> list[str]:
+    """sha256 of each disk's current bytes, in disk order."""
+    return [labutil.sha256(labutil.local_extent(lab, d.backing.fileName)) for d in by_position(labutil.disks(vm))]
+
+
+def point_files(lab: Any, replica: Any, point_id: str) -> list[Path]:
+    node = next(n for n in snapshots(replica) if n.name == "vr-" + point_id)
+    return [labutil.local_extent(lab, d.backing.fileName) for d in by_position(labutil.disks(node.snapshot))]
+
+
+def point_hashes(lab: Any, replica: Any, point_id: str) -> list[str]:
+    return [labutil.sha256(p) for p in point_files(lab, replica, point_id)]
+
+
+def assert_replica_matches(lab: Any, source: Any, replica: Any, point_id: str) -> None:
+    """The restore point holds the source's current bytes (checksums and qemu-img compare)."""
+    ours = [labutil.local_extent(lab, d.backing.fileName) for d in by_position(labutil.disks(source))]
+    theirs = point_files(lab, replica, point_id)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert labutil.sha256(a) == labutil.sha256(b), f"{b} differs from {a}"
+        assert labutil.qemu_img_compare_raw(a, b) == 0
+
+
+def our_source_snapshots(vm: Any) -> list[str]:
+    return [n.name for n in snapshots(vm) if n.description.startswith("vsphere_replicator:snapshot:v1")]
+
+
+def find(si: Any, name: str) -> Any:
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        hits = [v for v in view.view if v.name == name]
+    finally:
+        view.DestroyView()
+    assert len(hits) == 1, f"{len(hits)} VMs named {name}"
+    return hits[0]

@@ -1,0 +1,75 @@
+"""Where the engine reads source disks and writes replica disks.
+
+The source side is any BlockSource over the snapshot's frozen disk (HTTP
+`/folder` by default; NBD or a mounted datastore where faster). The
+replica side needs writes: a datastore mounted on this machine (NFS, or the
+lab's local directories), or an NBD export of the replica's disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.inventory import DiskInfo
+from vsphere_replicator.transport.base import BlockSink, BlockSource
+from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
+from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
+
+
+class DiskAccess(Protocol):
+    """Opens a disk (as vCenter names its backing file) for reading or writing."""
+
+    def source(self, disk: DiskInfo) -> BlockSource: ...
+
+    def sink(self, disk: DiskInfo) -> BlockSink: ...
+
+
+class MountedDatastores:
+    """Datastores seen as local directories: {datastore name: directory}."""
+
+    def __init__(self, mounts: Mapping[str, str | Path]) -> None:
+        self.mounts = {name: Path(path) for name, path in mounts.items()}
+
+    def path(self, disk: DiskInfo) -> Path:
+        datastore, extent = flat_extent_path(disk.file_name)
+        if datastore not in self.mounts:
+            known = ", ".join(sorted(self.mounts)) or "none"
+            raise InvalidInput(f"datastore {datastore} is not mounted here (known: {known})")
+        return self.mounts[datastore] / extent
+
+    def source(self, disk: DiskInfo) -> BlockSource:
+        return FileBlockSource(self.path(disk))
+
+    def sink(self, disk: DiskInfo) -> BlockSink:
+        return FileBlockSink(self.path(disk))
+
+
+class HTTPDatastores:
+    """Reads over the datastore HTTP endpoint; it cannot write into a disk in place."""
+
+    def __init__(self, conn: Connection, datacenter: str) -> None:
+        self._conn = conn
+        self._datacenter = datacenter
+
+    def source(self, disk: DiskInfo) -> BlockSource:
+        return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=self._datacenter)
+
+    def sink(self, disk: DiskInfo) -> BlockSink:
+        raise InvalidInput(
+            "the datastore HTTP endpoint cannot write into a disk; mount the datastore or use NBD"
+        )
+
+
+def parse_mounts(text: str) -> dict[str, str]:
+    """'ds1=/mnt/a,ds2=/mnt/b' (VSPHERE_REPLICATOR_MOUNTS, --mount) -> {'ds1': '/mnt/a', ...}."""
+    mounts = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise InvalidInput(f"a datastore mount is NAME=DIRECTORY, not {item!r}")
+        mounts[name] = path
+    return mounts

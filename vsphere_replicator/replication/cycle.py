@@ -1,0 +1,625 @@
+"""One incremental replication cycle, run as a transaction.
+
+The cycle's steps, each recorded in the replica's journal before the next:
+
+1. journal begun (phase "snapshot"), naming the cycle and its restore point;
+2. a marked snapshot of the source, named after the cycle;
+3. per disk, what to read: the changes since the recorded change id, or the
+   whole disk into a fresh replica disk when the change id cannot be trusted
+   (CBT reset, disk grown, added or replaced, a sampled area CBT missed);
+   the replica's disks are added/retired to match, then phase "copying";
+4. the bytes, flushed, with the journal checkpointed every few hundred MiB;
+5. phase "copied", then a snapshot of the replica: the new restore point;
+6. commit: the new state and an empty journal in one reconfigure;
+7. the source snapshot removed, old restore points pruned.
+
+A crash before 6 leaves the previous restore point the latest one; the next
+run resumes from the journal (continuing a disk where its checkpoint says)
+or, when the source snapshot is gone, rolls the replica back to its latest
+restore point and starts over. A crash after 6 leaves only clean-up, which
+the next run does first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from pyVmomi import vim
+
+from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, change_id_uuid, changed_areas
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, ReplicatorError
+from vsphere_replicator.inventory import (
+    DiskInfo,
+    SnapshotInfo,
+    VMInfo,
+    VMRef,
+    resolve_vm,
+    snapshot_disks,
+    vm_object,
+)
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.replica import (
+    CYCLE_SNAPSHOT,
+    RESTORE_POINT_MARKER,
+    Replica,
+    reconcile,
+    refresh,
+    replica_snapshot,
+    require_replica,
+    sweep_source,
+)
+from vsphere_replicator.replication.retention import prune
+from vsphere_replicator.replication.settings import CycleResult, CycleSettings
+from vsphere_replicator.replication.state import (
+    DiskState,
+    Journal,
+    JournalDisk,
+    ReplicaState,
+    RestorePoint,
+    StateError,
+    write_options,
+)
+from vsphere_replicator.snapshots import (
+    NAME_PREFIX,
+    QuiesceFallback,
+    create_snapshot,
+    find_snapshot,
+    remove_snapshot,
+    revert_to_snapshot,
+)
+from vsphere_replicator.tasks import run_task
+from vsphere_replicator.transport.base import DEFAULT_CHUNK, plan_chunks, read_chunks
+
+DEFAULT_CHECKPOINT = 256 << 20
+WHOLE_DISK = "whole-disk"  # a JournalDisk.since that reads every byte: CBT's answers are not trusted
+SAMPLE_LENGTH = 64 << 10
+CBT_LIED = "CBT reported"
+Progress = Callable[[int, int], None]
+Throttle = Callable[[int], None]
+
+
+class IncrementalRefused(ReplicatorError):
+    """The changes exceed the share of a disk the policy allows an incremental to move."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    disk: JournalDisk
+    areas: tuple[tuple[int, int], ...]
+    changed: int
+
+
+def replicate(
+    conn: Connection,
+    vm: VMRef,
+    *,
+    replica_access: DiskAccess,
+    source_access: DiskAccess | None = None,
+    settings: CycleSettings | None = None,
+    throttle: Throttle | None = None,
+    on_progress: Progress | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT,
+    chunk: int = DEFAULT_CHUNK,
+    workers: int = 4,
+) -> CycleResult:
+    """Run one cycle for a protected VM (resuming an interrupted one first); returns what it did.
+
+    `settings` defaults to those recorded at protect time. Raises
+    IncrementalRefused (nothing changed) when `max_change_share` is exceeded.
+    """
+    if checkpoint_every < chunk:
+        raise InvalidInput(f"checkpoint_every ({checkpoint_every}) must be at least one chunk ({chunk})")
+    started = time.monotonic()
+    source = resolve_vm(conn, vm)
+    replica = require_replica(conn, source)
+    if replica.state is None:
+        raise StateError(
+            f"protecting {source.name} was interrupted; run protect again to finish the seed", vm=source.name
+        )
+    state = replica.state
+    chosen = settings or state.settings
+    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+    run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress)
+    result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
+    return replace(result, seconds=time.monotonic() - started)
+
+
+class _Cycle:
+    def __init__(
+        self,
+        conn: Connection,
+        source: VMInfo,
+        replica: Replica,
+        state: ReplicaState,
+        settings: CycleSettings,
+        reader: DiskAccess,
+        writer: DiskAccess,
+        throttle: Throttle | None,
+        on_progress: Progress | None,
+    ) -> None:
+        self.conn = conn
+        self.source = source
+        self.replica = replica
+        self.state = state
+        self.settings = settings
+        self.reader = reader
+        self.writer = writer
+        self.throttle = throttle
+        self.on_progress = on_progress
+        self.log = get_logger(vm=source.name, replica=replica.vm.name, operation="replicate")
+
+    # -- the steps ---------------------------------------------------------------
+
+    def execute(self, *, checkpoint_every: int, chunk: int, workers: int) -> CycleResult:
+        journal = self.replica.journal
+        resumed = journal is not None
+        self.state = reconcile(self.conn, self.replica, self.state, journal)
+        if journal is not None:
+            self.log.warning("cycle_resumed", cycle=journal.cycle, phase=journal.phase)
+            journal = self._recover(journal)
+        if journal is None:
+            resumed = False
+            self.source = sweep_source(self.conn, self.source)
+            journal = self._begin()
+        snapshot = self._source_snapshot(journal)
+        if journal.phase == "snapshot":
+            journal, plans = self._plan(journal, snapshot)
+        else:
+            plans = self._replan(journal, snapshot)
+        if journal.phase == "copying":
+            moved = self._copy(
+                journal, plans, checkpoint_every=checkpoint_every, chunk=chunk, workers=workers
+            )
+            journal = replace(journal, phase="copied")
+            write_options(self.conn, self.replica.vm.moref, journal=journal)
+            failpoints.point("copied")
+        else:
+            moved = sum(p.disk.done for p in plans)
+        point = self._restore_point(journal, snapshot, moved, sum(p.changed for p in plans))
+        self._finish(journal, snapshot)
+        self.log.info("cycle_done", restore_point=point.id, bytes_moved=moved)
+        return CycleResult(
+            vm=self.source.name,
+            replica=self.replica.vm.name,
+            restore_point=point.id,
+            created=point.created,
+            quiesced=point.quiesced,
+            bytes_changed=point.bytes_changed,
+            bytes_moved=moved,
+            full_resync=tuple(p.disk.source_key for p in plans if p.disk.resync_reason),
+            resumed=resumed,
+            seconds=0.0,
+        )
+
+    def _begin(self) -> Journal:
+        cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        journal = Journal(
+            cycle=cycle,
+            phase="snapshot",
+            source_snapshot=None,
+            started=datetime.now(UTC),
+            restore_point=f"rp-{self.state.next_point:06d}",
+        )
+        write_options(self.conn, self.replica.vm.moref, journal=journal)
+        failpoints.point("journal-begun")
+        return journal
+
+    def _recover(self, journal: Journal) -> Journal | None:
+        """Carry on with an interrupted cycle, or undo it; None when a new cycle must start."""
+        source_gone = journal.source_snapshot is not None and not any(
+            s.moref == journal.source_snapshot for s in self.source.all_snapshots()
+        )
+        if journal.phase == "copied":
+            return journal  # every byte is on the replica: only the restore point is missing
+        if source_gone:
+            self.log.warning("cycle_abandoned", cycle=journal.cycle, reason="its source snapshot is gone")
+            self._roll_back(written=True)
+            return None
+        if journal.phase == "snapshot":
+            self._roll_back(written=False)  # disks may have been half added or retired: plan afresh
+            write_options(self.conn, self.replica.vm.moref, journal=journal)
+        return journal
+
+    def _roll_back(self, *, written: bool) -> None:
+        """Bring the replica's working state back to its latest restore point, state intact.
+
+        Without `written` (no byte copied yet) the revert is skipped when the
+        disks are as the restore point left them.
+        """
+        vm = refresh(self.conn, self.replica)
+        latest = find_snapshot(vm, moref=self.state.latest.snapshot)
+        expected = {d.replica_key for d in self.state.disks}
+        if written or vm.current_snapshot != latest.moref or {d.key for d in vm.disks} != expected:
+            revert_to_snapshot(self.conn, vm, latest, suppress_power_on=True)
+        # A revert also brings back the options saved with the snapshot: write ours again.
+        write_options(self.conn, vm.moref, state=self.state, clear_journal=True)
+        failpoints.point("rolled-back")
+
+    def _source_snapshot(self, journal: Journal) -> SnapshotInfo:
+        if journal.source_snapshot is not None:
+            return find_snapshot(self.source, moref=journal.source_snapshot)
+        name = NAME_PREFIX + CYCLE_SNAPSHOT + journal.cycle
+        existing = next((s for s in self.source.all_snapshots() if s.name == name), None)
+        if existing is None:
+            quiesce = self.settings.quiesce != "never"
+            fallback = (
+                QuiesceFallback.CRASH_CONSISTENT if self.settings.quiesce == "try" else QuiesceFallback.FAIL
+            )
+            taken = create_snapshot(
+                self.conn,
+                self.source,
+                CYCLE_SNAPSHOT + journal.cycle,
+                description=f"replication cycle to {self.replica.vm.name}",
+                quiesce=quiesce,
+                on_quiesce_failure=fallback,
+                run_id=journal.cycle,
+            )
+            existing = taken.snapshot
+            if taken.fallback_reason:
+                self.log.warning("cycle_not_quiesced", reason=taken.fallback_reason)
+        failpoints.point("source-snapshot-taken")
+        return existing
+
+    def _plan(self, journal: Journal, snapshot: SnapshotInfo) -> tuple[Journal, list[_Plan]]:
+        disks = snapshot_disks(self.conn, snapshot.moref)
+        plans: list[_Plan] = []
+        resyncs: list[tuple[DiskInfo, str]] = []
+        for disk in disks:
+            reason = self._unsafe(disk)
+            if reason is None:
+                plan = self._incremental(disk, snapshot)
+                if isinstance(plan, str):
+                    reason = plan
+                else:
+                    plans.append(plan)
+                    continue
+            resyncs.append((disk, reason))
+        self._refuse_if_too_large(plans, snapshot)
+        kept_keys = {d.key for d in disks}
+        retired = tuple(
+            d.replica_key
+            for d in self.state.disks
+            if d.source_key not in kept_keys or any(r.key == d.source_key for r, _ in resyncs)
+        )
+        added = self._reshape_replica(resyncs, retired)
+        for disk, reason in resyncs:
+            self.log.warning("disk_full_resync", disk=disk.key, label=disk.label, reason=reason)
+            target = JournalDisk(
+                source_key=disk.key,
+                replica_key=added[disk.key],
+                since=ALL_ALLOCATED,
+                capacity=disk.capacity,
+                resync_reason=reason,
+            )
+            if reason.startswith(CBT_LIED):
+                target = replace(target, since=WHOLE_DISK)
+            spans, total = self._areas(snapshot, target)
+            plans.append(_Plan(disk=target, areas=spans, changed=total))
+        plans.sort(key=lambda p: p.disk.source_key)
+        journal = replace(
+            journal,
+            phase="copying",
+            source_snapshot=snapshot.moref,
+            quiesced=snapshot.quiesced,
+            disks=tuple(p.disk for p in plans),
+            retired=retired,
+        )
+        write_options(self.conn, self.replica.vm.moref, journal=journal)
+        failpoints.point("planned")
+        return journal, plans
+
+    def _unsafe(self, disk: DiskInfo) -> str | None:
+        """Why this disk's recorded change id cannot be used, or None when it can."""
+        known = self.state.disk(disk.key)
+        if known is None:
+            return "disk added to the source"
+        if disk.capacity != known.capacity:
+            return f"disk capacity changed from {known.capacity} to {disk.capacity} bytes"
+        if known.source_uuid and disk.uuid and known.source_uuid != disk.uuid:
+            return "disk replaced on the source"
+        if disk.change_id is None:
+            return "CBT is not tracking the disk"
+        if change_id_uuid(disk.change_id) != change_id_uuid(known.change_id):
+            return "CBT was reset on the disk (its change id has a new identity)"
+        return None
+
+    def _incremental(self, disk: DiskInfo, snapshot: SnapshotInfo) -> _Plan | str:
+        known = self.state.disk(disk.key)
+        assert known is not None
+        try:
+            changes = changed_areas(self.conn, self.source, snapshot, disk.key, known.change_id)
+        except ChangeIdInvalid as exc:
+            return f"vCenter rejected the recorded change id: {exc}"
+        spans = tuple((a.start, a.length) for a in changes.areas)
+        lie = self._sample_unchanged(disk, known, snapshot, changes.areas)
+        if lie is not None:
+            return lie
+        return _Plan(
+            disk=JournalDisk(
+                source_key=disk.key,
+                replica_key=known.replica_key,
+                since=known.change_id,
+                capacity=disk.capacity,
+            ),
+            areas=spans,
+            changed=changes.total,
+        )
+
+    def _sample_unchanged(
+        self, disk: DiskInfo, known: DiskState, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
+    ) -> str | None:
+        """Compare a seeded sample of allocated areas CBT calls unchanged; a difference means CBT lied."""
+        if self.settings.sample_areas == 0:
+            return None
+        allocated = changed_areas(self.conn, self.source, snapshot, disk.key, ALL_ALLOCATED).areas
+        spans = _unchanged_blocks(allocated, changed, SAMPLE_LENGTH)
+        rng = random.Random(f"{self.source.instance_uuid}:{disk.key}:{snapshot.moref}")
+        picks = _sample_blocks(spans, self.settings.sample_areas, rng, SAMPLE_LENGTH)
+        if not picks:
+            return None
+        replica_disk = _replica_disk(refresh(self.conn, self.replica), known.replica_key)
+        src, dst = self.reader.source(disk), self.writer.source(replica_disk)
+        try:
+            for offset in picks:
+                length = min(SAMPLE_LENGTH, disk.capacity - offset)
+                if src.read(offset, length) != dst.read(offset, length):
+                    self.log.error(
+                        "cbt_missed_changes",
+                        disk=disk.key,
+                        offset=offset,
+                        hint="Changed Block Tracking reported this area unchanged (see VMware KB 2090639)",
+                    )
+                    return (
+                        f"{CBT_LIED} bytes {offset}-{offset + length} unchanged, but they differ from the "
+                        "replica: tracking cannot be trusted (VMware KB 2090639)"
+                    )
+        finally:
+            src.close()
+            dst.close()
+        return None
+
+    def _refuse_if_too_large(self, plans: list[_Plan], snapshot: SnapshotInfo) -> None:
+        share = self.settings.max_change_share
+        if share is None:
+            return
+        for plan in plans:
+            if plan.changed > share * plan.disk.capacity:
+                self.log.error("incremental_refused", disk=plan.disk.source_key, changed=plan.changed)
+                write_options(self.conn, self.replica.vm.moref, clear_journal=True)
+                remove_snapshot(self.conn, self.source, snapshot)
+                raise IncrementalRefused(
+                    f"{self.source.name} disk {plan.disk.source_key}: {plan.changed} bytes changed, "
+                    f"more than {share:.0%} of its {plan.disk.capacity} bytes; the cycle was not run",
+                    vm=self.source.name,
+                )
+
+    def _reshape_replica(
+        self, resyncs: list[tuple[DiskInfo, str]], retired: tuple[int, ...]
+    ) -> dict[int, int]:
+        """Add a fresh disk per resynced source disk and detach retired ones; new keys by source key."""
+        if not resyncs and not retired:
+            return {}
+        vm = refresh(self.conn, self.replica)
+        current = {d.key: d for d in vm.disks}
+        changes = []
+        for key in retired:
+            if key in current:
+                device = vim.vm.device.VirtualDisk(
+                    key=key,
+                    controllerKey=current[key].controller_key,
+                    unitNumber=current[key].unit_number,
+                    capacityInBytes=current[key].capacity,
+                )
+                # Detach only: the restore points still hold the old disk's data.
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
+        controller = vm.disks[0].controller_key if vm.disks else 1000
+        used = {d.unit_number for d in vm.disks if d.controller_key == controller and d.key not in retired}
+        free_units = (u for u in range(16) if u != 7 and u not in used)
+        for index, (disk, _) in enumerate(resyncs):
+            backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{self.state.target.datastore}]", diskMode="persistent", thinProvisioned=True
+            )
+            device = vim.vm.device.VirtualDisk(
+                key=-(index + 1),
+                controllerKey=controller,
+                unitNumber=next(free_units),
+                backing=backing,
+                capacityInBytes=disk.capacity,
+                capacityInKB=disk.capacity // 1024,
+            )
+            changes.append(
+                vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=device)
+            )
+        handle = vm_object(self.conn, vm.moref)
+        run_task(
+            self.conn,
+            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)),
+            what=f"prepare the disks of {vm.name} for a full resync",
+            vm=vm.name,
+        )
+        failpoints.point("replica-disks-reshaped")
+        after = refresh(self.conn, self.replica)
+        new = [d for d in after.disks if d.key not in current]
+        if len(new) != len(resyncs):
+            raise StateError(f"{vm.name} did not get the {len(resyncs)} disks asked for", vm=vm.name)
+        # vCenter assigns keys; disks come back in unit order, as asked.
+        by_unit = sorted(new, key=lambda d: (d.controller_key, d.unit_number or 0))
+        return {disk.key: d.key for (disk, _), d in zip(resyncs, by_unit, strict=True)}
+
+    def _replan(self, journal: Journal, snapshot: SnapshotInfo) -> list[_Plan]:
+        """The same plan an interrupted cycle was following (CBT answers are fixed per snapshot)."""
+        plans = []
+        for disk in journal.disks:
+            spans, total = self._areas(snapshot, disk)
+            plans.append(_Plan(disk=disk, areas=spans, changed=total))
+        return plans
+
+    def _areas(self, snapshot: SnapshotInfo, disk: JournalDisk) -> tuple[tuple[tuple[int, int], ...], int]:
+        if disk.since == WHOLE_DISK:
+            return ((0, disk.capacity),), disk.capacity
+        changes = changed_areas(self.conn, self.source, snapshot, disk.source_key, disk.since)
+        return tuple((a.start, a.length) for a in changes.areas), changes.total
+
+    def _copy(
+        self, journal: Journal, plans: list[_Plan], *, checkpoint_every: int, chunk: int, workers: int
+    ) -> int:
+        """Copy every planned disk, resuming each past the bytes its checkpoint recorded."""
+        snapshot_disk = {d.key: d for d in snapshot_disks(self.conn, journal.source_snapshot or "")}
+        replica_vm = refresh(self.conn, self.replica)
+        total = sum(n for p in plans for _, n in plan_chunks(p.areas, p.disk.capacity, chunk=chunk))
+        done = sum(p.disk.done for p in plans)
+        moved = 0
+        for plan in plans:
+            chunks = list(plan_chunks(plan.areas, plan.disk.capacity, chunk=chunk))
+            remaining = list(_skip(chunks, plan.disk.done))
+            if not remaining:
+                continue
+            if plan.disk.done:
+                self.log.info("disk_resumed", disk=plan.disk.source_key, from_byte=plan.disk.done)
+            src = self.reader.source(snapshot_disk[plan.disk.source_key])
+            dst = self.writer.sink(_replica_disk(replica_vm, plan.disk.replica_key))
+            fresh = plan.disk.resync_reason is not None
+            progress, since_checkpoint = plan.disk.done, 0
+            try:
+                for offset, data in read_chunks(src, remaining, workers=workers):
+                    if self.throttle is not None:
+                        self.throttle(len(data))
+                    if not (fresh and data.count(0) == len(data)):
+                        dst.write(offset, data)
+                    progress += len(data)
+                    since_checkpoint += len(data)
+                    moved += len(data)
+                    done += len(data)
+                    if self.on_progress is not None:
+                        self.on_progress(done, total)
+                    if since_checkpoint >= checkpoint_every:
+                        dst.flush()
+                        journal = journal.with_disk(replace(plan.disk, done=progress))
+                        write_options(self.conn, self.replica.vm.moref, journal=journal)
+                        since_checkpoint = 0
+                        failpoints.point("checkpoint")
+                dst.flush()
+            finally:
+                src.close()
+                dst.close()
+            journal = journal.with_disk(replace(plan.disk, done=progress))
+            write_options(self.conn, self.replica.vm.moref, journal=journal)
+            failpoints.point("disk-copied")
+        return moved
+
+    def _restore_point(
+        self, journal: Journal, snapshot: SnapshotInfo, moved: int, changed: int
+    ) -> RestorePoint:
+        """Freeze the replica as the new restore point and commit the state that names it."""
+        assert journal.restore_point is not None
+        vm = refresh(self.conn, self.replica)
+        existing = replica_snapshot(vm, journal.restore_point)
+        if existing is None:
+            existing = create_snapshot(
+                self.conn,
+                vm,
+                journal.restore_point,
+                description=f"restore point of {self.source.name} taken {snapshot.created.isoformat()}",
+                marker=RESTORE_POINT_MARKER,
+                run_id=journal.cycle,
+            ).snapshot
+        failpoints.point("restore-point-taken")
+        point = RestorePoint(
+            id=journal.restore_point,
+            snapshot=existing.moref,
+            created=snapshot.created,
+            quiesced=journal.quiesced,
+            bytes_moved=moved,
+            bytes_changed=changed,
+        )
+        frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
+        disks = []
+        for jd in journal.disks:
+            at = frozen[jd.source_key]
+            assert at.change_id is not None
+            disks.append(
+                DiskState(
+                    source_key=jd.source_key,
+                    replica_key=jd.replica_key,
+                    capacity=at.capacity,
+                    change_id=at.change_id,
+                    source_uuid=at.uuid,
+                )
+            )
+        self.state = replace(
+            self.state,
+            disks=tuple(disks),
+            restore_points=(*self.state.restore_points, point),
+            next_point=self.state.next_point + 1,
+            last_error=None,
+        )
+        write_options(self.conn, self.replica.vm.moref, state=self.state, clear_journal=True)
+        failpoints.point("committed")
+        return point
+
+    def _finish(self, journal: Journal, snapshot: SnapshotInfo) -> None:
+        self.source = remove_snapshot(self.conn, self.source, snapshot)
+        failpoints.point("source-snapshot-removed")
+        self.state = prune(self.conn, self.replica.vm, self.state, self.settings)
+
+
+def _replica_disk(vm: VMInfo, key: int) -> DiskInfo:
+    for disk in vm.disks:
+        if disk.key == key:
+            return disk
+    raise StateError(f"replica {vm.name} has no disk with key {key}", vm=vm.name)
+
+
+def _skip(chunks: list[tuple[int, int]], done: int) -> Iterable[tuple[int, int]]:
+    """The chunks left once `done` bytes of the plan are copied (checkpoints fall on chunk ends)."""
+    seen = 0
+    for offset, length in chunks:
+        if seen >= done:
+            yield offset, length
+        seen += length
+
+
+def _unchanged_blocks(
+    allocated: tuple[ChangedArea, ...], changed: tuple[ChangedArea, ...], block: int
+) -> list[tuple[int, int]]:
+    """[first, last) block ranges inside allocated areas that no changed area touches (both sorted)."""
+    busy = [(a.start // block, (a.end - 1) // block + 1) for a in changed]
+    spans: list[tuple[int, int]] = []
+    i = 0
+    for area in allocated:
+        lo, hi = area.start // block, (area.end - 1) // block + 1
+        while i < len(busy) and busy[i][1] <= lo:
+            i += 1
+        j = i
+        while lo < hi:
+            if j < len(busy) and busy[j][0] < hi:
+                if busy[j][0] > lo:
+                    spans.append((lo, busy[j][0]))
+                lo = max(lo, busy[j][1])
+                j += 1
+            else:
+                spans.append((lo, hi))
+                break
+    return spans
+
+
+def _sample_blocks(spans: list[tuple[int, int]], count: int, rng: random.Random, block: int) -> list[int]:
+    """`count` distinct block offsets drawn evenly from `spans`, sorted."""
+    starts, total = [], 0
+    for lo, hi in spans:
+        starts.append(total)
+        total += hi - lo
+    picks = []
+    for n in sorted(rng.sample(range(total), min(count, total))):
+        k = bisect.bisect_right(starts, n) - 1
+        picks.append((spans[k][0] + n - starts[k]) * block)
+    return picks

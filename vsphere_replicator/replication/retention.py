@@ -1,0 +1,48 @@
+"""Pruning restore points by count and by age; the newest always stays."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.settings import CycleSettings
+from vsphere_replicator.replication.state import ReplicaState, RestorePoint, write_options
+from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
+
+
+def expired(
+    points: tuple[RestorePoint, ...], settings: CycleSettings, now: datetime | None = None
+) -> tuple[RestorePoint, ...]:
+    """The restore points retention drops: beyond `keep` newest, or older than `max_age`."""
+    moment = now or datetime.now(UTC)
+    newest = points[-1:]
+    kept = points[-settings.keep :]
+    if settings.max_age is not None:
+        kept = tuple(p for p in kept if moment - p.created <= settings.max_age) or newest
+    return tuple(p for p in points if p not in kept)
+
+
+def prune(conn: Connection, replica: VMInfo, state: ReplicaState, settings: CycleSettings) -> ReplicaState:
+    """Drop expired restore points: the state first, then their snapshots.
+
+    A crash between the two leaves a restore-point snapshot no state names,
+    which the next cycle's reconcile removes; the state never names a
+    snapshot that is gone.
+    """
+    drop = expired(state.restore_points, settings)
+    if not drop:
+        return state
+    state = replace(state, restore_points=tuple(p for p in state.restore_points if p not in drop))
+    write_options(conn, replica.moref, state=state)
+    failpoints.point("retention-recorded")
+    log = get_logger(vm=replica.name, operation="prune")
+    for point in drop:
+        vm = get_vm(conn, VMSelector(moref=replica.moref))
+        remove_snapshot(conn, vm, find_snapshot(vm, moref=point.snapshot))
+        log.info("restore_point_pruned", restore_point=point.id)
+        failpoints.point("restore-point-pruned")
+    return state

@@ -1,0 +1,256 @@
+"""Protecting a VM: its replica's first restore point, by clone or by adopting a copy.
+
+Steps, each safe to crash after: CBT on (with its stun) and a marked seed
+snapshot of the source; a clone of that snapshot born carrying a seed
+record (so a crash leaves a replica the next `protect` recognises and
+finishes); the replica's first restore point; the committed state; the
+seed snapshot removed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
+from vsphere_replicator.clone import ClonePlacement, clone_vm
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.replica import (
+    RESTORE_POINT_MARKER,
+    SEED_SNAPSHOT,
+    Replica,
+    find_replica,
+    replica_snapshot,
+    sweep_source,
+)
+from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.state import (
+    DiskState,
+    ReplicaState,
+    RestorePoint,
+    SeedRecord,
+    SourceIdentity,
+    cleared_options,
+    seed_options,
+    write_options,
+)
+from vsphere_replicator.snapshots import QuiesceFallback, create_snapshot, remove_snapshot
+from vsphere_replicator.verify import first_mismatch
+
+FIRST_POINT = "rp-000001"
+
+
+def protect(
+    conn: Connection,
+    vm: VMRef,
+    target: ReplicaTarget,
+    *,
+    settings: CycleSettings | None = None,
+    adopt: VMRef | None = None,
+    replica_access: DiskAccess | None = None,
+    source_access: DiskAccess | None = None,
+) -> CycleResult:
+    """Make `vm`'s replica on `target` and its first restore point; finishes an interrupted seed.
+
+    With `adopt`, an existing powered-off copy becomes the replica instead
+    of a clone, after every disk is compared byte for byte with the seed
+    snapshot (through `source_access` and `replica_access`).
+    """
+    started = time.monotonic()
+    chosen = settings or CycleSettings()
+    source = resolve_vm(conn, vm)
+    log = get_logger(vm=source.name, operation="protect")
+    found = find_replica(conn, source)
+    if found is not None and found.state is not None:
+        raise InvalidInput(f"{source.name} is already protected by {found.vm.name}", vm=source.name)
+    if found is not None and found.seed is not None:
+        log.warning("seed_resumed", replica=found.vm.name)
+        replica, record = found.vm, found.seed
+    else:
+        source = sweep_source(conn, source)
+        if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
+            source = enable_cbt(conn, source)
+        record, snapshot = _seed_snapshot(conn, source, chosen)
+        if adopt is None:
+            replica = _clone(conn, source, target, snapshot, record)
+        else:
+            reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+            replica = _adopt(conn, source, snapshot, resolve_vm(conn, adopt), record, reader, replica_access)
+        failpoints.point("seed-replica-made")
+    return _finish(
+        conn, source, Replica(vm=replica, state=None, journal=None, seed=record), target, chosen, started
+    )
+
+
+def _seed_snapshot(
+    conn: Connection, source: VMInfo, settings: CycleSettings
+) -> tuple[SeedRecord, SnapshotInfo]:
+    cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    taken = create_snapshot(
+        conn,
+        source,
+        SEED_SNAPSHOT + cycle,
+        description="seed of a replica",
+        quiesce=settings.quiesce != "never",
+        on_quiesce_failure=QuiesceFallback.CRASH_CONSISTENT
+        if settings.quiesce == "try"
+        else QuiesceFallback.FAIL,
+        run_id=cycle,
+    )
+    failpoints.point("seed-snapshot-taken")
+    ids = change_ids_at(conn, taken.snapshot)
+    untracked = [key for key, cid in ids.items() if cid is None]
+    if untracked:
+        remove_snapshot(conn, source, taken.snapshot)
+        raise InvalidInput(f"CBT is not tracking disks {untracked} of {source.name}", vm=source.name)
+    identity = SourceIdentity(moref=source.moref, name=source.name, instance_uuid=source.instance_uuid or "")
+    record = SeedRecord(
+        source=identity,
+        snapshot=taken.snapshot.moref,
+        cycle=cycle,
+        change_ids=tuple((k, c) for k, c in sorted(ids.items()) if c is not None),
+        quiesced=taken.quiesced,
+    )
+    return record, taken.snapshot
+
+
+def _clone(
+    conn: Connection, source: VMInfo, target: ReplicaTarget, snapshot: SnapshotInfo, record: SeedRecord
+) -> VMInfo:
+    placement = ClonePlacement(
+        datastore=target.datastore,
+        host=target.host,
+        resource_pool=target.resource_pool,
+        folder=target.folder,
+        provisioning=target.provisioning,
+    )
+    options = {**cleared_options(), **seed_options(record)}
+    return clone_vm(conn, source, target.name, placement, snapshot=snapshot, options=options)
+
+
+def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
+    return sorted(disks, key=lambda d: (d.controller_key, d.unit_number or 0, d.key))
+
+
+def _adopt(
+    conn: Connection,
+    source: VMInfo,
+    snapshot: SnapshotInfo,
+    copy: VMInfo,
+    record: SeedRecord,
+    reader: DiskAccess,
+    writer: DiskAccess | None,
+) -> VMInfo:
+    """Check that `copy` holds the seed snapshot's bytes, then mark it as the replica being seeded."""
+    if writer is None:
+        raise InvalidInput("adopting a copy needs replica_access to read its disks")
+    if copy.power_state != "poweredOff" or copy.snapshots:
+        raise InvalidInput(
+            f"{copy.name} must be powered off and without snapshots to be adopted", vm=copy.name
+        )
+    frozen = _by_position(snapshot_disks(conn, snapshot.moref))
+    disks = _by_position(copy.disks)
+    if [d.capacity for d in frozen] != [d.capacity for d in disks]:
+        remove_snapshot(conn, source, snapshot)
+        raise InvalidInput(
+            f"{copy.name}'s disks do not match {source.name}'s in number or size", vm=copy.name
+        )
+    for ours, theirs in zip(frozen, disks, strict=True):
+        a, b = reader.source(ours), writer.source(theirs)
+        try:
+            mismatch = first_mismatch(a, b)
+        finally:
+            a.close()
+            b.close()
+        if mismatch is not None:
+            remove_snapshot(conn, source, snapshot)
+            raise InvalidInput(
+                f"{copy.name} {theirs.label} differs from {source.name} {ours.label} "
+                f"at byte {mismatch.offset}; it cannot be adopted as the seed",
+                vm=copy.name,
+            )
+    write_options(conn, copy.moref, extra={**cleared_options(), **seed_options(record)})
+    return copy
+
+
+def _finish(
+    conn: Connection,
+    source: VMInfo,
+    replica: Replica,
+    target: ReplicaTarget,
+    settings: CycleSettings,
+    started: float,
+) -> CycleResult:
+    assert replica.seed is not None
+    record = replica.seed
+    vm = replica.vm
+    source = resolve_vm(conn, source)
+    snapshot_alive = any(s.moref == record.snapshot for s in source.all_snapshots())
+    existing = replica_snapshot(vm, FIRST_POINT)
+    if existing is None:
+        existing = create_snapshot(
+            conn,
+            vm,
+            FIRST_POINT,
+            description=f"seed restore point of {source.name}",
+            marker=RESTORE_POINT_MARKER,
+            run_id=record.cycle,
+        ).snapshot
+    failpoints.point("seed-restore-point-taken")
+    ids = dict(record.change_ids)
+    frozen = snapshot_disks(conn, record.snapshot) if snapshot_alive else source.disks
+    allocated = 0
+    if snapshot_alive:
+        at = next(s for s in source.all_snapshots() if s.moref == record.snapshot)
+        allocated = sum(changed_areas(conn, source, at, key, ALL_ALLOCATED).total for key in ids)
+    pairs = zip(_by_position(frozen), _by_position(vm.disks), strict=True)
+    disks = tuple(
+        DiskState(
+            source_key=s.key, replica_key=r.key, capacity=s.capacity, change_id=ids[s.key], source_uuid=s.uuid
+        )
+        for s, r in pairs
+    )
+    created = next(
+        (s.created for s in source.all_snapshots() if s.moref == record.snapshot), existing.created
+    )
+    point = RestorePoint(
+        id=FIRST_POINT,
+        snapshot=existing.moref,
+        created=created,
+        quiesced=record.quiesced,
+        bytes_moved=allocated,
+        bytes_changed=allocated,
+    )
+    state = ReplicaState(
+        source=record.source,
+        replica_uuid=vm.instance_uuid or "",
+        target=target,
+        settings=settings,
+        disks=disks,
+        restore_points=(point,),
+        next_point=2,
+    )
+    write_options(conn, vm.moref, state=state, clear_journal=True, clear_seed=True)
+    failpoints.point("seed-committed")
+    if snapshot_alive:
+        remove_snapshot(conn, source, next(s for s in source.all_snapshots() if s.moref == record.snapshot))
+    failpoints.point("seed-snapshot-removed")
+    get_logger(vm=source.name, operation="protect").info("protected", replica=vm.name)
+    return CycleResult(
+        vm=source.name,
+        replica=vm.name,
+        restore_point=FIRST_POINT,
+        created=created,
+        quiesced=record.quiesced,
+        bytes_changed=allocated,
+        bytes_moved=allocated,
+        full_resync=tuple(d.source_key for d in disks),
+        resumed=False,
+        seconds=time.monotonic() - started,
+    )
