@@ -1,4 +1,4 @@
-"""Independent checks of a replica: plain pyVmomi for vCenter state, hashes of the datastore files for bytes."""
+"""Independent checks of a replica: plain pyVmomi for vCenter state, file hashes for bytes."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def state(vm: Any) -> dict[str, Any]:
 
 def source_hashes(lab: Any, vm: Any) -> list[str]:
     """sha256 of each disk's current bytes, in disk order."""
-    return [labutil.sha256(labutil.local_extent(lab, d.backing.fileName)) for d in by_position(labutil.disks(vm))]
+    return [
+        labutil.sha256(labutil.local_extent(lab, d.backing.fileName)) for d in by_position(labutil.disks(vm))
+    ]
 
 
 def point_files(lab: Any, replica: Any, point_id: str) -> list[Path]:

@@ -78,6 +78,7 @@ from vsphere_replicator.snapshots import (
 )
 from vsphere_replicator.tasks import run_task
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, plan_chunks, read_chunks
+from vsphere_replicator.verify import checksum
 
 DEFAULT_CHECKPOINT = 256 << 20
 WHOLE_DISK = "whole-disk"  # a JournalDisk.since that reads every byte: CBT's answers are not trusted
@@ -85,6 +86,10 @@ SAMPLE_LENGTH = 64 << 10
 CBT_LIED = "CBT reported"
 Progress = Callable[[int, int], None]
 Throttle = Callable[[int], None]
+
+
+class VerificationFailed(ReplicatorError):
+    """A restore point's bytes differ from the source snapshot they were copied from."""
 
 
 class IncrementalRefused(ReplicatorError):
@@ -523,6 +528,9 @@ class _Cycle:
         assert journal.restore_point is not None
         vm = refresh(self.conn, self.replica)
         existing = replica_snapshot(vm, journal.restore_point)
+        digests: tuple[tuple[int, str], ...] = ()
+        if self.settings.verify:
+            digests = self._verify(journal, snapshot, existing.moref if existing else None)
         if existing is None:
             existing = create_snapshot(
                 self.conn,
@@ -540,6 +548,7 @@ class _Cycle:
             quiesced=journal.quiesced,
             bytes_moved=moved,
             bytes_changed=changed,
+            digests=digests,
         )
         frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
         disks = []
@@ -566,10 +575,51 @@ class _Cycle:
         failpoints.point("committed")
         return point
 
+    def _verify(
+        self, journal: Journal, snapshot: SnapshotInfo, frozen_at: str | None
+    ) -> tuple[tuple[int, str], ...]:
+        """Digest every disk of the new restore point and hold it against the source snapshot.
+
+        A difference undoes the cycle (the replica goes back to its latest
+        restore point) and raises: a restore point that is not the source's
+        bytes must never be recorded.
+        """
+        source_disks = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
+        replica_disks = {
+            d.key: d
+            for d in (
+                snapshot_disks(self.conn, frozen_at) if frozen_at else refresh(self.conn, self.replica).disks
+            )
+        }
+        digests = []
+        for jd in journal.disks:
+            ours = _digest(self.reader, source_disks[jd.source_key])
+            theirs = _digest(self.writer, replica_disks[jd.replica_key])
+            if ours != theirs:
+                self.log.error("restore_point_verification_failed", disk=jd.source_key)
+                self._roll_back(written=True)
+                remove_snapshot(self.conn, self.source, snapshot)
+                raise VerificationFailed(
+                    f"the replica of {self.source.name} disk {jd.source_key} does not match the source "
+                    "snapshot after the copy; the cycle was undone",
+                    vm=self.source.name,
+                )
+            digests.append((jd.replica_key, theirs))
+        failpoints.point("verified")
+        return tuple(digests)
+
     def _finish(self, journal: Journal, snapshot: SnapshotInfo) -> None:
         self.source = remove_snapshot(self.conn, self.source, snapshot)
         failpoints.point("source-snapshot-removed")
         self.state = prune(self.conn, self.replica.vm, self.state, self.settings)
+
+
+def _digest(access: DiskAccess, disk: DiskInfo) -> str:
+    device = access.source(disk)
+    try:
+        return checksum(device)
+    finally:
+        device.close()
 
 
 def _replica_disk(vm: VMInfo, key: int) -> DiskInfo:

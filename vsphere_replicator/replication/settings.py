@@ -51,7 +51,10 @@ class CycleSettings:
     `keep` and `max_age` prune restore points (the newest always stays);
     `max_change_share` refuses an incremental that would move more than
     that share of a disk; `sample_areas` is how many areas CBT calls
-    unchanged are compared between source and replica each cycle.
+    unchanged are compared between source and replica each cycle;
+    `verify` compares every byte of the new restore point with the source
+    snapshot and records its digest, so it can be checked again later;
+    `target_rpo` is what status reports compliance against.
     """
 
     quiesce: str = "never"
@@ -59,6 +62,8 @@ class CycleSettings:
     max_age: timedelta | None = None
     max_change_share: float | None = None
     sample_areas: int = 8
+    verify: bool = False
+    target_rpo: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.quiesce not in QUIESCE_MODES:
@@ -69,6 +74,8 @@ class CycleSettings:
             raise InvalidInput(f"max_age must be positive, not {self.max_age}")
         if self.max_change_share is not None and not 0 < self.max_change_share <= 1:
             raise InvalidInput(f"max_change_share must be in (0, 1], not {self.max_change_share}")
+        if self.target_rpo is not None and self.target_rpo <= timedelta(0):
+            raise InvalidInput(f"target_rpo must be positive, not {self.target_rpo}")
         if not 0 <= self.sample_areas <= 1024:
             raise InvalidInput(f"sample_areas must be between 0 and 1024, not {self.sample_areas}")
 

@@ -55,6 +55,7 @@ class RestorePoint:
     quiesced: bool
     bytes_moved: int
     bytes_changed: int
+    digests: tuple[tuple[int, str], ...] = ()  # (replica disk key, BLAKE2b) when verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +151,9 @@ def decode_state(text: str) -> ReplicaState:
     data = _versioned(text, "state")
     try:
         settings = dict(data["settings"])
-        if settings.get("max_age") is not None:
-            settings["max_age"] = timedelta(seconds=settings["max_age"])
+        for name in ("max_age", "target_rpo"):
+            if settings.get(name) is not None:
+                settings[name] = timedelta(seconds=settings[name])
         target = dict(data["target"])
         target["networks"] = tuple(tuple(pair) for pair in target.get("networks", ()))
         return ReplicaState(
@@ -161,7 +163,13 @@ def decode_state(text: str) -> ReplicaState:
             settings=CycleSettings(**settings),
             disks=tuple(DiskState(**d) for d in data["disks"]),
             restore_points=tuple(
-                RestorePoint(**{**r, "created": datetime.fromisoformat(r["created"])})
+                RestorePoint(
+                    **{
+                        **r,
+                        "created": datetime.fromisoformat(r["created"]),
+                        "digests": tuple((int(k), str(d)) for k, d in r.get("digests", ())),
+                    }
+                )
                 for r in data["restore_points"]
             ),
             next_point=data["next_point"],

@@ -1,0 +1,108 @@
+"""A cycle is a transaction: kill -9 at many points, then a normal run ends byte-exact and clean."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import DISK_SIZE
+from tests.replication_util import (
+    JOURNAL_KEY,
+    assert_replica_matches,
+    find,
+    option,
+    our_source_snapshots,
+    snapshots,
+    state,
+)
+from vsphere_replicator.replication import CycleSettings, ReplicaTarget, protect
+
+CRASHES = 22  # distinct points tried; at least 20 must really crash
+
+
+def cli_env(lab: Any, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSPHERE_", "VR_"))}
+    env.update(
+        VSPHERE_HOST=lab.host,
+        VSPHERE_PORT=str(lab.port),
+        VSPHERE_USER=lab.user,
+        VSPHERE_PASSWORD=lab.password,
+        VSPHERE_CA_FILE=lab.ca_file,
+        VSPHERE_REPLICATOR_MOUNTS=",".join(f"{k}={v}" for k, v in lab.datastores.items()),
+        **extra,
+    )
+    return env
+
+
+def replicate_cli(lab: Any, vm: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "vsphere_replicator.cli", "replicate", vm]
+    command += ["--checkpoint-every", "1MiB", "--chunk", "1MiB", "--json"]
+    return subprocess.run(command, env=cli_env(lab, **extra), capture_output=True, text=True, timeout=120)
+
+
+def guest_writes(control: Any, vm: str, rng: random.Random) -> None:
+    """About 17 MiB over both disks, at random offsets: a dozen checkpoints per cycle."""
+    for disk, length in ((0, 7 << 20), (1, 6 << 20), (0, 4 << 20), (1, 70_000)):
+        offset = rng.randrange(0, DISK_SIZE - length)
+        control.write_random(vm, offset=offset, length=length, seed=rng.randrange(1 << 30), disk=disk)
+
+
+def assert_clean(lab: Any, si: Any, vm: str) -> None:
+    source, replica = find(si, vm), find(si, f"{vm}-replica")
+    recorded = state(replica)
+    assert option(replica, JOURNAL_KEY) is None
+    assert our_source_snapshots(source) == []
+    points = [p["id"] for p in recorded["restore_points"]]
+    assert sorted(n.name for n in snapshots(replica)) == sorted("vr-" + p for p in points)
+    assert_replica_matches(lab, source, replica, points[-1])
+
+
+def test_kill_nine_at_twenty_points_of_a_cycle_then_a_normal_run_ends_byte_exact(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    rng = random.Random(2026)
+    guest_writes(control, vm_name, rng)
+    protect(conn, vm_name, ReplicaTarget(datastore="secondary-ds"), settings=CycleSettings(keep=3))
+    for _ in range(3):  # reach steady state: every cycle now also prunes one restore point
+        guest_writes(control, vm_name, rng)
+        assert replicate_cli(lab, vm_name).returncode == 0
+
+    trace = tmp_path / "trace"
+    guest_writes(control, vm_name, rng)
+    traced = replicate_cli(lab, vm_name, VSPHERE_REPLICATOR_CRASH_TRACE=str(trace))
+    assert traced.returncode == 0, traced.stderr
+    points = trace.read_text().splitlines()
+    assert len(points) >= CRASHES, points
+    assert_clean(lab, si, vm_name)
+
+    # Every kind of step once, the rest drawn at random among all the points.
+    first = {p for p in points if p.endswith(":1")}
+    chosen = first | set(rng.sample(sorted(set(points) - first), CRASHES - len(first)))
+    crashed: list[str] = []
+    for at in sorted(chosen):
+        guest_writes(control, vm_name, rng)
+        killed = replicate_cli(lab, vm_name, VSPHERE_REPLICATOR_CRASH_AT=at)
+        if killed.returncode == -9:
+            crashed.append(at)
+        else:  # this round's writes made fewer checkpoints than the traced one
+            assert killed.returncode == 0 and at.startswith("checkpoint:"), killed.stderr
+        resumed = replicate_cli(lab, vm_name)
+        assert resumed.returncode == 0, resumed.stderr
+        assert_clean(lab, si, vm_name)
+    assert len(crashed) >= 20, crashed
+    assert {at.split(":")[0] for at in crashed} >= {
+        "journal-begun",
+        "source-snapshot-taken",
+        "planned",
+        "checkpoint",
+        "disk-copied",
+        "copied",
+        "restore-point-taken",
+        "committed",
+        "source-snapshot-removed",
+        "retention-recorded",
+    }

@@ -1,0 +1,84 @@
+"""Listing a replica's restore points and checking one against the digests recorded at its creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput, NotFound
+from vsphere_replicator.inventory import VMRef, resolve_vm, snapshot_disks
+from vsphere_replicator.replication.access import DiskAccess
+from vsphere_replicator.replication.replica import require_replica
+from vsphere_replicator.replication.state import ReplicaState, RestorePoint, StateError
+from vsphere_replicator.verify import checksum
+
+
+@dataclass(frozen=True, slots=True)
+class DiskCheck:
+    replica_key: int
+    expected: str
+    actual: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePointCheck:
+    vm: str
+    restore_point: str
+    disks: tuple[DiskCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.disks)
+
+
+def replica_state(conn: Connection, vm: VMRef) -> ReplicaState:
+    source = resolve_vm(conn, vm)
+    replica = require_replica(conn, source)
+    if replica.state is None:
+        raise StateError(f"protecting {source.name} is unfinished: run protect again", vm=source.name)
+    return replica.state
+
+
+def list_restore_points(conn: Connection, vm: VMRef) -> tuple[RestorePoint, ...]:
+    """The protected VM's restore points, oldest first."""
+    return replica_state(conn, vm).restore_points
+
+
+def find_restore_point(state: ReplicaState, point_id: str | None) -> RestorePoint:
+    """The restore point with that id, or the latest for None."""
+    if point_id is None:
+        return state.latest
+    for point in state.restore_points:
+        if point.id == point_id:
+            return point
+    known = ", ".join(p.id for p in state.restore_points)
+    raise NotFound(f"{state.source.name} has no restore point {point_id!r} (it has {known})")
+
+
+def verify_restore_point(
+    conn: Connection, vm: VMRef, replica_access: DiskAccess, point_id: str | None = None
+) -> RestorePointCheck:
+    """Re-read a restore point's disks and compare them with the digests taken when it was made."""
+    state = replica_state(conn, vm)
+    point = find_restore_point(state, point_id)
+    if not point.digests:
+        raise InvalidInput(
+            f"restore point {point.id} of {state.source.name} was made without verify, so it has no "
+            "digests to check against; enable verify in the cycle settings"
+        )
+    frozen = {d.key: d for d in snapshot_disks(conn, point.snapshot)}
+    missing = [key for key, _ in point.digests if key not in frozen]
+    if missing:
+        raise StateError(f"restore point {point.id} has lost disks {missing} of its replica")
+    checks = []
+    for key, expected in point.digests:
+        device = replica_access.source(frozen[key])
+        try:
+            checks.append(DiskCheck(replica_key=key, expected=expected, actual=checksum(device)))
+        finally:
+            device.close()
+    return RestorePointCheck(vm=state.source.name, restore_point=point.id, disks=tuple(checks))
