@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vsphere_replicator.errors import ReplicatorError
+from vsphere_replicator.cli_replication import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_commands
+from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
 from vsphere_replicator.sizes import parse_size
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(ReplicatorError):
@@ -211,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     consolidation.add_argument("--count", type=int, default=1)
     with_state_dir(kinds.add_parser("list", help="show armed faults"))
     with_state_dir(kinds.add_parser("clear", help="disarm every fault"))
+    add_commands(commands)
     return parser
 
 
@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ReplicatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

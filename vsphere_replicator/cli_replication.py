@@ -1,0 +1,341 @@
+"""The replication commands of `vsphere-replicator`: protect, replicate, status, restore-points, ...
+
+Connection: the VSPHERE_* environment profile, `--profile NAME` (reads
+VSPHERE_<NAME>_HOST and friends), or, when neither names a vCenter, the lab
+that `lab up` started. Replica disks are written through datastores mounted
+here: `--mount DS=DIR` (repeatable), VSPHERE_REPLICATOR_MOUNTS, or the lab's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from vsphere_replicator.connection import Connection, connect
+from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.lab import lab_status
+from vsphere_replicator.replication.access import MountedDatastores, parse_mounts
+from vsphere_replicator.replication.cycle import IncrementalRefused, replicate
+from vsphere_replicator.replication.restore_points import list_restore_points, verify_restore_point
+from vsphere_replicator.replication.seed import protect
+from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.status import protection_status
+from vsphere_replicator.sizes import parse_size
+from vsphere_replicator.snapshots import find_orphans, sweep_orphans
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED = 0, 1, 2, 3, 4
+_PROFILE_FIELDS = ("HOST", "PORT", "USER", "PASSWORD", "CA_FILE", "THUMBPRINT")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '15m', '4h', '7d' (one unit)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"not a duration like 90s, 15m, 4h or 7d: {text!r}")
+    return timedelta(seconds=int(number) * units[unit])
+
+
+def _environment(profile: str | None) -> dict[str, str]:
+    """The VSPHERE_* variables to connect with: a named profile's, the default one, or the lab's."""
+    env = dict(os.environ)
+    if profile:
+        prefix = f"VSPHERE_{profile.upper()}_"
+        found = {f"VSPHERE_{f}": env[prefix + f] for f in _PROFILE_FIELDS if prefix + f in env}
+        if "VSPHERE_HOST" not in found:
+            raise InvalidInput(f"profile {profile!r} is not set: export {prefix}HOST, {prefix}USER, ...")
+        return found
+    if env.get("VSPHERE_HOST"):
+        return env
+    lab = lab_status(env.get("VR_LAB_STATE_DIR"))
+    if lab is None:
+        raise InvalidInput("no vCenter given: set VSPHERE_HOST (and friends), --profile, or start the lab")
+    return {
+        "VSPHERE_HOST": lab.host,
+        "VSPHERE_PORT": str(lab.port),
+        "VSPHERE_USER": lab.user,
+        "VSPHERE_PASSWORD": lab.password,
+        "VSPHERE_CA_FILE": lab.ca_file,
+        "VSPHERE_REPLICATOR_MOUNTS": ",".join(f"{k}={v}" for k, v in lab.datastores.items()),
+    }
+
+
+@contextmanager
+def _session(args: argparse.Namespace) -> Iterator[tuple[Connection, Mapping[str, str]]]:
+    env = _environment(args.profile)
+    port = env.get("VSPHERE_PORT")
+    with connect(
+        env["VSPHERE_HOST"],
+        env.get("VSPHERE_USER"),
+        env.get("VSPHERE_PASSWORD"),
+        port=int(port) if port else None,
+        ca_file=env.get("VSPHERE_CA_FILE"),
+        thumbprint=env.get("VSPHERE_THUMBPRINT"),
+    ) as conn:
+        yield conn, env
+
+
+def _mounts(args: argparse.Namespace, env: Mapping[str, str]) -> MountedDatastores:
+    mounts = parse_mounts(
+        env.get("VSPHERE_REPLICATOR_MOUNTS", os.environ.get("VSPHERE_REPLICATOR_MOUNTS", ""))
+    )
+    for item in args.mount or []:
+        mounts.update(parse_mounts(item))
+    return MountedDatastores(mounts)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _emit(args: argparse.Namespace, value: Any, table: Callable[[], str]) -> None:
+    print(json.dumps(_plain(value), sort_keys=True) if args.json else table())
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+class _Bar:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.active = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.active and total:
+            filled = int(30 * done / total)
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {100 * done // total:3d}%"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.active:
+            sys.stderr.write("\n")
+
+
+def _settings(args: argparse.Namespace) -> CycleSettings | None:
+    given = {
+        "keep": args.keep,
+        "max_age": args.max_age,
+        "quiesce": args.quiesce,
+        "max_change_share": args.max_change_share,
+        "verify": args.verify or None,
+        "target_rpo": args.rpo,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return CycleSettings(**chosen) if chosen else None
+
+
+def _cycle_line(result: Any) -> str:
+    resync = f", full resync of disks {list(result.full_resync)}" if result.full_resync else ""
+    return (
+        f"{result.vm} -> {result.replica}: restore point {result.restore_point} "
+        f"({result.bytes_moved} bytes moved for {result.bytes_changed} changed, "
+        f"{result.seconds:.1f}s{resync})"
+    )
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    target = ReplicaTarget(
+        datastore=args.datastore,
+        host=args.host,
+        resource_pool=args.resource_pool,
+        folder=args.folder,
+        provisioning=args.provisioning,
+        name=args.name,
+    )
+    with _session(args) as (conn, env):
+        result = protect(
+            conn,
+            args.vm,
+            target,
+            settings=_settings(args),
+            adopt=args.adopt,
+            replica_access=_mounts(args, env) if args.adopt else None,
+        )
+    _emit(args, result, lambda: _cycle_line(result))
+    return EXIT_OK
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    with _session(args) as (conn, env):
+        bar = _Bar(f"replicating {args.vm}")
+        try:
+            result = replicate(
+                conn,
+                args.vm,
+                replica_access=_mounts(args, env),
+                settings=_settings(args),
+                checkpoint_every=args.checkpoint_every,
+                chunk=args.chunk,
+                on_progress=bar,
+            )
+        except IncrementalRefused as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        finally:
+            bar.close()
+    _emit(args, result, lambda: _cycle_line(result))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _session(args) as (conn, _):
+        found = protection_status(conn, target_rpo=args.rpo)
+
+    def table() -> str:
+        rows = [["VM", "REPLICA", "STATE", "POINTS", "LATEST", "AGE", "RPO", "OK", "LAST ERROR"]]
+        for s in found:
+            rows.append(
+                [
+                    s.vm,
+                    s.replica,
+                    s.state,
+                    str(s.restore_points),
+                    s.latest_point or "-",
+                    f"{s.age_seconds:.0f}s" if s.age_seconds is not None else "-",
+                    f"{s.target_rpo_seconds:.0f}s" if s.target_rpo_seconds is not None else "-",
+                    {True: "yes", False: "NO", None: "-"}[s.compliant],
+                    s.last_error or "",
+                ]
+            )
+        return _table(rows) if found else "no protected VMs"
+
+    _emit(args, found, table)
+    return EXIT_RPO_MISSED if any(s.compliant is False for s in found) else EXIT_OK
+
+
+def cmd_restore_points(args: argparse.Namespace) -> int:
+    with _session(args) as (conn, _):
+        points = list_restore_points(conn, args.vm)
+
+    def table() -> str:
+        rows = [["ID", "CREATED", "CONSISTENCY", "MOVED", "CHANGED", "VERIFIABLE"]]
+        for p in points:
+            consistency = "quiesced" if p.quiesced else "crash-consistent"
+            rows.append(
+                [
+                    p.id,
+                    p.created.isoformat(),
+                    consistency,
+                    str(p.bytes_moved),
+                    str(p.bytes_changed),
+                    "yes" if p.digests else "no",
+                ]
+            )
+        return _table(rows)
+
+    _emit(args, points, table)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _session(args) as (conn, env):
+        check = verify_restore_point(conn, args.vm, _mounts(args, env), args.restore_point)
+    _emit(
+        args,
+        {"vm": check.vm, "restore_point": check.restore_point, "ok": check.ok, "disks": check.disks},
+        lambda: f"{check.vm} restore point {check.restore_point}: {'intact' if check.ok else 'CORRUPT'}",
+    )
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    with _session(args) as (conn, _):
+        if args.action == "sweep":
+            found = sweep_orphans(conn, older_than=args.older_than, dry_run=args.dry_run)
+        else:
+            found = find_orphans(conn, older_than=args.older_than)
+    rows = [{"vm": o.vm, "snapshot": o.snapshot.name, "age_seconds": o.age.total_seconds()} for o in found]
+    verb = (
+        "would remove"
+        if args.action == "sweep" and args.dry_run
+        else "removed"
+        if args.action == "sweep"
+        else ""
+    )
+
+    def table() -> str:
+        lines = [f"{verb} {r['vm']}: {r['snapshot']} ({r['age_seconds']:.0f}s old)".strip() for r in rows]
+        return "\n".join(lines) or "no snapshots of ours"
+
+    _emit(args, rows, table)
+    return EXIT_OK
+
+
+def add_commands(commands: Any) -> None:
+    """Register the replication commands on the main parser's sub-command set."""
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = commands.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        p.add_argument("--profile", default=None, help="read VSPHERE_<PROFILE>_* instead of VSPHERE_*")
+        p.add_argument("--json", action="store_true", help="print JSON for machines")
+        return p
+
+    def cycle_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--keep", type=int, default=None, help="restore points to keep")
+        p.add_argument(
+            "--max-age", type=parse_duration, default=None, help="drop restore points older than this"
+        )
+        p.add_argument("--quiesce", choices=["never", "try", "require"], default=None)
+        p.add_argument(
+            "--max-change-share", type=float, default=None, help="refuse larger incrementals (0-1)"
+        )
+        p.add_argument("--verify", action="store_true", help="compare and digest every restore point")
+        p.add_argument("--rpo", type=parse_duration, default=None, help="target RPO for status")
+        p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
+
+    p = command("protect", cmd_protect, "seed a VM's replica on the secondary datastore")
+    p.add_argument("vm")
+    p.add_argument("--datastore", required=True)
+    p.add_argument("--host", default=None)
+    p.add_argument("--resource-pool", default=None)
+    p.add_argument("--folder", default=None)
+    p.add_argument("--provisioning", choices=["thin", "thick-lazy", "thick-eager"], default="thin")
+    p.add_argument("--name", default="{vm}-replica", help="replica name template ({vm})")
+    p.add_argument("--adopt", default=None, metavar="VM", help="adopt this existing copy as the seed")
+    cycle_options(p)
+
+    p = command("replicate", cmd_replicate, "run one replication cycle (resuming an interrupted one)")
+    p.add_argument("vm")
+    p.add_argument("--checkpoint-every", type=parse_size, default=256 << 20, metavar="SIZE")
+    p.add_argument("--chunk", type=parse_size, default=4 << 20, metavar="SIZE", help="bytes per read")
+    cycle_options(p)
+
+    p = command("status", cmd_status, "latest restore point and RPO compliance of every protected VM")
+    p.add_argument("--rpo", type=parse_duration, default=None, help="target RPO to judge against")
+
+    p = command("restore-points", cmd_restore_points, "list a protected VM's restore points")
+    p.add_argument("vm")
+
+    p = command("verify", cmd_verify, "re-check a restore point against its recorded digests")
+    p.add_argument("vm")
+    p.add_argument("--restore-point", default=None, help="default: the latest")
+    p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
+
+    p = command("snapshots", cmd_snapshots, "list or sweep snapshots our runs left behind")
+    p.add_argument("action", choices=["list", "sweep"])
+    p.add_argument("--older-than", type=parse_duration, default=timedelta(hours=1))
+    p.add_argument("--dry-run", action="store_true")
