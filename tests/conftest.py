@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -52,13 +52,23 @@ def si(lab: LabInfo, _shared_si: Any) -> Any:
 _names = (f"lab-vm-{i:04d}" for i in itertools.count(1))
 
 
-@pytest.fixture
-def vm_name() -> str:
-    """A VM no other test has touched."""
+def _fresh_vm() -> str:
     name = next(_names)
     if int(name[-4:]) > LAB_VMS:
         pytest.fail("the lab ran out of fresh VMs; raise LAB_VMS in conftest.py")
     return name
+
+
+@pytest.fixture
+def vm_name() -> str:
+    """A VM no other test has touched."""
+    return _fresh_vm()
+
+
+@pytest.fixture
+def fresh_vm() -> Callable[[], str]:
+    """Call for each further VM no other test has touched."""
+    return _fresh_vm
 
 
 @pytest.fixture

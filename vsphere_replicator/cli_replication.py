@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -284,6 +286,34 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from vsphere_replicator.policies import PolicyFileError, load_policy_file, run_policies
+    from vsphere_replicator.replication.engine import LiveEngine
+
+    try:
+        policy_file = load_policy_file(args.policy_file)
+    except PolicyFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def show(record: Any) -> None:
+        if args.json:
+            print(json.dumps(_plain(record), sort_keys=True), flush=True)
+        else:
+            outcome = record.summary if record.ok else f"FAILED {record.error}"
+            print(f"{record.finished:%H:%M:%S} {record.vm} [{record.protection}/{record.policy}] {outcome}")
+
+    with _session(args) as (conn, env):
+        engine = LiveEngine(conn, replica_access=_mounts(args, env))
+        records = run_policies(
+            policy_file, engine, once=not args.watch, stop=stop, max_cycles=args.max_cycles, on_record=show
+        )
+    return EXIT_OK if all(r.ok for r in records) else EXIT_FAILED
+
+
 def add_commands(commands: Any) -> None:
     """Register the replication commands on the main parser's sub-command set."""
 
@@ -323,6 +353,14 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--checkpoint-every", type=parse_size, default=256 << 20, metavar="SIZE")
     p.add_argument("--chunk", type=parse_size, default=4 << 20, metavar="SIZE", help="bytes per read")
     cycle_options(p)
+
+    p = command("run", cmd_run, "run a policy file: every selected VM once, or on schedule with --watch")
+    p.add_argument("policy_file")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one cycle per selected VM, then exit (default)")
+    mode.add_argument("--watch", action="store_true", help="keep running each VM when its policy is due")
+    p.add_argument("--max-cycles", type=int, default=None, help="stop watching after this many cycles")
+    p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
     p = command("status", cmd_status, "latest restore point and RPO compliance of every protected VM")
     p.add_argument("--rpo", type=parse_duration, default=None, help="target RPO to judge against")

@@ -169,3 +169,13 @@ def clone_vm(
         on_progress=on_progress,
     )
     return get_vm(conn, VMSelector(moref=result._moId))
+
+
+def destroy_vm(conn: Connection, vm: VMRef) -> None:
+    """Power the VM off if it runs, then delete it and its files."""
+    info = resolve_vm(conn, vm)
+    handle = vm_object(conn, info.moref)
+    if info.power_state == "poweredOn":
+        run_task(conn, handle.PowerOffVM_Task, what=f"power off {info.name}", vm=info.name)
+    run_task(conn, handle.Destroy_Task, what=f"destroy {info.name}", vm=info.name)
+    get_logger(vm=info.name, operation="destroy").info("vm_destroyed")

@@ -241,6 +241,8 @@ def find_replicas(conn: Connection) -> tuple[ReplicaRecord, ...]:
     """Every VM that carries replication options, in one inventory read."""
     records = []
     for moref, options in vm_options(conn, PREFIX).items():
+        if STATE_KEY not in options and SEED_KEY not in options:
+            continue  # our other marks (periodic clones) or a journal without a state: not a replica
         records.append(
             ReplicaRecord(
                 moref=moref,

@@ -1,0 +1,107 @@
+"""The replication commands end to end: a policy file run by the CLI, checked with pyVmomi and hashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests import labutil
+from tests.replication_util import assert_replica_matches, by_position, find, our_source_snapshots, state
+from tests.test_replication_crash import cli_env
+
+
+def cli(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "vsphere_replicator.cli", *args]
+    return subprocess.run(command, env=cli_env(lab), capture_output=True, text=True, timeout=300)
+
+
+def records(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_policy_file_protects_then_replicates_and_keeps_one_clone(
+    lab: Any, si: Any, control: Any, fresh_vm: Callable[[], str], tmp_path: Path
+) -> None:
+    a, b, c = fresh_vm(), fresh_vm(), fresh_vm()
+    for i, vm in enumerate((a, b, c)):
+        control.write_random(vm, offset=4096 * i, length=150_000, seed=i)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"""version: 1
+limits: {{total: 2, per_host: 2, per_datastore: 2, bandwidth: 200MiB/s}}
+protections:
+  - name: pair
+    select: {{names: ["{a}", "{b}"]}}
+    target: {{datastore: secondary-ds}}
+    policy: point-in-time
+    settings: {{interval: 1h, keep: 3, verify: true}}
+  - name: copies
+    select: {{names: ["{c}"]}}
+    target: {{datastore: secondary-ds}}
+    policy: clone
+    settings: {{interval: 1d, keep: 1}}
+"""
+    )
+    first = cli(lab, "run", str(policy), "--once", "--json")
+    assert first.returncode == 0, first.stderr
+    assert sorted((r["vm"], r["ok"]) for r in records(first.stdout)) == [(a, True), (b, True), (c, True)]
+    for vm in (a, b):
+        control.write_random(vm, offset=1 << 20, length=70_000, seed=9)
+    second = cli(lab, "run", str(policy), "--once", "--json")
+    assert second.returncode == 0, second.stderr
+    for vm in (a, b):
+        replica = find(si, f"{vm}-replica")
+        assert [p["id"] for p in state(replica)["restore_points"]] == ["rp-000001", "rp-000002"]
+        assert_replica_matches(lab, find(si, vm), replica, "rp-000002")
+        assert our_source_snapshots(find(si, vm)) == []
+    clones = [v for v in labutil_vms(si) if v.name.startswith(f"{c}-clone-")]
+    assert len(clones) == 1
+    ours = [
+        labutil.sha256(labutil.local_extent(lab, d.backing.fileName))
+        for d in by_position(labutil.disks(find(si, c)))
+    ]
+    theirs = [
+        labutil.sha256(labutil.local_extent(lab, d.backing.fileName))
+        for d in by_position(labutil.disks(clones[0]))
+    ]
+    assert ours == theirs
+
+    status = cli(lab, "status", "--json", "--rpo", "1h")
+    assert status.returncode == 0, status.stdout
+    rows = {r["vm"]: r for r in json.loads(status.stdout)}
+    assert rows[a]["compliant"] is True and rows[a]["latest_point"] == "rp-000002"
+    late = cli(lab, "status", "--rpo", "1s")
+    assert late.returncode == 3 and "NO" in late.stdout
+
+    points = cli(lab, "restore-points", a, "--json")
+    assert [p["id"] for p in json.loads(points.stdout)] == ["rp-000001", "rp-000002"]
+    verified = cli(lab, "verify", a, "--restore-point", "rp-000002")
+    assert verified.returncode == 0 and "intact" in verified.stdout, verified.stderr
+
+
+def labutil_vms(si: Any) -> list[Any]:
+    from pyVmomi import vim
+
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return list(view.view)
+    finally:
+        view.DestroyView()
+
+
+def test_invalid_policy_file_is_rejected_with_file_line_and_reason_and_nothing_runs(
+    lab: Any, tmp_path: Path
+) -> None:
+    policy = tmp_path / "bad.yaml"
+    policy.write_text(
+        "version: 1\nprotections:\n  - name: x\n    select: {names: [lab-vm-0099]}\n"
+        "    target: {datastore: secondary-ds}\n    policy: point-in-time\n    settings: {intervall: 1h}\n"
+    )
+    result = cli(lab, "run", str(policy), "--once")
+    assert result.returncode == 2
+    assert f"{policy}:7:" in result.stderr and "intervall" in result.stderr
+    assert result.stdout == ""

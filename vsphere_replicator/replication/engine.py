@@ -1,0 +1,114 @@
+"""The policies' Engine over a live vCenter: selection, placement, protect, replicate, periodic clones."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from vsphere_replicator.clone import ClonePlacement, clone_vm, destroy_vm
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.inventory import VMSelector, find_vms, get_vm, vm_options
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.policies.base import Selection
+from vsphere_replicator.policies.throttle import Throttle
+from vsphere_replicator.replication.access import DiskAccess
+from vsphere_replicator.replication.cycle import replicate
+from vsphere_replicator.replication.replica import all_replicas, find_replica
+from vsphere_replicator.replication.seed import protect
+from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.state import PREFIX, cleared_options
+from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
+
+CLONE_KEY = PREFIX + "clone_of"
+
+
+class LiveEngine:
+    """Runs policy decisions against vCenter through one connection (safe to share across threads)."""
+
+    def __init__(
+        self, conn: Connection, *, replica_access: DiskAccess, source_access: DiskAccess | None = None
+    ) -> None:
+        self.conn = conn
+        self.replica_access = replica_access
+        self.source_access = source_access
+
+    def select(self, selection: Selection) -> list[str]:
+        """VM names the selection matches; replicas, our clones and templates are never selected."""
+        ours = {r.vm.moref for r in all_replicas(self.conn)} | set(vm_options(self.conn, CLONE_KEY))
+        tagged: frozenset[str] = frozenset()
+        if selection.tags:
+            from vsphere_replicator.tags import vms_with_tags  # the Automation SDK loads only when asked
+
+            tagged = vms_with_tags(self.conn, selection.tags)
+        chosen = []
+        for vm in find_vms(self.conn, VMSelector(glob="*")):
+            if vm.moref in ours or vm.template:
+                continue
+            tags = [t for t in selection.tags if vm.moref in tagged]
+            if selection.matches(vm.name, vm.folder, tags):
+                chosen.append(vm.name)
+        return chosen
+
+    def placement(self, vm: str) -> tuple[str, tuple[str, ...]]:
+        info = get_vm(self.conn, vm)
+        return info.host or "", info.datastores
+
+    def is_protected(self, vm: str) -> bool:
+        replica = find_replica(self.conn, get_vm(self.conn, vm))
+        return replica is not None and replica.state is not None
+
+    def protect(self, vm: str, target: ReplicaTarget, cycle: CycleSettings) -> CycleResult:
+        return protect(
+            self.conn,
+            vm,
+            target,
+            settings=cycle,
+            replica_access=self.replica_access,
+            source_access=self.source_access,
+        )
+
+    def replicate(self, vm: str, cycle: CycleSettings, throttle: Throttle | None) -> CycleResult:
+        return replicate(
+            self.conn,
+            vm,
+            replica_access=self.replica_access,
+            source_access=self.source_access,
+            settings=cycle,
+            throttle=throttle.consume if throttle is not None else None,
+        )
+
+    def clone(self, vm: str, target: ReplicaTarget, keep: int, name: str) -> str:
+        """A powered-off full clone from a fresh snapshot; clones of `vm` beyond the newest `keep` go."""
+        source = get_vm(self.conn, vm)
+        taken = create_snapshot(self.conn, source, f"clone-{name}", description="periodic clone").snapshot
+        try:
+            placement = ClonePlacement(
+                datastore=target.datastore,
+                host=target.host,
+                resource_pool=target.resource_pool,
+                folder=target.folder,
+                provisioning=target.provisioning,
+            )
+            stamp = json.dumps({"source": source.instance_uuid, "created": datetime.now(UTC).isoformat()})
+            made = clone_vm(
+                self.conn,
+                source,
+                name,
+                placement,
+                snapshot=taken,
+                options={**cleared_options(), CLONE_KEY: stamp},
+            )
+        finally:
+            remove_snapshot(self.conn, source, taken)
+        self._keep_newest(source.instance_uuid or "", keep)
+        return made.name
+
+    def _keep_newest(self, source_uuid: str, keep: int) -> None:
+        clones = []
+        for moref, options in vm_options(self.conn, CLONE_KEY).items():
+            record = json.loads(options[CLONE_KEY])
+            if record.get("source") == source_uuid:
+                clones.append((record["created"], moref))
+        for _, moref in sorted(clones)[:-keep]:
+            get_logger(operation="clone_retention").info("old_clone_destroyed", moref=moref)
+            destroy_vm(self.conn, VMSelector(moref=moref))
