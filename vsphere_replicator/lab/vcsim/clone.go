@@ -82,7 +82,13 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 	index := 0
 	for _, dev := range source.Hardware.Device {
 		switch d := dev.(type) {
-		case types.BaseVirtualSCSIController, types.BaseVirtualEthernetCard:
+		case types.BaseVirtualSCSIController:
+			devices = append(devices, dev)
+		case types.BaseVirtualEthernetCard:
+			// A clone gets its own MAC address unless the source's was set by hand.
+			if card := d.GetVirtualEthernetCard(); card.AddressType != string(types.VirtualEthernetCardMacTypeManual) {
+				card.MacAddress = ""
+			}
 			devices = append(devices, dev)
 		case *types.VirtualDisk:
 			b := diskBacking(d)

@@ -24,8 +24,9 @@ import (
 const maxSOAPBody = 64 << 20
 
 // handler puts the lab in front of vcsim: it serves the control API, keeps
-// sessions honest, injects faults, and implements the methods where vcsim
-// has no data (snapshots, CBT, clones), passing everything else through.
+// sessions honest, injects faults, implements the methods where vcsim has no
+// data (snapshots, CBT, clones) and the Automation SDK's /api endpoint,
+// passing everything else through.
 func (l *lab) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
@@ -35,6 +36,12 @@ func (l *lab) handler(next http.Handler) http.Handler {
 			l.serveSDK(w, r, next)
 		case strings.HasPrefix(r.URL.Path, "/folder/"):
 			l.serveFolder(w, r, next)
+		case r.URL.Path == apiPath:
+			l.serveAPI(w, r, next)
+		case strings.HasPrefix(r.URL.Path, "/rest/"):
+			if !l.guardRESTLogin(w, r) {
+				next.ServeHTTP(w, r)
+			}
 		default:
 			next.ServeHTTP(w, r)
 		}

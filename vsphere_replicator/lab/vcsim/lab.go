@@ -114,7 +114,11 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name() < hosts[j].Name() })
 	pool := pools[0]
-	if err := l.createVMs(ctx, folders.VmFolder, pool, hosts); err != nil {
+	network, err := l.buildNetworks(ctx, finder, hosts)
+	if err != nil {
+		return nil, fmt.Errorf("networks: %w", err)
+	}
+	if err := l.createVMs(ctx, folders.VmFolder, pool, hosts, network); err != nil {
 		return nil, err
 	}
 	return inv, nil
@@ -122,7 +126,7 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 
 // createVMs creates the VMs a few at a time: vcsim serialises per object, so a
 // little parallelism is what keeps 2,000 VMs within the start-up budget.
-func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, hosts []*object.HostSystem) error {
+func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, hosts []*object.HostSystem, network types.ManagedObjectReference) error {
 	const workers = 4
 	jobs := make(chan int)
 	errs := make(chan error, workers)
@@ -132,7 +136,7 @@ func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				if err := l.createVM(ctx, folder, pool, hosts[i%len(hosts)], i+1); err != nil {
+				if err := l.createVM(ctx, folder, pool, hosts[i%len(hosts)], network, i+1); err != nil {
 					errs <- err
 					return
 				}
@@ -159,7 +163,7 @@ func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object
 
 func vmName(i int) string { return fmt.Sprintf("lab-vm-%04d", i) }
 
-func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, host *object.HostSystem, i int) error {
+func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, host *object.HostSystem, network types.ManagedObjectReference, i int) error {
 	name := vmName(i)
 	var devices object.VirtualDeviceList
 	scsi, err := devices.CreateSCSIController("pvscsi")
@@ -184,6 +188,7 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 		backing.Uuid = newDiskUUID()
 		devices = append(devices, disk)
 	}
+	devices = append(devices, newNIC(network, vmNetworkName))
 	spec := types.VirtualMachineConfigSpec{
 		Name:     name,
 		GuestId:  string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator" // vcsim's /rest endpoint: sessions and tagging
 	"github.com/vmware/govmomi/vim25"
 )
 
@@ -152,6 +153,7 @@ func run(cfg config) error {
 	}
 	model.Service.Listen = &url.URL{Host: cfg.listen, User: url.UserPassword(cfg.user, cfg.password)}
 	model.Service.TLS = tlsConfig
+	model.Service.RegisterEndpoints = true // mounts vcsim's /rest handler, which /api is served through
 	server := model.Service.NewServer()
 	defer server.Close()
 

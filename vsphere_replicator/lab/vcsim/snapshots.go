@@ -83,11 +83,16 @@ func publishVM(vm *simulator.VirtualMachine) {
 		snap = &info
 		roots = snapshotRefs(info.RootSnapshotList)
 	}
-	simulator.Map.Update(vm, []types.PropertyChange{
+	changes := []types.PropertyChange{
 		{Name: "snapshot", Val: snap},
 		{Name: "rootSnapshot", Val: roots},
 		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
-	})
+		{Name: "network", Val: vmNetworks(vm.Config.Hardware.Device)},
+	}
+	if vm.Guest != nil {
+		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: guestNICs(vm)})
+	}
+	simulator.Map.Update(vm, changes)
 }
 
 func (l *lab) activateTracking(vm *simulator.VirtualMachine) {

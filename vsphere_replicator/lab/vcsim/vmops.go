@@ -163,6 +163,9 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 	if fault != nil {
 		return nil, fault
 	}
+	if fault := checkNICs(vm, &spec); fault != nil {
+		return nil, fault
+	}
 	options := spec.ExtraConfig
 	spec.ExtraConfig = nil
 	for _, o := range options {
