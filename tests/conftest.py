@@ -13,7 +13,7 @@ from tests import labutil
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 
-LAB_VMS = 100
+LAB_VMS = 160
 DISK_SIZE = 32 << 20
 CBT_WINDOW = 4 << 20
 CBT_BLOCK = 64 << 10

@@ -78,6 +78,10 @@ class ReplicaState:
     next_point: int
     promoted: bool = False
     last_error: str | None = None
+    # Set by a failover: the restore point brought up, and the replica's change ids when it was,
+    # from which failback reads what changed on the replica since.
+    promoted_point: str | None = None
+    failback_ids: tuple[tuple[int, str], ...] = ()
 
     @property
     def latest(self) -> RestorePoint:
@@ -175,6 +179,8 @@ def decode_state(text: str) -> ReplicaState:
             next_point=data["next_point"],
             promoted=data.get("promoted", False),
             last_error=data.get("last_error"),
+            promoted_point=data.get("promoted_point"),
+            failback_ids=tuple((int(k), str(c)) for k, c in data.get("failback_ids", ())),
         )
     except (KeyError, TypeError, ValueError, InvalidInput) as exc:
         raise StateError(f"the replica's state is incomplete or malformed: {exc}") from exc

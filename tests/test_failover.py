@@ -1,0 +1,134 @@
+"""Failover and failback against the lab, checked with plain pyVmomi and file hashes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tests.conftest import DISK_SIZE
+from tests.replication_util import (
+    find,
+    our_source_snapshots,
+    point_hashes,
+    snapshots,
+    source_hashes,
+    state,
+)
+from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication.failover import (
+    cleanup_test_failover,
+    failback,
+    planned_failover,
+    start_test_failover,
+    unplanned_failover,
+)
+
+TARGET = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DR Network"),))
+
+
+def nic_networks(vm: Any) -> list[str]:
+    """Each NIC's port group, by name, as plain pyVmomi sees it."""
+    from pyVmomi import vim
+
+    names = []
+    for device in vm.config.hardware.device:
+        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+            backing = device.backing
+            if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+                key = backing.port.portgroupKey
+                names.append(next(n.name for n in vm.network if getattr(n, "key", None) == key))
+            else:
+                names.append(backing.deviceName)
+    return names
+
+
+def writes(control: Any, vm: str, seed: int) -> None:
+    rng = random.Random(seed)
+    for disk in (0, 1, 0):
+        length = rng.choice([4096, 70_000, 300_000])
+        control.write_random(
+            vm, offset=rng.randrange(0, DISK_SIZE - length), length=length, seed=seed, disk=disk
+        )
+
+
+def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_untouched(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str
+) -> None:
+    access = MountedDatastores(lab.datastores)
+    writes(control, vm_name, 1)
+    protect(conn, vm_name, TARGET)
+    writes(control, vm_name, 2)
+    replicate(conn, vm_name, replica_access=access)
+    replica = find(si, f"{vm_name}-replica")
+    before = state(replica)
+    source_before = source_hashes(lab, find(si, vm_name))
+
+    result = start_test_failover(conn, vm_name, restore_point="rp-000001")
+    copy = find(si, result.running)
+    assert copy.runtime.powerState == "poweredOn"
+    assert nic_networks(copy) == ["DR Network"] and [n.name for n in copy.network] == ["DR Network"]
+    assert nic_networks(find(si, f"{vm_name}-replica")) == ["VM Network"]
+    assert source_hashes(lab, copy) == point_hashes(lab, replica, "rp-000001")
+    assert state(find(si, f"{vm_name}-replica")) == before
+    assert find(si, f"{vm_name}-replica").runtime.powerState == "poweredOff"
+    assert source_hashes(lab, find(si, vm_name)) == source_before
+    assert (
+        find(si, vm_name).runtime.powerState == "poweredOn" and our_source_snapshots(find(si, vm_name)) == []
+    )
+
+    writes(control, vm_name, 3)
+    after = replicate(conn, vm_name, replica_access=access)  # replication carries on meanwhile
+    assert after.restore_point == "rp-000003"
+    assert cleanup_test_failover(conn, vm_name) == (result.running,)
+    assert not [v for v in snapshots(replica) if v.name == result.running]
+
+
+def test_unplanned_failover_brings_the_replica_up_at_the_chosen_point_without_touching_the_source(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str
+) -> None:
+    access = MountedDatastores(lab.datastores)
+    writes(control, vm_name, 4)
+    protect(conn, vm_name, ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DC0_DVPG0"),)))
+    first = point_hashes(lab, find(si, f"{vm_name}-replica"), "rp-000001")
+    writes(control, vm_name, 5)
+    replicate(conn, vm_name, replica_access=access)
+    source_before = source_hashes(lab, find(si, vm_name))
+
+    result = unplanned_failover(conn, vm_name, restore_point="rp-000001")
+    replica = find(si, result.running)
+    assert replica.runtime.powerState == "poweredOn"
+    assert source_hashes(lab, replica) == first
+    assert snapshots(replica) == []
+    assert state(replica)["promoted"] is True
+    assert nic_networks(replica) == ["DC0_DVPG0"] and [n.new for n in result.nics] == ["DC0_DVPG0"]
+    source = find(si, vm_name)
+    assert source.runtime.powerState == "poweredOn" and source_hashes(lab, source) == source_before
+
+
+def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_running(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str
+) -> None:
+    access = MountedDatastores(lab.datastores)
+    writes(control, vm_name, 6)
+    protect(conn, vm_name, TARGET)
+    writes(control, vm_name, 7)
+    replicate(conn, vm_name, replica_access=access)
+    writes(control, vm_name, 8)  # written after the last cycle: the planned failover must carry it
+
+    result = planned_failover(conn, vm_name, replica_access=access)
+    source, replica = find(si, vm_name), find(si, result.running)
+    assert source.runtime.powerState == "poweredOff" and replica.runtime.powerState == "poweredOn"
+    assert source_hashes(lab, replica) == source_hashes(lab, source)
+    assert our_source_snapshots(source) == [] and snapshots(replica) == []
+    assert nic_networks(replica) == ["DR Network"] and nic_networks(source) == ["VM Network"]
+
+    writes(control, replica.name, 9)  # production now runs on the replica
+    expected = source_hashes(lab, replica)
+    back = failback(conn, vm_name, replica_access=access)
+    assert back is not None
+    original, replica = find(si, vm_name), find(si, f"{vm_name}-replica")
+    assert back.running == vm_name
+    assert original.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
+    assert source_hashes(lab, original) == expected == source_hashes(lab, replica)
+    assert snapshots(original) == [] and our_source_snapshots(replica) == []
+    assert nic_networks(original) == ["VM Network"]  # the reverse mapping brought it home
