@@ -314,6 +314,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in records) else EXIT_FAILED
 
 
+def _failover_line(result: Any) -> str:
+    moved = "".join(f", {n.label} {n.old} -> {n.new}" for n in result.nics)
+    return f"{result.vm}: {result.kind} failover, {result.running} running at {result.restore_point}{moved}"
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from vsphere_replicator.replication import failover
+
+    with _session(args) as (conn, env):
+        if args.cleanup:
+            removed = failover.cleanup_test_failover(conn, args.vm)
+            _emit(args, {"removed": removed}, lambda: f"removed {', '.join(removed) or 'nothing'}")
+            return EXIT_OK
+        if args.test:
+            result = failover.start_test_failover(conn, args.vm, restore_point=args.restore_point)
+        elif args.planned:
+            if args.restore_point:
+                raise InvalidInput(
+                    "a planned failover always brings up the newest data: drop --restore-point"
+                )
+            result = failover.planned_failover(conn, args.vm, replica_access=_mounts(args, env))
+        else:
+            result = failover.unplanned_failover(conn, args.vm, restore_point=args.restore_point)
+    _emit(args, result, lambda: _failover_line(result))
+    return EXIT_OK
+
+
+def cmd_failback(args: argparse.Namespace) -> int:
+    from vsphere_replicator.replication.failover import failback
+
+    with _session(args) as (conn, env):
+        result = failback(conn, args.vm, replica_access=_mounts(args, env), switch=not args.no_switch)
+    if result is None:
+        _emit(
+            args, {"vm": args.vm, "reversed": True}, lambda: f"{args.vm}: replication reversed, not switched"
+        )
+    else:
+        _emit(args, result, lambda: _failover_line(result))
+    return EXIT_OK
+
+
 def add_commands(commands: Any) -> None:
     """Register the replication commands on the main parser's sub-command set."""
 
@@ -360,6 +401,20 @@ def add_commands(commands: Any) -> None:
     mode.add_argument("--once", action="store_true", help="one cycle per selected VM, then exit (default)")
     mode.add_argument("--watch", action="store_true", help="keep running each VM when its policy is due")
     p.add_argument("--max-cycles", type=int, default=None, help="stop watching after this many cycles")
+    p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
+
+    p = command("failover", cmd_failover, "bring a replica up: --test copy, --planned, or unplanned")
+    p.add_argument("vm", help="the protected (source) VM's name")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--test", action="store_true", help="run an isolated copy; touch nothing else")
+    kind.add_argument("--planned", action="store_true", help="final sync, source off, replica on")
+    kind.add_argument("--cleanup", action="store_true", help="remove the copies of earlier --test runs")
+    p.add_argument("--restore-point", default=None, help="default: the latest")
+    p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
+
+    p = command("failback", cmd_failback, "reverse replication into the original VM, then switch back to it")
+    p.add_argument("vm", help="the original VM's name")
+    p.add_argument("--no-switch", action="store_true", help="only reverse the replication")
     p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
     p = command("status", cmd_status, "latest restore point and RPO compliance of every protected VM")
