@@ -150,3 +150,30 @@ def test_cbt_that_missed_a_write_is_caught_by_sampling_and_the_disk_resynced(
     result = replicate(conn, vm_name, replica_access=access, settings=CycleSettings(sample_areas=8))
     assert result.full_resync == (labutil.disks(source)[0].key,)
     assert_replica_matches(lab, source, find(si, f"{vm_name}-replica"), result.restore_point)
+
+
+def test_an_identical_copy_is_adopted_as_the_seed_and_a_different_one_refused(
+    lab: Any, si: Any, conn: Any, control: Any, fresh_vm: Any, access: MountedDatastores
+) -> None:
+    from vsphere_replicator.clone import ClonePlacement, clone_vm
+    from vsphere_replicator.errors import InvalidInput
+
+    good, bad = fresh_vm(), fresh_vm()
+    for vm in (good, bad):
+        control.write_random(vm, offset=12345, length=400_000, seed=8)
+        clone_vm(conn, vm, "{vm}-copy", ClonePlacement(datastore="secondary-ds"))
+    control.write_random(bad, offset=0, length=10, seed=9)  # the source moved on: the copy is stale
+    with pytest.raises(InvalidInput, match="differs"):
+        protect(conn, bad, TARGET, adopt=f"{bad}-copy", replica_access=access)
+    assert our_source_snapshots(find(si, bad)) == [] and option(find(si, f"{bad}-copy"), JOURNAL_KEY) is None
+    assert state_or_none(find(si, f"{bad}-copy")) is None
+
+    result = protect(conn, good, TARGET, adopt=f"{good}-copy", replica_access=access)
+    assert result.replica == f"{good}-copy" and result.restore_point == "rp-000001"
+    control.write_random(good, offset=1 << 20, length=99_999, seed=10)
+    cycle = replicate(conn, good, replica_access=access)
+    assert_replica_matches(lab, find(si, good), find(si, f"{good}-copy"), cycle.restore_point)
+
+
+def state_or_none(vm: Any) -> Any:
+    return option(vm, "vsphere_replicator.state")

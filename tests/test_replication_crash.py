@@ -106,3 +106,35 @@ def test_kill_nine_at_twenty_points_of_a_cycle_then_a_normal_run_ends_byte_exact
         "source-snapshot-removed",
         "retention-recorded",
     }
+
+
+def protect_cli(lab: Any, vm: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "vsphere_replicator.cli", "protect", vm, "--datastore", "secondary-ds"]
+    return subprocess.run(command, env=cli_env(lab, **extra), capture_output=True, text=True, timeout=120)
+
+
+SEED_POINTS = [
+    "seed-snapshot-taken:1",
+    "seed-replica-made:1",
+    "seed-restore-point-taken:1",
+    "seed-committed:1",
+    "seed-snapshot-removed:1",
+]
+
+
+def test_kill_nine_during_protect_then_protect_again_finishes_the_seed(
+    lab: Any, si: Any, control: Any, fresh_vm: Any
+) -> None:
+    for at in SEED_POINTS:
+        vm = fresh_vm()
+        control.write_random(vm, offset=65536 * 3, length=500_000, seed=len(at))
+        killed = protect_cli(lab, vm, VSPHERE_REPLICATOR_CRASH_AT=at)
+        assert killed.returncode == -9, (at, killed.stderr)
+        again = protect_cli(lab, vm)
+        if at.startswith(("seed-committed", "seed-snapshot-removed")):
+            assert again.returncode == 2 and "already protected" in again.stderr, again.stderr
+        else:
+            assert again.returncode == 0, (at, again.stderr)
+        control.write_random(vm, offset=1 << 20, length=10_000, seed=1)
+        assert replicate_cli(lab, vm).returncode == 0
+        assert_clean(lab, si, vm)

@@ -21,6 +21,7 @@ from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot
 RESTORE_POINT_MARKER = "vsphere_replicator:restore-point:v1"
 CYCLE_SNAPSHOT = "cycle-"
 SEED_SNAPSHOT = "seed-"
+TRANSIENT = tuple(NAME_PREFIX + n for n in (CYCLE_SNAPSHOT, SEED_SNAPSHOT, "cbt-stun", "failback-", "clone-"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +96,15 @@ def _is_restore_point(snapshot: SnapshotInfo) -> bool:
 
 
 def sweep_source(conn: Connection, source: VMInfo, *, keep: str | None = None) -> VMInfo:
-    """Remove the cycle and seed snapshots our earlier runs left on the source (never `keep`)."""
+    """Remove the transient snapshots (cycle, seed, stun, ...) our earlier runs left on the source.
+
+    Only snapshots carrying our marker and one of our transient names go,
+    never `keep`: a crash in the middle of any step leaves nothing behind
+    for long.
+    """
     log = get_logger(vm=source.name, operation="sweep")
     for snap in list(source.all_snapshots()):
-        transient = snap.name.startswith((NAME_PREFIX + CYCLE_SNAPSHOT, NAME_PREFIX + SEED_SNAPSHOT))
-        if is_ours(snap) and transient and snap.moref != keep:
+        if is_ours(snap) and snap.name.startswith(TRANSIENT) and snap.moref != keep:
             log.warning("leftover_snapshot_removed", snapshot=snap.name)
             source = remove_snapshot(conn, source, snap)
     return source

@@ -72,16 +72,23 @@ def protect(
     if found is not None and found.seed is not None:
         log.warning("seed_resumed", replica=found.vm.name)
         replica, record = found.vm, found.seed
+        source = sweep_source(conn, source, keep=record.snapshot)
     else:
+        copy = _adoptable(conn, adopt, replica_access) if adopt is not None else None
         source = sweep_source(conn, source)
         if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
             source = enable_cbt(conn, source)
         record, snapshot = _seed_snapshot(conn, source, chosen)
-        if adopt is None:
-            replica = _clone(conn, source, target, snapshot, record)
-        else:
-            reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
-            replica = _adopt(conn, source, snapshot, resolve_vm(conn, adopt), record, reader, replica_access)
+        try:
+            if copy is None:
+                replica = _clone(conn, source, target, snapshot, record)
+            else:
+                assert replica_access is not None
+                reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+                replica = _adopt(conn, source, snapshot, copy, record, reader, replica_access)
+        except BaseException:
+            remove_snapshot(conn, source, snapshot)  # a failed seed leaves no snapshot of ours
+            raise
         failpoints.point("seed-replica-made")
     return _finish(
         conn, source, Replica(vm=replica, state=None, journal=None, seed=record), target, chosen, started
@@ -138,6 +145,18 @@ def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
     return sorted(disks, key=lambda d: (d.controller_key, d.unit_number or 0, d.key))
 
 
+def _adoptable(conn: Connection, adopt: VMRef, access: DiskAccess | None) -> VMInfo:
+    """The copy to adopt, refused before anything changes when it cannot be."""
+    if access is None:
+        raise InvalidInput("adopting a copy needs replica_access to read its disks")
+    copy = resolve_vm(conn, adopt)
+    if copy.power_state != "poweredOff" or copy.snapshots:
+        raise InvalidInput(
+            f"{copy.name} must be powered off and without snapshots to be adopted", vm=copy.name
+        )
+    return copy
+
+
 def _adopt(
     conn: Connection,
     source: VMInfo,
@@ -145,19 +164,12 @@ def _adopt(
     copy: VMInfo,
     record: SeedRecord,
     reader: DiskAccess,
-    writer: DiskAccess | None,
+    writer: DiskAccess,
 ) -> VMInfo:
     """Check that `copy` holds the seed snapshot's bytes, then mark it as the replica being seeded."""
-    if writer is None:
-        raise InvalidInput("adopting a copy needs replica_access to read its disks")
-    if copy.power_state != "poweredOff" or copy.snapshots:
-        raise InvalidInput(
-            f"{copy.name} must be powered off and without snapshots to be adopted", vm=copy.name
-        )
     frozen = _by_position(snapshot_disks(conn, snapshot.moref))
     disks = _by_position(copy.disks)
     if [d.capacity for d in frozen] != [d.capacity for d in disks]:
-        remove_snapshot(conn, source, snapshot)
         raise InvalidInput(
             f"{copy.name}'s disks do not match {source.name}'s in number or size", vm=copy.name
         )
@@ -169,7 +181,6 @@ def _adopt(
             a.close()
             b.close()
         if mismatch is not None:
-            remove_snapshot(conn, source, snapshot)
             raise InvalidInput(
                 f"{copy.name} {theirs.label} differs from {source.name} {ours.label} "
                 f"at byte {mismatch.offset}; it cannot be adopted as the seed",
