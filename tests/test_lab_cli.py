@@ -129,12 +129,13 @@ def test_two_thousand_vms_start_within_a_minute(tmp_path: Path) -> None:
     assert elapsed < 60
 
 
-def test_demo_snapshots_reads_changes_and_clones(capsys: Any) -> None:
+def test_demo_protects_replicates_and_test_fails_over(capsys: Any) -> None:
     report = run_demo()
-    assert report.delta_verified and report.clone_matches_snapshot
-    assert report.query_calls >= 1 and report.changed_areas
-    assert report.bytes_read >= report.bytes_written
-    assert "cloned to lab-vm-0001-replica" in capsys.readouterr().out
+    assert report.all_points_verified and report.test_copy_removed
+    assert report.restore_points == ("rp-000002", "rp-000003", "rp-000004")
+    assert report.bytes_moved > 0
+    out = capsys.readouterr().out
+    assert "protected by lab-vm-0001-replica" in out and "test failover: lab-vm-0001-failover-test" in out
 
 
 def test_a_plain_pyvmomi_script_can_do_everything_against_the_lab(tmp_path: Path) -> None:

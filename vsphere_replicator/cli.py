@@ -136,8 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vsphere_replicator.demo import run_demo  # pyVmomi is only needed here
 
     report = run_demo()
-    ok = report.delta_verified and report.clone_matches_snapshot
-    print("demo succeeded" if ok else "demo FAILED: the bytes did not match")
+    ok = report.all_points_verified and report.test_copy_removed
+    print("demo succeeded" if ok else "demo FAILED: a restore point did not match its source")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsphere-replicator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the main job against a temporary lab")
+    demo = commands.add_parser("demo", help="protect, replicate and test-fail-over a VM on a temporary lab")
     demo.set_defaults(func=cmd_demo)
 
     lab = commands.add_parser("lab", help="the embedded vCenter simulator (docs/lab.md)")
