@@ -105,3 +105,35 @@ def test_invalid_policy_file_is_rejected_with_file_line_and_reason_and_nothing_r
     assert result.returncode == 2
     assert f"{policy}:7:" in result.stderr and "intervall" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_policy_file_selects_vms_by_vsphere_tag(
+    lab: Any, si: Any, fresh_vm: Callable[[], str], tmp_path: Path
+) -> None:
+    import uuid
+
+    from tests.test_lab_tags import RestTagging
+
+    tagged, untagged = fresh_vm(), fresh_vm()
+    rest = RestTagging(lab)
+    try:
+        category = f"tier-{uuid.uuid4().hex[:8]}"
+        tag = rest.tag(rest.category(category), "gold")
+        rest.attach(tag, "VirtualMachine", find(si, tagged)._moId)
+    finally:
+        rest.close()
+    policy = tmp_path / "tags.yaml"
+    policy.write_text(
+        f"""version: 1
+protections:
+  - name: gold
+    select: {{names: ["{tagged}", "{untagged}"], tags: ["{category}:gold"]}}
+    target: {{datastore: secondary-ds}}
+    policy: continuous
+    settings: {{target_rpo: 5m}}
+"""
+    )
+    result = cli(lab, "run", str(policy), "--once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["vm"] for r in records(result.stdout)] == [tagged]
+    assert state(find(si, f"{tagged}-replica"))["source"]["name"] == tagged
