@@ -177,3 +177,20 @@ def test_an_identical_copy_is_adopted_as_the_seed_and_a_different_one_refused(
 
 def state_or_none(vm: Any) -> Any:
     return option(vm, "vsphere_replicator.state")
+
+
+def test_the_orphan_sweep_never_touches_restore_points(
+    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    from datetime import timedelta
+
+    from vsphere_replicator.snapshots import sweep_orphans
+
+    protect(conn, vm_name, TARGET)
+    control.write_random(vm_name, offset=0, length=5000, seed=11)
+    replicate(conn, vm_name, replica_access=access)
+    replica = find(si, f"{vm_name}-replica")
+    before = sorted(n.name for n in snapshots(replica))
+    swept = sweep_orphans(conn, older_than=timedelta(0))
+    assert all(o.vm != replica.name for o in swept)
+    assert sorted(n.name for n in snapshots(replica)) == before == ["vr-rp-000001", "vr-rp-000002"]
