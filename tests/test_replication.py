@@ -97,6 +97,55 @@ def test_stale_change_id_resyncs_that_disk_only(
     assert_replica_matches(lab, source, find(si, f"{vm_name}-replica"), again.restore_point)
 
 
+def test_a_disk_added_on_the_source_is_read_whole_into_a_new_replica_disk(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    protect(conn, vm_name, TARGET)
+    source = find(si, vm_name)
+    first = labutil.disks(source)[0]
+    disk = vim.vm.device.VirtualDisk(
+        key=-1,
+        controllerKey=first.controllerKey,
+        unitNumber=5,
+        capacityInBytes=DISK_SIZE // 2,
+        capacityInKB=DISK_SIZE // 2048,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName="[primary-ds]", diskMode="persistent", thinProvisioned=True
+        ),
+    )
+    spec = vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk)
+    WaitForTask(source.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[spec])))
+    control.write_random(vm_name, offset=4096, length=200_000, seed=12, disk=2)
+    control.write_random(vm_name, offset=0, length=10, seed=13, disk=0)
+    result = replicate(conn, vm_name, replica_access=access)
+    added = labutil.disks(find(si, vm_name))[2].key
+    assert result.full_resync == (added,)
+    assert_replica_matches(lab, find(si, vm_name), find(si, f"{vm_name}-replica"), result.restore_point)
+
+
+def test_a_disk_removed_from_the_source_leaves_the_new_restore_point_only(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    protect(conn, vm_name, TARGET)
+    source = find(si, vm_name)
+    gone = labutil.disks(source)[1]
+    spec = vim.vm.device.VirtualDeviceSpec(operation="remove", device=gone)
+    WaitForTask(source.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[spec])))
+    control.write_random(vm_name, offset=8192, length=30_000, seed=14, disk=0)
+    result = replicate(conn, vm_name, replica_access=access)
+    assert result.full_resync == ()
+    replica = find(si, f"{vm_name}-replica")
+    assert_replica_matches(lab, find(si, vm_name), replica, result.restore_point)
+    assert len(point_hashes(lab, replica, "rp-000001")) == 2  # the older point keeps the removed disk
+    assert [d["source_key"] for d in state(replica)["disks"]] == [labutil.disks(source)[0].key]
+
+
 def test_grown_disk_resyncs_that_disk_only(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
 ) -> None:
@@ -131,8 +180,14 @@ def test_incremental_larger_than_allowed_is_refused_and_changes_nothing(
     with pytest.raises(IncrementalRefused, match="more than 10%"):
         replicate(conn, vm_name, replica_access=access)
     replica = find(si, f"{vm_name}-replica")
-    assert state(replica) == before and option(replica, JOURNAL_KEY) is None
+    after = state(replica)
+    assert after["last_error"].startswith("IncrementalRefused: ") and "more than 10%" in after["last_error"]
+    assert {**after, "last_error": None} == before and option(replica, JOURNAL_KEY) is None
     assert our_source_snapshots(find(si, vm_name)) == []
+    from vsphere_replicator.replication.status import protection_status
+
+    shown = next(s for s in protection_status(conn) if s.vm == vm_name)
+    assert shown.last_error == after["last_error"] and shown.latest_point == "rp-000001"
 
 
 def test_cbt_that_missed_a_write_is_caught_by_sampling_and_the_disk_resynced(

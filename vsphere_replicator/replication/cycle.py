@@ -134,8 +134,20 @@ def replicate(
     chosen = settings or state.settings
     reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
     run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress)
-    result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
+    try:
+        result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
+    except ReplicatorError as exc:
+        _record_error(conn, replica, run.state, exc)
+        raise
     return replace(result, seconds=time.monotonic() - started)
+
+
+def _record_error(conn: Connection, replica: Replica, state: ReplicaState, exc: ReplicatorError) -> None:
+    """Keep the failure in the state for `status`; the next successful commit clears it."""
+    try:
+        write_options(conn, replica.vm.moref, state=replace(state, last_error=f"{type(exc).__name__}: {exc}"))
+    except ReplicatorError as also:  # vCenter itself may be what failed: the original error matters more
+        get_logger(vm=replica.vm.name).warning("last_error_not_recorded", error=str(also))
 
 
 class _Cycle:
