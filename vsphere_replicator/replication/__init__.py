@@ -1,7 +1,7 @@
 """Replication: protect a VM, run cycles, keep restore points, fail over and back."""
 
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, MountedDatastores
-from vsphere_replicator.replication.cycle import IncrementalRefused, replicate
+from vsphere_replicator.replication.cycle import IncrementalRefused, VerificationFailed, replicate
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint, StateError
@@ -17,6 +17,7 @@ __all__ = [
     "ReplicaTarget",
     "RestorePoint",
     "StateError",
+    "VerificationFailed",
     "protect",
     "replicate",
 ]
