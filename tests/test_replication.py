@@ -249,3 +249,19 @@ def test_the_orphan_sweep_never_touches_restore_points(
     swept = sweep_orphans(conn, older_than=timedelta(0))
     assert all(o.vm != replica.name for o in swept)
     assert sorted(n.name for n in snapshots(replica)) == before == ["vr-rp-000001", "vr-rp-000002"]
+
+
+def test_a_running_replica_is_never_written(
+    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    from pyVim.task import WaitForTask
+
+    from vsphere_replicator.replication import StateError
+
+    protect(conn, vm_name, TARGET)
+    WaitForTask(find(si, f"{vm_name}-replica").PowerOnVM_Task())
+    control.write_random(vm_name, offset=0, length=4096, seed=15)
+    with pytest.raises(StateError, match="poweredOn"):
+        replicate(conn, vm_name, replica_access=access)
+    assert our_source_snapshots(find(si, vm_name)) == []
+    assert [p["id"] for p in state(find(si, f"{vm_name}-replica"))["restore_points"]] == ["rp-000001"]

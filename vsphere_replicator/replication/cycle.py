@@ -131,6 +131,12 @@ def replicate(
             f"protecting {source.name} was interrupted; run protect again to finish the seed", vm=source.name
         )
     state = replica.state
+    if state.promoted or replica.vm.power_state != "poweredOff":
+        raise StateError(
+            f"{replica.vm.name} is {'failed over' if state.promoted else replica.vm.power_state}: "
+            "a running replica is not written to; protect the VM again or fail back",
+            vm=source.name,
+        )
     chosen = settings or state.settings
     reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
     run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress)
