@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +17,7 @@ from pyVmomi import vim
 from tests import labutil
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.transport import NBDEndpoint
 
 LAB_VMS = 160
 DISK_SIZE = 32 << 20
@@ -88,3 +94,65 @@ def conn(lab: LabInfo) -> Iterator[Connection]:
         retry=RetryPolicy(sleep=lambda _: None),
     ) as connection:
         yield connection
+
+
+# -- NBD servers (Debian's qemu-nbd and nbdkit) over lab disk files ----------------
+
+SERVERS = ["qemu-nbd", "nbdkit"]
+
+
+def _listening(sock: Path) -> bool:
+    """The socket file appears at bind(), a moment before the server accepts: try connecting."""
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(sock))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def serve(server: str, image: Path, sock: Path, *, read_only: bool) -> subprocess.Popen[bytes]:
+    if server == "qemu-nbd":
+        args = [
+            "qemu-nbd",
+            "-f",
+            "raw",
+            "-k",
+            str(sock),
+            "-t",
+            "-e",
+            "8",
+            *(["-r"] if read_only else []),
+            str(image),
+        ]
+    else:
+        args = ["nbdkit", "-f", "-U", str(sock), *(["-r"] if read_only else []), "file", f"file={image}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not _listening(sock):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(
+                f"{server} did not start: {process.stderr.read().decode() if process.stderr else ''}"
+            )
+        time.sleep(0.05)
+    return process
+
+
+@pytest.fixture(params=SERVERS)
+def nbd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if shutil.which(request.param) is None:
+        pytest.fail(f"{request.param} is not installed: scripts/setup.sh installs it")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(image: Path, *, read_only: bool = True) -> NBDEndpoint:
+        sock = tmp_path / f"nbd-{len(started)}.sock"
+        started.append(serve(request.param, image, sock, read_only=read_only))
+        return NBDEndpoint(socket_path=str(sock))
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +16,9 @@ from vsphere_replicator.delta import plan_delta, read_delta
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import snapshot_disks
 from vsphere_replicator.snapshots import create_snapshot
-from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice, NBDEndpoint
+from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice
 from vsphere_replicator.transport.base import TransportError
 from vsphere_replicator.verify import first_mismatch
-
-SERVERS = ["qemu-nbd", "nbdkit"]
-
-
-def serve(server: str, image: Path, sock: Path, *, read_only: bool) -> subprocess.Popen[bytes]:
-    if server == "qemu-nbd":
-        args = [
-            "qemu-nbd",
-            "-f",
-            "raw",
-            "-k",
-            str(sock),
-            "-t",
-            "-e",
-            "8",
-            *(["-r"] if read_only else []),
-            str(image),
-        ]
-    else:
-        args = ["nbdkit", "-f", "-U", str(sock), *(["-r"] if read_only else []), "file", f"file={image}"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(
-                f"{server} did not start: {process.stderr.read().decode() if process.stderr else ''}"
-            )
-        time.sleep(0.05)
-    return process
-
-
-@pytest.fixture(params=SERVERS)
-def nbd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if shutil.which(request.param) is None:
-        pytest.fail(f"{request.param} is not installed: scripts/setup.sh installs it")
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(image: Path, *, read_only: bool = True) -> NBDEndpoint:
-        sock = tmp_path / f"nbd-{len(started)}.sock"
-        started.append(serve(request.param, image, sock, read_only=read_only))
-        return NBDEndpoint(socket_path=str(sock))
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_reads_a_snapshot_disk_exactly(

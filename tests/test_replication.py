@@ -265,3 +265,22 @@ def test_a_running_replica_is_never_written(
         replicate(conn, vm_name, replica_access=access)
     assert our_source_snapshots(find(si, vm_name)) == []
     assert [p["id"] for p in state(find(si, f"{vm_name}-replica"))["restore_points"]] == ["rp-000001"]
+
+
+def test_cycles_read_and_write_through_nbd_servers(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any
+) -> None:
+    """Both sides over NBD (qemu-nbd and nbdkit serving the lab's disk files), byte-exact."""
+    from vsphere_replicator.replication import NBDDisks
+
+    def export(disk: Any) -> Any:
+        return nbd_server(labutil.local_extent(lab, disk.file_name), read_only=False)
+
+    nbd = NBDDisks(export, connections=2)
+    rng = random.Random(16)
+    scatter(control, vm_name, rng)
+    protect(conn, vm_name, TARGET)
+    for _ in range(2):
+        scatter(control, vm_name, rng)
+        result = replicate(conn, vm_name, replica_access=nbd, source_access=nbd)
+        assert_replica_matches(lab, find(si, vm_name), find(si, f"{vm_name}-replica"), result.restore_point)

@@ -1,6 +1,6 @@
 """Replication: protect a VM, run cycles, keep restore points, fail over and back."""
 
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, MountedDatastores
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, MountedDatastores, NBDDisks
 from vsphere_replicator.replication.cycle import IncrementalRefused, VerificationFailed, replicate
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
@@ -13,6 +13,7 @@ __all__ = [
     "HTTPDatastores",
     "IncrementalRefused",
     "MountedDatastores",
+    "NBDDisks",
     "ReplicaState",
     "ReplicaTarget",
     "RestorePoint",

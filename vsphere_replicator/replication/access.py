@@ -8,7 +8,7 @@ lab's local directories), or an NBD export of the replica's disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from vsphere_replicator.inventory import DiskInfo
 from vsphere_replicator.transport.base import BlockSink, BlockSource
 from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
+from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 
 
 class DiskAccess(Protocol):
@@ -46,6 +47,25 @@ class MountedDatastores:
 
     def sink(self, disk: DiskInfo) -> BlockSink:
         return FileBlockSink(self.path(disk))
+
+
+class NBDDisks:
+    """Disks exported over NBD; `endpoint(disk)` says where each one is served.
+
+    On ESXi that is typically nbdkit's VDDK plugin opened on the replica VM
+    (`vm=moref=...`, `file=` its disk) for writes, and on the source snapshot
+    (`snapshot=`) for reads; the callable starts or finds the export.
+    """
+
+    def __init__(self, endpoint: Callable[[DiskInfo], NBDEndpoint], *, connections: int = 4) -> None:
+        self._endpoint = endpoint
+        self._connections = connections
+
+    def source(self, disk: DiskInfo) -> BlockSource:
+        return NBDBlockDevice(self._endpoint(disk), connections=self._connections)
+
+    def sink(self, disk: DiskInfo) -> BlockSink:
+        return NBDBlockDevice(self._endpoint(disk), connections=self._connections)
 
 
 class HTTPDatastores:
