@@ -15,6 +15,7 @@ so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -26,10 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import urllib3
-
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
-from vsphere_replicator.connection import connect
+from vsphere_replicator.connection import connect, tls_context
 from vsphere_replicator.delta import DeltaPlan, http_sources, plan_delta, read_delta
 from vsphere_replicator.inventory import snapshot_disks
 from vsphere_replicator.lab import LabControl, LabInfo, parse_size, running_lab
@@ -95,20 +94,21 @@ def sequential(read: Callable[[int, int], int], total: int) -> dict[str, Any]:
 
 
 def http_baseline(lab: LabInfo, file_name: str, total: int) -> dict[str, Any]:
-    """One streamed `/folder` GET of `total` bytes, over the same HTTP stack the library uses (urllib3)."""
+    """One streamed `/folder` GET of `total` bytes, on the HTTP stack the library uses (http.client)."""
     with connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn:
-        pool = urllib3.HTTPSConnectionPool(
-            lab.host, lab.port, cert_reqs="CERT_REQUIRED", ca_certs=lab.ca_file
-        )
+        connection = http.client.HTTPSConnection(lab.host, lab.port, context=tls_context(conn.settings))
         datastore, path = flat_extent_path(file_name)
         started = time.perf_counter()
-        response = pool.request(
+        connection.request(
             "GET",
             f"/folder/{path}?dcPath={lab.datacenter}&dsName={datastore}",
             headers={"Range": f"bytes=0-{total - 1}", "Cookie": conn.session_cookie},
-            preload_content=False,
         )
-        done = sum(len(chunk) for chunk in response.stream(4 * MiB))
+        response = connection.getresponse()
+        done = 0
+        while chunk := response.read(4 * MiB):
+            done += len(chunk)
+        connection.close()
         return {"seconds": time.perf_counter() - started, "bytes": done}
 
 
