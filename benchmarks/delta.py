@@ -6,7 +6,7 @@ For each share of the disk changed (scattered extents), it reads the delta
 from the frozen snapshot and writes it into a copy, over the datastore HTTP
 endpoint, the mounted datastore path and NBD (qemu-nbd serving the snapshot
 extent), and compares with a plain sequential read of as many bytes of the
-same file over the same path: one streamed `/folder` GET for HTTP (urllib3,
+same file over the same path: one streamed `/folder` GET for HTTP (http.client,
 as the library), a `cp`-like read of the file's allocated data for the
 mounted path, sequential NBD reads. Each measurement runs in a forked child
 so its peak RSS is its own.
