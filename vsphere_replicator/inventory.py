@@ -318,8 +318,46 @@ def read_inventory(conn: Connection) -> tuple[VMInfo, ...]:
     )
 
 
+def _details(conn: Connection, morefs: Sequence[str], names: _Names) -> tuple[VMInfo, ...]:
+    stub = conn.service_instance._stub
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[
+            vmodl.query.PropertyCollector.ObjectSpec(obj=vim.VirtualMachine(m, stub), skip=False)
+            for m in morefs
+        ],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
+    )
+    return tuple(sorted((_vm_info(o, names) for o in _retrieve(conn, [spec])), key=lambda i: i.name))
+
+
+def vms_by_moref(conn: Connection, morefs: Sequence[str]) -> tuple[VMInfo, ...]:
+    """The full picture of the VMs with these morefs (those that exist), without reading any other VM."""
+    if not morefs:
+        return ()
+    with _View(conn, _NAMED_TYPES) as v:
+        objects = _retrieve(conn, [_view_spec(v.view, _NAME_PATHS)])
+    names = _Names()
+    for o in objects:
+        names.add(o)
+    try:
+        return _details(conn, morefs, names)
+    except NotFound:  # a moref of a VM that no longer exists
+        return tuple(vm for m in morefs for vm in _details_if_exists(conn, m, names))
+
+
+def _details_if_exists(conn: Connection, moref: str, names: _Names) -> tuple[VMInfo, ...]:
+    try:
+        return _details(conn, [moref], names)
+    except NotFound:  # a moref of a VM that no longer exists
+        return ()
+
+
 def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
     """The VMs `selector` matches (possibly none), each with its full picture."""
+    if selector.moref is not None:
+        # A moref names one object: read it (and the names around it), not the whole inventory.
+        found = vms_by_moref(conn, [selector.moref])
+        return tuple(vm for vm in found if selector.matches(vm.name, vm.moref, vm.instance_uuid, vm.folder))
     with _View(conn, [vim.VirtualMachine, *_NAMED_TYPES]) as v:
         brief = _retrieve(conn, [_view_spec(v.view, [(vim.VirtualMachine, _VM_BRIEF), *_NAME_PATHS])])
     names = _Names()
@@ -332,14 +370,10 @@ def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
         p = _props(o)
         folder = names.path(p["parent"]._moId) if p.get("parent") is not None else ""
         if selector.matches(p.get("name", ""), o.obj._moId, p.get("config.instanceUuid"), folder):
-            wanted.append(o.obj)
+            wanted.append(o.obj._moId)
     if not wanted:
         return ()
-    spec = vmodl.query.PropertyCollector.FilterSpec(
-        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False) for vm in wanted],
-        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
-    )
-    return tuple(sorted((_vm_info(o, names) for o in _retrieve(conn, [spec])), key=lambda i: i.name))
+    return _details(conn, wanted, names)
 
 
 def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:

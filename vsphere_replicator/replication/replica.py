@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import NotFound
-from vsphere_replicator.inventory import SnapshotInfo, VMInfo, VMSelector, find_vms, get_vm
+from vsphere_replicator.inventory import SnapshotInfo, VMInfo, VMSelector, get_vm, vms_by_moref
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.state import (
     Journal,
@@ -43,8 +43,7 @@ def all_replicas(conn: Connection) -> tuple[Replica, ...]:
     records = find_replicas(conn)
     if not records:
         return ()
-    wanted = {r.moref for r in records}
-    vms = {vm.moref: vm for vm in find_vms(conn, VMSelector(glob="*")) if vm.moref in wanted}
+    vms = {vm.moref: vm for vm in vms_by_moref(conn, [r.moref for r in records])}
     found = []
     for r in records:
         vm = vms.get(r.moref)
