@@ -143,7 +143,14 @@ def _merge(areas: list[ChangedArea]) -> tuple[ChangedArea, ...]:
 
 
 def changed_areas(
-    conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, disk: int, since: str
+    conn: Connection,
+    vm: VMInfo,
+    snapshot: SnapshotInfo,
+    disk: int,
+    since: str,
+    *,
+    start: int = 0,
+    max_queries: int | None = None,
 ) -> ChangedAreas:
     """The areas of `disk` written between change id `since` (or "*": all allocated) and `snapshot`.
 
@@ -151,6 +158,8 @@ def changed_areas(
     tracking identity differs from the disk's at the snapshot: the caller
     must then read the disk in full. Raises CBTError when vCenter's answers
     are inconsistent (unsorted, overlapping, outside the disk, empty).
+    `start` and `max_queries` limit the answer to the windows from `start`
+    that many queries cover (a sample, not the whole disk).
     """
     log = get_logger(vm=vm.name, disk=disk, operation="changed_areas")
     at = _disk_at(conn, snapshot, disk)
@@ -168,9 +177,12 @@ def changed_areas(
         )
     handle = vm_object(conn, vm.moref)
     snap = vim.vm.Snapshot(snapshot.moref, conn.service_instance._stub)
-    capacity, offset, queries = at.capacity, 0, 0
+    capacity, offset, queries = at.capacity, start, 0
+    if not 0 <= start < capacity:
+        raise InvalidInput(f"start {start} is outside disk {disk} ({capacity} bytes)")
     found: list[ChangedArea] = []
-    while offset < capacity:  # never ask at offset == capacity: ESXi answers InvalidArgument
+    # Never ask at offset == capacity: ESXi answers InvalidArgument.
+    while offset < capacity and (max_queries is None or queries < max_queries):
         query = functools.partial(
             handle.QueryChangedDiskAreas, snapshot=snap, deviceKey=disk, startOffset=offset, changeId=since
         )
