@@ -33,16 +33,31 @@ from vsphere_replicator.sizes import parse_size
 from vsphere_replicator.snapshots import find_orphans, sweep_orphans
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED = 0, 1, 2, 3, 4
+FAILED_OVER = "failed over"  # ProtectionStatus.state of a promoted replica
 _PROFILE_FIELDS = ("HOST", "PORT", "USER", "PASSWORD", "CA_FILE", "THUMBPRINT")
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90s', '15m', '4h', '7d' (one unit)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"not a duration like 90s, 15m, 4h or 7d: {text!r}")
-    return timedelta(seconds=int(number) * units[unit])
+    """'90s', '15m', '1h30m', '7d': the durations a policy file takes, so the two never disagree."""
+    from vsphere_replicator.policies.base import PolicyError
+    from vsphere_replicator.policies.durations import parse_duration as parse  # loaded when used
+
+    try:
+        return parse(text)
+    except PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _size(count: int | None) -> str:
+    """Bytes for a person: binary units, one decimal (the exact count is in --json)."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def _environment(profile: str | None) -> dict[str, str]:
@@ -149,12 +164,31 @@ def _settings(args: argparse.Namespace) -> CycleSettings | None:
     return CycleSettings(**chosen) if chosen else None
 
 
+def _disks(keys: Any) -> str:
+    return ", ".join(str(k) for k in keys)
+
+
 def _cycle_line(result: Any) -> str:
-    resync = f", full resync of disks {list(result.full_resync)}" if result.full_resync else ""
+    """One replicate cycle: which restore point, what it moved, and anything unusual about it."""
+    notes = ""
+    if result.resumed:
+        notes += ", resumed an interrupted cycle"
+    if result.full_resync:
+        notes += f", full resync of disks {_disks(result.full_resync)}"
     return (
         f"{result.vm} -> {result.replica}: restore point {result.restore_point} "
-        f"({result.bytes_moved} bytes moved for {result.bytes_changed} changed, "
-        f"{result.seconds:.1f}s{resync})"
+        f"({_size(result.bytes_moved)} moved for {_size(result.bytes_changed)} changed, "
+        f"{result.seconds:.1f}s{notes})"
+    )
+
+
+def _seed_line(result: Any, adopted: str | None) -> str:
+    """protect: the first restore point, made by a clone or by adopting a copy (every disk is whole)."""
+    how = f"adopted {adopted} as the seed" if adopted else "seeded by clone"
+    return (
+        f"{result.vm} -> {result.replica}: restore point {result.restore_point} {how} "
+        f"(disks {_disks(result.full_resync)}, {_size(result.bytes_changed)} in use, "
+        f"{result.seconds:.1f}s)"
     )
 
 
@@ -176,7 +210,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
             adopt=args.adopt,
             replica_access=_mounts(args, env) if args.adopt else None,
         )
-    _emit(args, result, lambda: _cycle_line(result))
+    _emit(args, result, lambda: _seed_line(result, args.adopt))
     return EXIT_OK
 
 
@@ -218,14 +252,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                     s.latest_point or "-",
                     f"{s.age_seconds:.0f}s" if s.age_seconds is not None else "-",
                     f"{s.target_rpo_seconds:.0f}s" if s.target_rpo_seconds is not None else "-",
-                    {True: "yes", False: "NO", None: "-"}[s.compliant],
+                    "n/a" if s.state == FAILED_OVER else {True: "yes", False: "NO", None: "-"}[s.compliant],
                     s.last_error or "",
                 ]
             )
         return _table(rows) if found else "no protected VMs"
 
     _emit(args, found, table)
-    return EXIT_RPO_MISSED if any(s.compliant is False for s in found) else EXIT_OK
+    # A failed-over VM runs on its replica: there is no replication whose RPO could be missed.
+    missed = [s for s in found if s.compliant is False and s.state != FAILED_OVER]
+    return EXIT_RPO_MISSED if missed else EXIT_OK
 
 
 def cmd_restore_points(args: argparse.Namespace) -> int:
@@ -233,16 +269,17 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
         points = list_restore_points(conn, args.vm)
 
     def table() -> str:
-        rows = [["ID", "CREATED", "CONSISTENCY", "MOVED", "CHANGED", "VERIFIABLE"]]
+        rows = [["ID", "CREATED", "REPLICA SNAPSHOT", "CONSISTENCY", "MOVED", "CHANGED", "VERIFIABLE"]]
         for p in points:
             consistency = "quiesced" if p.quiesced else "crash-consistent"
             rows.append(
                 [
                     p.id,
-                    p.created.isoformat(),
+                    p.created.isoformat(timespec="seconds"),
+                    p.snapshot,
                     consistency,
-                    str(p.bytes_moved),
-                    str(p.bytes_changed),
+                    _size(p.bytes_moved),
+                    _size(p.bytes_changed),
                     "yes" if p.digests else "no",
                 ]
             )
@@ -255,21 +292,45 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     with _session(args) as (conn, env):
         check = verify_restore_point(conn, args.vm, _mounts(args, env), args.restore_point)
-    _emit(
-        args,
-        {"vm": check.vm, "restore_point": check.restore_point, "ok": check.ok, "disks": check.disks},
-        lambda: f"{check.vm} restore point {check.restore_point}: {'intact' if check.ok else 'CORRUPT'}",
-    )
+    disks = [
+        {"replica_key": d.replica_key, "expected": d.expected, "actual": d.actual, "ok": d.ok}
+        for d in check.disks
+    ]
+
+    def text() -> str:
+        if check.ok:
+            return (
+                f"{check.vm} restore point {check.restore_point}: intact "
+                f"({len(check.disks)} disks match their digests)"
+            )
+        bad = [str(d.replica_key) for d in check.disks if not d.ok]
+        return (
+            f"{check.vm} restore point {check.restore_point}: CORRUPT "
+            f"(replica disks {', '.join(bad)} differ from their digests)"
+        )
+
+    _emit(args, {"vm": check.vm, "restore_point": check.restore_point, "ok": check.ok, "disks": disks}, text)
     return EXIT_OK if check.ok else EXIT_FAILED
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
+    from vsphere_replicator.policies.durations import format_duration
+
     with _session(args) as (conn, _):
         if args.action == "sweep":
             found = sweep_orphans(conn, older_than=args.older_than, dry_run=args.dry_run)
         else:
             found = find_orphans(conn, older_than=args.older_than)
-    rows = [{"vm": o.vm, "snapshot": o.snapshot.name, "age_seconds": o.age.total_seconds()} for o in found]
+    rows = [
+        {
+            "vm": o.vm,
+            "snapshot": o.snapshot.name,
+            "snapshot_moref": o.snapshot.moref,
+            "created": o.snapshot.created,
+            "age_seconds": o.age.total_seconds(),
+        }
+        for o in found
+    ]
     verb = (
         "would remove"
         if args.action == "sweep" and args.dry_run
@@ -280,7 +341,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
     def table() -> str:
         lines = [f"{verb} {r['vm']}: {r['snapshot']} ({r['age_seconds']:.0f}s old)".strip() for r in rows]
-        return "\n".join(lines) or "no snapshots of ours"
+        return "\n".join(lines) or f"no snapshots of ours older than {format_duration(args.older_than)}"
 
     _emit(args, rows, table)
     return EXIT_OK
@@ -311,12 +372,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         records = run_policies(
             policy_file, engine, once=not args.watch, stop=stop, max_cycles=args.max_cycles, on_record=show
         )
+    if not records and not stop.is_set():
+        print(f"nothing ran: no VM matches the selections of {args.policy_file}", file=sys.stderr)
     return EXIT_OK if all(r.ok for r in records) else EXIT_FAILED
 
 
-def _failover_line(result: Any) -> str:
-    moved = "".join(f", {n.label} {n.old} -> {n.new}" for n in result.nics)
-    return f"{result.vm}: {result.kind} failover, {result.running} running at {result.restore_point}{moved}"
+def _nics(result: Any) -> str:
+    if not result.nics:
+        return ", NICs left on their networks (the target maps none)"
+    return "".join(f", {n.label} {n.old} -> {n.new}" for n in result.nics)
+
+
+def _failover_line(result: Any, vm: str | None = None, what: str | None = None) -> str:
+    final = ""
+    if result.final_cycle is not None:
+        final = f" (final sync moved {_size(result.final_cycle.bytes_moved)})"
+    return (
+        f"{vm or result.vm}: {what or result.kind + ' failover'}, {result.running} running at "
+        f"{result.restore_point}{final}{_nics(result)}"
+    )
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -342,16 +416,22 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
-    from vsphere_replicator.replication.failover import failback
+    from vsphere_replicator.replication.failover import failback, replica_of
 
     with _session(args) as (conn, env):
+        running = replica_of(conn, args.vm, promoted=True).vm.name
         result = failback(conn, args.vm, replica_access=_mounts(args, env), switch=not args.no_switch)
     if result is None:
         _emit(
-            args, {"vm": args.vm, "reversed": True}, lambda: f"{args.vm}: replication reversed, not switched"
+            args,
+            {"vm": args.vm, "reversed": True, "source": running, "replica": args.vm},
+            lambda: (
+                f"{args.vm}: replication reversed ({running} -> {args.vm}), not switched; "
+                f"switch with: vsphere-replicator failover {running} --planned"
+            ),
         )
     else:
-        _emit(args, result, lambda: _failover_line(result))
+        _emit(args, result, lambda: _failover_line(result, args.vm, f"failed back from {running}"))
     return EXIT_OK
 
 
