@@ -130,5 +130,32 @@ def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_ru
     assert back.running == vm_name
     assert original.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
     assert source_hashes(lab, original) == expected == source_hashes(lab, replica)
-    assert snapshots(original) == [] and our_source_snapshots(replica) == []
+    assert our_source_snapshots(original) == [] and our_source_snapshots(replica) == []
     assert nic_networks(original) == ["VM Network"]  # the reverse mapping brought it home
+    # Protection is back in its first direction: the next cycle is an ordinary incremental.
+    assert state(replica)["source"]["name"] == vm_name and not state(replica)["promoted"]
+    writes(control, vm_name, 10)
+    cycle = replicate(conn, vm_name, replica_access=access)
+    assert cycle.full_resync == () and cycle.restore_point == "rp-000002"
+    assert point_hashes(lab, find(si, f"{vm_name}-replica"), "rp-000002") == source_hashes(
+        lab, find(si, vm_name)
+    )
+
+
+def test_failback_after_an_unplanned_failover_to_an_older_point_leaves_no_stale_bytes(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str
+) -> None:
+    from pyVim.task import WaitForTask
+
+    access = MountedDatastores(lab.datastores)
+    protect(conn, vm_name, TARGET)
+    control.write_random(vm_name, offset=16 << 20, length=1 << 20, seed=10)
+    replicate(conn, vm_name, replica_access=access)  # rp-000002
+    control.write_random(vm_name, offset=17 << 20, length=1 << 20, seed=11)
+    replicate(conn, vm_name, replica_access=access)  # rp-000003: on the original, not in rp-000002
+    result = unplanned_failover(conn, vm_name, restore_point="rp-000002")
+    WaitForTask(find(si, vm_name).PowerOffVM_Task())  # the old site comes back, powered off
+    control.write_random(result.running, offset=20 << 20, length=1 << 20, seed=12)
+    expected = source_hashes(lab, find(si, result.running))
+    failback(conn, vm_name, replica_access=access)
+    assert source_hashes(lab, find(si, vm_name)) == expected

@@ -139,6 +139,10 @@ def replicate(
         )
     chosen = settings or state.settings
     reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+    for disk in replica.vm.disks:
+        replica_access.check(disk)
+    for disk in source.disks:
+        reader.check(disk)
     run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress)
     try:
         result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
@@ -596,6 +600,7 @@ class _Cycle:
                     source_uuid=at.uuid,
                 )
             )
+        point = replace(point, change_ids=tuple((d.source_key, d.change_id) for d in disks))
         self.state = replace(
             self.state,
             disks=tuple(disks),

@@ -161,7 +161,9 @@ def _promote(
     nics = remap_nics(conn, vm.moref, dict(state.target.networks))
     vm = get_vm(conn, VMSelector(moref=vm.moref))
     ids = tuple((d.key, d.change_id) for d in vm.disks if d.change_id is not None)
-    promoted = replace(state, promoted=True, promoted_point=point.id, failback_ids=ids)
+    # The points after the one brought up are gone with the snapshots: history ends at it.
+    kept = state.restore_points[: state.restore_points.index(point) + 1]
+    promoted = replace(state, promoted=True, promoted_point=point.id, failback_ids=ids, restore_points=kept)
     # The revert brought back the options saved with the snapshot: write the whole truth again.
     write_options(conn, vm.moref, state=promoted, clear_journal=True)
     run_task(conn, vm_object(conn, vm.moref).PowerOnVM_Task, what=f"power on {vm.name}", vm=vm.name)
@@ -193,14 +195,20 @@ def unplanned_failover(conn: Connection, vm: str, *, restore_point: str | None =
     )
 
 
-def _divergence(conn: Connection, original: VMInfo, known: DiskState) -> list[tuple[int, int]] | None:
-    """Areas the original wrote after its last restore point; None when its CBT cannot say."""
+def _divergence(
+    conn: Connection, original: VMInfo, disk: int, since: str | None
+) -> list[tuple[int, int]] | None:
+    """Areas the original wrote after the restore point brought up; None when its CBT cannot say.
+
+    `since` is the original's change id at that point (not at the newest
+    point: a failover to an older one leaves the writes between them on the
+    original only).
+    """
+    if since is None:
+        return None
     taken = create_snapshot(conn, original, f"failback-{uuid.uuid4().hex[:8]}", description="failback check")
     try:
-        return [
-            (a.start, a.length)
-            for a in changed_areas(conn, original, taken.snapshot, known.source_key, known.change_id).areas
-        ]
+        return [(a.start, a.length) for a in changed_areas(conn, original, taken.snapshot, disk, since).areas]
     except ChangeIdInvalid:
         return None
     finally:
@@ -244,6 +252,8 @@ def failback(
     running = get_vm(conn, VMSelector(moref=promoted.vm.moref))
     reader = source_access or HTTPDatastores(conn, running.folder.split("/", 1)[0])
     base = dict(state.failback_ids)
+    promoted_at = find_restore_point(state, state.promoted_point)
+    original_ids = dict(promoted_at.change_ids)
     snap = create_snapshot(
         conn, running, f"cycle-failback-{uuid.uuid4().hex[:8]}", description=f"failback to {original.name}"
     ).snapshot
@@ -254,7 +264,8 @@ def failback(
         for known in state.disks:
             at, target = frozen[known.replica_key], theirs[known.source_key]
             areas = _changes_since(conn, running, snap, at, base.get(known.replica_key))
-            extra = _divergence(conn, original, known) if areas is not None else None
+            since = original_ids.get(known.source_key)
+            extra = _divergence(conn, original, known.source_key, since) if areas is not None else None
             if areas is None or extra is None:
                 log.warning("failback_whole_disk", disk=known.source_key)
                 areas = [(0, at.capacity)]
@@ -303,6 +314,7 @@ def failback(
                     quiesced=False,
                     bytes_moved=0,
                     bytes_changed=0,
+                    change_ids=tuple((d.source_key, d.change_id) for d in disks),
                 ),
             ),
             next_point=2,
@@ -314,7 +326,12 @@ def failback(
     log.warning("replication_reversed", now_source=running.name, now_replica=original.name)
     if not switch:
         return None
-    return planned_failover(conn, running.name, replica_access=replica_access, source_access=source_access)
+    result = planned_failover(conn, running.name, replica_access=replica_access, source_access=source_access)
+    # The original runs again: protect it as before, into the VM it failed back from (only what
+    # changed since the switch is copied), so the next cycle is an ordinary incremental.
+    failback(conn, running.name, replica_access=replica_access, source_access=source_access, switch=False)
+    log.warning("protection_restored", source=original.name, replica=running.name)
+    return replace(result, vm=original.name)
 
 
 def _changes_since(

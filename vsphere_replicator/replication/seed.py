@@ -237,6 +237,7 @@ def _finish(
         quiesced=record.quiesced,
         bytes_moved=allocated,
         bytes_changed=allocated,
+        change_ids=tuple((d.source_key, d.change_id) for d in disks),
     )
     state = ReplicaState(
         source=record.source,

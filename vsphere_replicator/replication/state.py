@@ -56,6 +56,7 @@ class RestorePoint:
     bytes_moved: int
     bytes_changed: int
     digests: tuple[tuple[int, str], ...] = ()  # (replica disk key, BLAKE2b) when verified
+    change_ids: tuple[tuple[int, str], ...] = ()  # (source disk key, its change id at this point)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,7 @@ def decode_state(text: str) -> ReplicaState:
                         **r,
                         "created": datetime.fromisoformat(r["created"]),
                         "digests": tuple((int(k), str(d)) for k, d in r.get("digests", ())),
+                        "change_ids": tuple((int(k), str(c)) for k, c in r.get("change_ids", ())),
                     }
                 )
                 for r in data["restore_points"]
