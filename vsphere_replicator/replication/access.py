@@ -24,6 +24,10 @@ from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 class DiskAccess(Protocol):
     """Opens a disk (as vCenter names its backing file) for reading or writing."""
 
+    def check(self, disk: DiskInfo) -> None:
+        """Raise InvalidInput when the disk cannot be reached from here (before anything changes)."""
+        ...
+
     def source(self, disk: DiskInfo) -> BlockSource: ...
 
     def sink(self, disk: DiskInfo) -> BlockSink: ...
@@ -41,6 +45,13 @@ class MountedDatastores:
             known = ", ".join(sorted(self.mounts)) or "none"
             raise InvalidInput(f"datastore {datastore} is not mounted here (known: {known})")
         return self.mounts[datastore] / extent
+
+    def check(self, disk: DiskInfo) -> None:
+        path = self.path(disk)
+        if not path.is_file():
+            raise InvalidInput(
+                f"{path} does not exist: is {disk.datastore or 'the datastore'} mounted there?"
+            )
 
     def source(self, disk: DiskInfo) -> BlockSource:
         return FileBlockSource(self.path(disk))
@@ -61,6 +72,9 @@ class NBDDisks:
         self._endpoint = endpoint
         self._connections = connections
 
+    def check(self, disk: DiskInfo) -> None:
+        """Exports may be started on demand: nothing to check ahead."""
+
     def source(self, disk: DiskInfo) -> BlockSource:
         return NBDBlockDevice(self._endpoint(disk), connections=self._connections)
 
@@ -74,6 +88,9 @@ class HTTPDatastores:
     def __init__(self, conn: Connection, datacenter: str) -> None:
         self._conn = conn
         self._datacenter = datacenter
+
+    def check(self, disk: DiskInfo) -> None:
+        """The endpoint is vCenter's own: reachable whenever the session is."""
 
     def source(self, disk: DiskInfo) -> BlockSource:
         return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=self._datacenter)
