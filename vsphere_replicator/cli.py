@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +16,7 @@ from typing import Any
 from vsphere_replicator.cli_replication import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_commands
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
+from vsphere_replicator.logs import configure_logging
 from vsphere_replicator.sizes import parse_size
 
 
@@ -78,6 +81,7 @@ def cmd_lab_env(args: argparse.Namespace) -> int:
         "VSPHERE_PASSWORD": info.password,
         "VSPHERE_CA_FILE": info.ca_file,
         "VR_LAB_STATE_DIR": info.state_dir,
+        "VSPHERE_REPLICATOR_MOUNTS": ",".join(f"{k}={v}" for k, v in info.datastores.items()),
     }
     for name, value in values.items():
         print(f"export {name}={shlex.quote(value)}")
@@ -216,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Warnings (a disk resynced, a cycle resumed, an orphan removed) on stderr, readable; info with -v.
+    configure_logging(json=os.environ.get("VSPHERE_REPLICATOR_LOG") == "json", level=logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

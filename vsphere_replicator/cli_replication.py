@@ -192,6 +192,13 @@ def _seed_line(result: Any, adopted: str | None) -> str:
     )
 
 
+def _network_pair(text: str) -> tuple[str, str]:
+    source, eq, target = text.partition("=")
+    if not eq or not source or not target:
+        raise InvalidInput(f"--network is SOURCE_PORT_GROUP=RECOVERY_PORT_GROUP, not {text!r}")
+    return source, target
+
+
 def cmd_protect(args: argparse.Namespace) -> int:
     target = ReplicaTarget(
         datastore=args.datastore,
@@ -200,6 +207,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         folder=args.folder,
         provisioning=args.provisioning,
         name=args.name,
+        networks=tuple(_network_pair(n) for n in args.network or []),
     )
     with _session(args) as (conn, env):
         result = protect(
@@ -347,6 +355,22 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_once(stop: threading.Event) -> Callable[[int, Any], None]:
+    """A handler that asks `stop` once and ignores further signals.
+
+    `timeout` and a double Ctrl-C deliver the signal twice; a second
+    `Event.set()` running inside the first (handlers run between bytecodes
+    of the main thread) would wait forever on the event's lock.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        stop.set()
+
+    return handler
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from vsphere_replicator.policies import PolicyFileError, load_policy_file, run_policies
     from vsphere_replicator.replication.engine import LiveEngine
@@ -358,7 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, _stop_once(stop))
 
     def show(record: Any) -> None:
         if args.json:
@@ -467,6 +491,12 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--provisioning", choices=["thin", "thick-lazy", "thick-eager"], default="thin")
     p.add_argument("--name", default="{vm}-replica", help="replica name template ({vm})")
     p.add_argument("--adopt", default=None, metavar="VM", help="adopt this existing copy as the seed")
+    p.add_argument(
+        "--network",
+        action="append",
+        metavar="SOURCE=RECOVERY",
+        help="on failover, move NICs from this port group to that one (repeatable)",
+    )
     cycle_options(p)
 
     p = command("replicate", cmd_replicate, "run one replication cycle (resuming an interrupted one)")
