@@ -284,3 +284,14 @@ def test_cycles_read_and_write_through_nbd_servers(
         scatter(control, vm_name, rng)
         result = replicate(conn, vm_name, replica_access=nbd, source_access=nbd)
         assert_replica_matches(lab, find(si, vm_name), find(si, f"{vm_name}-replica"), result.restore_point)
+
+
+def test_a_verified_seed_can_be_checked_again_later(
+    lab: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    from vsphere_replicator.replication.restore_points import verify_restore_point
+
+    control.write_random(vm_name, offset=777, length=123_456, seed=17)
+    protect(conn, vm_name, TARGET, settings=CycleSettings(verify=True), replica_access=access)
+    check = verify_restore_point(conn, vm_name, access, "rp-000001")
+    assert check.ok and len(check.disks) == 2

@@ -216,7 +216,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
             target,
             settings=_settings(args),
             adopt=args.adopt,
-            replica_access=_mounts(args, env) if args.adopt else None,
+            replica_access=_mounts(args, env),
         )
     _emit(args, result, lambda: _seed_line(result, args.adopt))
     return EXIT_OK

@@ -86,7 +86,7 @@ def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> R
         and (promoted is None or r.state.promoted == promoted)
     ]
     if not hits:
-        what = "a failed-over replica" if promoted else "a replica"
+        what = "failed-over replica" if promoted else "replica"
         raise NotFound(f"{vm} has no {what}")
     if len(hits) > 1:
         raise InvalidInput(f"{vm} has {len(hits)} replicas: {', '.join(r.vm.name for r in hits)}")

@@ -73,6 +73,17 @@ def find_replica(conn: Connection, source: VMInfo) -> Replica | None:
 def require_replica(conn: Connection, source: VMInfo) -> Replica:
     replica = find_replica(conn, source)
     if replica is None:
+        uuid = (source.instance_uuid or "").lower()
+        promoted = [
+            r.vm.name
+            for r in all_replicas(conn)
+            if r.state is not None and r.state.promoted and r.state.source.instance_uuid.lower() == uuid
+        ]
+        if promoted:
+            raise StateError(
+                f"{source.name} has failed over to {promoted[0]}: fail back, or protect it again",
+                vm=source.name,
+            )
         raise NotFound(f"{source.name} is not protected: run protect first", vm=source.name)
     return replica
 

@@ -21,6 +21,7 @@ from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, 
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.cycle import VerificationFailed
 from vsphere_replicator.replication.replica import (
     RESTORE_POINT_MARKER,
     SEED_SNAPSHOT,
@@ -41,7 +42,7 @@ from vsphere_replicator.replication.state import (
     write_options,
 )
 from vsphere_replicator.snapshots import QuiesceFallback, create_snapshot, remove_snapshot
-from vsphere_replicator.verify import first_mismatch
+from vsphere_replicator.verify import checksum, first_mismatch
 
 FIRST_POINT = "rp-000001"
 
@@ -64,6 +65,8 @@ def protect(
     """
     started = time.monotonic()
     chosen = settings or CycleSettings()
+    if chosen.verify and replica_access is None:
+        raise InvalidInput("verify needs replica_access to read the replica's disks")
     source = resolve_vm(conn, vm)
     log = get_logger(vm=source.name, operation="protect")
     found = find_replica(conn, source)
@@ -90,9 +93,9 @@ def protect(
             remove_snapshot(conn, source, snapshot)  # a failed seed leaves no snapshot of ours
             raise
         failpoints.point("seed-replica-made")
-    return _finish(
-        conn, source, Replica(vm=replica, state=None, journal=None, seed=record), target, chosen, started
-    )
+    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+    seeded = Replica(vm=replica, state=None, journal=None, seed=record)
+    return _finish(conn, source, seeded, target, chosen, started, reader, replica_access)
 
 
 def _seed_snapshot(
@@ -190,6 +193,32 @@ def _adopt(
     return copy
 
 
+def _verify_seed(
+    conn: Connection,
+    source: VMInfo,
+    point: SnapshotInfo,
+    pairs: list[tuple[DiskInfo, DiskInfo]],
+    reader: DiskAccess,
+    writer: DiskAccess,
+) -> tuple[tuple[int, str], ...]:
+    """Digest the first restore point's disks and hold each against the seed snapshot's."""
+    frozen = {d.key: d for d in snapshot_disks(conn, point.moref)}
+    digests = []
+    for ours, theirs in pairs:
+        a, b = reader.source(ours), writer.source(frozen[theirs.key])
+        try:
+            expected, actual = checksum(a), checksum(b)
+        finally:
+            a.close()
+            b.close()
+        if expected != actual:
+            raise VerificationFailed(
+                f"the replica of {source.name} {ours.label} does not match the seed snapshot", vm=source.name
+            )
+        digests.append((theirs.key, actual))
+    return tuple(digests)
+
+
 def _finish(
     conn: Connection,
     source: VMInfo,
@@ -197,6 +226,8 @@ def _finish(
     target: ReplicaTarget,
     settings: CycleSettings,
     started: float,
+    reader: DiskAccess,
+    writer: DiskAccess | None,
 ) -> CycleResult:
     assert replica.seed is not None
     record = replica.seed
@@ -220,7 +251,12 @@ def _finish(
     if snapshot_alive:
         at = next(s for s in source.all_snapshots() if s.moref == record.snapshot)
         allocated = sum(changed_areas(conn, source, at, key, ALL_ALLOCATED).total for key in ids)
-    pairs = zip(_by_position(frozen), _by_position(vm.disks), strict=True)
+    pairs = list(zip(_by_position(frozen), _by_position(vm.disks), strict=True))
+    digests: tuple[tuple[int, str], ...] = ()
+    if settings.verify and writer is not None:
+        if not snapshot_alive:
+            raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
+        digests = _verify_seed(conn, source, existing, pairs, reader, writer)
     disks = tuple(
         DiskState(
             source_key=s.key, replica_key=r.key, capacity=s.capacity, change_id=ids[s.key], source_uuid=s.uuid
@@ -237,6 +273,7 @@ def _finish(
         quiesced=record.quiesced,
         bytes_moved=allocated,
         bytes_changed=allocated,
+        digests=digests,
         change_ids=tuple((d.source_key, d.change_id) for d in disks),
     )
     state = ReplicaState(

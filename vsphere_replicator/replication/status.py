@@ -11,7 +11,7 @@ from vsphere_replicator.replication.replica import Replica, all_replicas
 
 @dataclass(frozen=True, slots=True)
 class ProtectionStatus:
-    """One protected VM as plain data; `compliant` is None without a target RPO."""
+    """One protected VM as plain data; `compliant` is None without a target RPO or once failed over."""
 
     vm: str
     replica: str
@@ -63,7 +63,7 @@ def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> Pr
         latest_created=latest.created,
         age_seconds=age,
         target_rpo_seconds=rpo.total_seconds() if rpo else None,
-        compliant=age <= rpo.total_seconds() if rpo else None,
+        compliant=age <= rpo.total_seconds() if rpo and not state.promoted else None,
         last_bytes_moved=latest.bytes_moved,
         last_bytes_changed=latest.bytes_changed,
         last_error=state.last_error,
