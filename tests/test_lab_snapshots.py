@@ -26,12 +26,13 @@ def image_of(lab: Any, file_name: str) -> bytes:
 
 
 def test_snapshot_moves_the_vm_to_a_delta_whose_parent_is_the_old_disk(vm: Any) -> None:
-    base = labutil.disks(vm)[0].backing.fileName
+    bases = [d.backing.fileName for d in labutil.disks(vm)]
+    assert bases[1].endswith("_1.vmdk")  # e.g. lab-vm-0004_1.vmdk: not a delta of "lab-vm"
     snap = labutil.snapshot(vm, "s1")
-    current = labutil.disks(vm)[0].backing
-    assert current.fileName == base.replace(".vmdk", "-000001.vmdk")
-    assert current.parent.fileName == base
-    assert labutil.disks(snap)[0].backing.fileName == base
+    for base, disk, frozen in zip(bases, labutil.disks(vm), labutil.disks(snap), strict=True):
+        assert disk.backing.fileName == base.replace(".vmdk", "-000001.vmdk")
+        assert disk.backing.parent.fileName == base
+        assert frozen.backing.fileName == base
 
 
 def test_data_stays_frozen_across_a_chain_of_three_snapshots(

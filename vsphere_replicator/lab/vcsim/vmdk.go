@@ -214,10 +214,9 @@ func copySparse(src, dst string, size int64) error {
 // baseDiskName strips a delta suffix: "vm_1-000003.vmdk" -> "vm_1".
 func baseDiskName(p string) string {
 	name := strings.TrimSuffix(path.Base(p), ".vmdk")
-	if i := strings.LastIndex(name, "-"); i > 0 && len(name)-i == 7 {
-		if _, err := fmt.Sscanf(name[i+1:], "%06d", new(int)); err == nil {
-			return name[:i]
-		}
+	// Six digits exactly: "lab-vm-0004_1" is a base disk, not a delta of "lab-vm".
+	if i := strings.LastIndex(name, "-"); i > 0 && len(name)-i == 7 && strings.Trim(name[i+1:], "0123456789") == "" {
+		return name[:i]
 	}
 	return name
 }
