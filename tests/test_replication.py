@@ -295,3 +295,25 @@ def test_a_verified_seed_can_be_checked_again_later(
     protect(conn, vm_name, TARGET, settings=CycleSettings(verify=True), replica_access=access)
     check = verify_restore_point(conn, vm_name, access, "rp-000001")
     assert check.ok and len(check.disks) == 2
+
+
+def test_a_cycle_that_finds_nothing_changed_confirms_the_newest_point_instead_of_adding_one(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    control.write_random(vm_name, offset=0, length=70_000, seed=18)
+    protect(conn, vm_name, TARGET)
+    control.write_random(vm_name, offset=1 << 20, length=70_000, seed=19)
+    changed = replicate(conn, vm_name, replica_access=access)
+    idle = replicate(conn, vm_name, replica_access=access)
+    assert idle.restore_point == changed.restore_point == "rp-000002"
+    assert idle.bytes_moved == 0 and idle.created > changed.created
+    replica = find(si, f"{vm_name}-replica")
+    recorded = state(replica)
+    assert [p["id"] for p in recorded["restore_points"]] == ["rp-000001", "rp-000002"]
+    assert recorded["restore_points"][-1]["confirmed"] is not None
+    assert sorted(n.name for n in snapshots(replica)) == ["vr-rp-000001", "vr-rp-000002"]
+    assert our_source_snapshots(find(si, vm_name)) == [] and option(replica, JOURNAL_KEY) is None
+    control.write_random(vm_name, offset=2 << 20, length=5, seed=20)
+    after = replicate(conn, vm_name, replica_access=access)
+    assert after.restore_point == "rp-000003" and after.full_resync == ()
+    assert_replica_matches(lab, find(si, vm_name), replica, "rp-000003")

@@ -200,6 +200,8 @@ class _Cycle:
         snapshot = self._source_snapshot(journal)
         if journal.phase == "snapshot":
             journal, plans = self._plan(journal, snapshot)
+            if not journal.retired and all(p.changed == 0 and p.disk.resync_reason is None for p in plans):
+                return self._confirm(journal, snapshot, resumed)
         else:
             plans = self._replan(journal, snapshot)
         if journal.phase == "copying":
@@ -644,6 +646,39 @@ class _Cycle:
             digests.append((jd.replica_key, theirs))
         failpoints.point("verified")
         return tuple(digests)
+
+    def _confirm(self, journal: Journal, snapshot: SnapshotInfo, resumed: bool) -> CycleResult:
+        """Nothing changed: the newest restore point still holds the source's data; say so, add none.
+
+        Back-to-back cycles of an idle VM would otherwise push every useful
+        point out of retention within seconds.
+        """
+        frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
+        latest = replace(self.state.latest, confirmed=snapshot.created)
+        self.state = replace(
+            self.state,
+            disks=tuple(
+                replace(d, change_id=frozen[d.source_key].change_id or d.change_id) for d in self.state.disks
+            ),
+            restore_points=(*self.state.restore_points[:-1], latest),
+            last_error=None,
+        )
+        write_options(self.conn, self.replica.vm.moref, state=self.state, clear_journal=True)
+        failpoints.point("confirmed")
+        self.source = remove_snapshot(self.conn, self.source, snapshot)
+        self.log.info("cycle_found_no_change", restore_point=latest.id)
+        return CycleResult(
+            vm=self.source.name,
+            replica=self.replica.vm.name,
+            restore_point=latest.id,
+            created=snapshot.created,
+            quiesced=latest.quiesced,
+            bytes_changed=0,
+            bytes_moved=0,
+            full_resync=(),
+            resumed=resumed,
+            seconds=0.0,
+        )
 
     def _finish(self, journal: Journal, snapshot: SnapshotInfo) -> None:
         self.source = remove_snapshot(self.conn, self.source, snapshot)

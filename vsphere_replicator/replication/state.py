@@ -57,6 +57,12 @@ class RestorePoint:
     bytes_changed: int
     digests: tuple[tuple[int, str], ...] = ()  # (replica disk key, BLAKE2b) when verified
     change_ids: tuple[tuple[int, str], ...] = ()  # (source disk key, its change id at this point)
+    confirmed: datetime | None = None  # a later cycle found nothing changed: still the source's data then
+
+    @property
+    def current_as_of(self) -> datetime:
+        """Until when this point is known to hold the source's data (what the RPO is measured from)."""
+        return self.confirmed or self.created
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,7 @@ def decode_state(text: str) -> ReplicaState:
                         "created": datetime.fromisoformat(r["created"]),
                         "digests": tuple((int(k), str(d)) for k, d in r.get("digests", ())),
                         "change_ids": tuple((int(k), str(c)) for k, c in r.get("change_ids", ())),
+                        "confirmed": datetime.fromisoformat(r["confirmed"]) if r.get("confirmed") else None,
                     }
                 )
                 for r in data["restore_points"]

@@ -47,7 +47,7 @@ def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> Pr
         )
     latest = state.latest
     rpo = target_rpo or state.settings.target_rpo
-    age = (now - latest.created).total_seconds()
+    age = (now - latest.current_as_of).total_seconds()
     if state.promoted:
         label = "failed over"
     elif replica.journal is not None:
@@ -60,7 +60,7 @@ def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> Pr
         state=label,
         restore_points=len(state.restore_points),
         latest_point=latest.id,
-        latest_created=latest.created,
+        latest_created=latest.current_as_of,
         age_seconds=age,
         target_rpo_seconds=rpo.total_seconds() if rpo else None,
         compliant=age <= rpo.total_seconds() if rpo and not state.promoted else None,
