@@ -64,6 +64,9 @@ def normalize_thumbprint(text: str) -> str:
     return value
 
 
+SOAP_TIMEOUT_SECONDS = 180
+
+
 class _PinnedContext(ssl.SSLContext):
     """Accepts exactly the certificate whose SHA-256 digest is `pin`, on every connection."""
 
@@ -122,6 +125,9 @@ class Connection:
                 user=s.user,
                 pwd=s.password,
                 sslContext=tls_context(s),
+                # A call that never answers (a hung vCenter, a lost update) must fail and be
+                # retried, not block forever: longer than any WaitForUpdatesEx wait we ask for.
+                httpConnectionTimeout=SOAP_TIMEOUT_SECONDS,
             )
             self._content = si.RetrieveContent()  # part of logging in: later reads use the cache
         except vim.fault.InvalidLogin as exc:

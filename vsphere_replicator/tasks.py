@@ -81,12 +81,23 @@ def wait_for_task(
                 version = ""
                 continue
             if update is None:
-                continue
-            version = update.version
-            for filter_set in update.filterSet:
-                for obj in filter_set.objectSet:
-                    for change in obj.changeSet:
-                        info[change.name] = change.val
+                # The wait ran out with no news: read the task itself, so an update that never
+                # came (a collector that missed it) cannot keep us waiting for ever.
+                current = conn.call(what, lambda: task.info)
+                info.update(
+                    {
+                        "info.state": str(current.state),
+                        "info.progress": current.progress,
+                        "info.result": current.result,
+                        "info.error": current.error,
+                    }
+                )
+            else:
+                version = update.version
+                for filter_set in update.filterSet:
+                    for obj in filter_set.objectSet:
+                        for change in obj.changeSet:
+                            info[change.name] = change.val
             progress = info.get("info.progress")
             if on_progress is not None and isinstance(progress, int) and progress != last_progress:
                 last_progress = progress
