@@ -134,6 +134,7 @@ def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_ru
     assert nic_networks(original) == ["VM Network"]  # the reverse mapping brought it home
     # Protection is back in its first direction: the next cycle is an ordinary incremental.
     assert state(replica)["source"]["name"] == vm_name and not state(replica)["promoted"]
+    assert state(replica)["target"]["networks"] == [["VM Network", "DR Network"]]
     writes(control, vm_name, 10)
     cycle = replicate(conn, vm_name, replica_access=access)
     assert cycle.full_resync == () and cycle.restore_point == "rp-000002"

@@ -170,6 +170,11 @@ def _disks(keys: Any) -> str:
 
 def _cycle_line(result: Any) -> str:
     """One replicate cycle: which restore point, what it moved, and anything unusual about it."""
+    if result.confirmed:
+        return (
+            f"{result.vm} -> {result.replica}: nothing changed; restore point {result.restore_point} "
+            f"confirmed current as of {result.created:%Y-%m-%d %H:%M:%S} ({result.seconds:.1f}s)"
+        )
     notes = ""
     if result.resumed:
         notes += ", resumed an interrupted cycle"
@@ -403,7 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _nics(result: Any) -> str:
     if not result.nics:
-        return ", NICs left on their networks (the target maps none)"
+        return ", NICs left on their networks (none was on a port group the target maps)"
     return "".join(f", {n.label} {n.old} -> {n.new}" for n in result.nics)
 
 

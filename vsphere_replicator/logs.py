@@ -40,7 +40,11 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
 
 def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
     """Set up structlog for an application: console or JSON lines on stderr."""
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -244,6 +244,8 @@ class SettingsReader:
 
 
 def _cycle_summary(result: CycleResult, seeded: bool) -> str:
+    if result.confirmed:
+        return f"nothing changed: restore point {result.restore_point} on {result.replica} confirmed current"
     kind = "seeded" if seeded else "incremental"
     consistency = "quiesced" if result.quiesced else "crash-consistent"
     resync = (

@@ -678,6 +678,7 @@ class _Cycle:
             full_resync=(),
             resumed=resumed,
             seconds=0.0,
+            confirmed=True,
         )
 
     def _finish(self, journal: Journal, snapshot: SnapshotInfo) -> None:

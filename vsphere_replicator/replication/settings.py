@@ -82,7 +82,7 @@ class CycleSettings:
 
 @dataclass(frozen=True, slots=True)
 class CycleResult:
-    """What one cycle did: the restore point it made and the bytes behind it."""
+    """What one cycle did: the restore point it made (or confirmed) and the bytes behind it."""
 
     vm: str
     replica: str
@@ -94,3 +94,4 @@ class CycleResult:
     full_resync: tuple[int, ...]
     resumed: bool
     seconds: float
+    confirmed: bool = False  # nothing had changed: `restore_point` is the existing newest one
