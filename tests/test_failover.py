@@ -14,7 +14,7 @@ from tests.replication_util import (
     source_hashes,
     state,
 )
-from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication import CycleSettings, MountedDatastores, ReplicaTarget, protect, replicate
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
     failback,
@@ -22,6 +22,7 @@ from vsphere_replicator.replication.failover import (
     start_test_failover,
     unplanned_failover,
 )
+from vsphere_replicator.replication.restore_points import verify_restore_point
 
 TARGET = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DR Network"),))
 
@@ -110,7 +111,7 @@ def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_ru
 ) -> None:
     access = MountedDatastores(lab.datastores)
     writes(control, vm_name, 6)
-    protect(conn, vm_name, TARGET)
+    protect(conn, vm_name, TARGET, settings=CycleSettings(verify=True), replica_access=access)
     writes(control, vm_name, 7)
     replicate(conn, vm_name, replica_access=access)
     writes(control, vm_name, 8)  # written after the last cycle: the planned failover must carry it
@@ -135,6 +136,7 @@ def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_ru
     # Protection is back in its first direction: the next cycle is an ordinary incremental.
     assert state(replica)["source"]["name"] == vm_name and not state(replica)["promoted"]
     assert state(replica)["target"]["networks"] == [["VM Network", "DR Network"]]
+    assert verify_restore_point(conn, vm_name, access, "rp-000001").ok  # verify carried through
     writes(control, vm_name, 10)
     cycle = replicate(conn, vm_name, replica_access=access)
     assert cycle.full_resync == () and cycle.restore_point == "rp-000002"

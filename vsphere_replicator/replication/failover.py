@@ -41,6 +41,7 @@ from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
 from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.replica import RESTORE_POINT_MARKER, Replica, all_replicas
 from vsphere_replicator.replication.restore_points import find_restore_point
+from vsphere_replicator.replication.seed import verify_seed
 from vsphere_replicator.replication.settings import CycleResult, ReplicaTarget
 from vsphere_replicator.replication.state import (
     PREFIX,
@@ -294,6 +295,10 @@ def failback(
             description=f"failback restore point of {running.name}",
             marker=RESTORE_POINT_MARKER,
         ).snapshot
+        digests: tuple[tuple[int, str], ...] = ()
+        if state.settings.verify:
+            pairs = [(frozen[k.replica_key], theirs[k.source_key]) for k in state.disks]
+            digests = verify_seed(conn, running, point_snapshot, pairs, reader, replica_access)
         reverse = ReplicaState(
             source=SourceIdentity(
                 moref=running.moref, name=running.name, instance_uuid=running.instance_uuid or ""
@@ -314,6 +319,7 @@ def failback(
                     quiesced=False,
                     bytes_moved=0,
                     bytes_changed=0,
+                    digests=digests,
                     change_ids=tuple((d.source_key, d.change_id) for d in disks),
                 ),
             ),

@@ -193,7 +193,7 @@ def _adopt(
     return copy
 
 
-def _verify_seed(
+def verify_seed(
     conn: Connection,
     source: VMInfo,
     point: SnapshotInfo,
@@ -201,7 +201,10 @@ def _verify_seed(
     reader: DiskAccess,
     writer: DiskAccess,
 ) -> tuple[tuple[int, str], ...]:
-    """Digest the first restore point's disks and hold each against the seed snapshot's."""
+    """Digest a first restore point's disks and hold each against the snapshot it was made from.
+
+    `pairs` are (source disk at that snapshot, replica disk) by position.
+    """
     frozen = {d.key: d for d in snapshot_disks(conn, point.moref)}
     digests = []
     for ours, theirs in pairs:
@@ -256,7 +259,7 @@ def _finish(
     if settings.verify and writer is not None:
         if not snapshot_alive:
             raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
-        digests = _verify_seed(conn, source, existing, pairs, reader, writer)
+        digests = verify_seed(conn, source, existing, pairs, reader, writer)
     disks = tuple(
         DiskState(
             source_key=s.key, replica_key=r.key, capacity=s.capacity, change_id=ids[s.key], source_uuid=s.uuid
