@@ -589,19 +589,7 @@ class _Cycle:
             digests=digests,
         )
         frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
-        disks = []
-        for jd in journal.disks:
-            at = frozen[jd.source_key]
-            assert at.change_id is not None
-            disks.append(
-                DiskState(
-                    source_key=jd.source_key,
-                    replica_key=jd.replica_key,
-                    capacity=at.capacity,
-                    change_id=at.change_id,
-                    source_uuid=at.uuid,
-                )
-            )
+        disks = [DiskState.frozen(frozen[jd.source_key], jd.replica_key) for jd in journal.disks]
         point = replace(point, change_ids=tuple((d.source_key, d.change_id) for d in disks))
         self.state = replace(
             self.state,

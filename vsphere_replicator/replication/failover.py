@@ -278,16 +278,7 @@ def failback(
             finally:
                 src.close()
                 dst.close()
-            assert at.change_id is not None
-            disks.append(
-                DiskState(
-                    source_key=known.replica_key,
-                    replica_key=known.source_key,
-                    capacity=at.capacity,
-                    change_id=at.change_id,
-                    source_uuid=at.uuid,
-                )
-            )
+            disks.append(DiskState.frozen(at, known.source_key))
         point_snapshot = create_snapshot(
             conn,
             original,

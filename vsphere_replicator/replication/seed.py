@@ -260,12 +260,7 @@ def _finish(
         if not snapshot_alive:
             raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
         digests = verify_seed(conn, source, existing, pairs, reader, writer)
-    disks = tuple(
-        DiskState(
-            source_key=s.key, replica_key=r.key, capacity=s.capacity, change_id=ids[s.key], source_uuid=s.uuid
-        )
-        for s, r in pairs
-    )
+    disks = tuple(DiskState.frozen(s, r.key, change_id=ids[s.key]) for s, r in pairs)
     created = next(
         (s.created for s in source.all_snapshots() if s.moref == record.snapshot), existing.created
     )

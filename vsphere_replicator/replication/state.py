@@ -19,7 +19,7 @@ from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
-from vsphere_replicator.inventory import vm_object, vm_options
+from vsphere_replicator.inventory import DiskInfo, vm_object, vm_options
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
 from vsphere_replicator.tasks import run_task
 
@@ -43,6 +43,20 @@ class DiskState:
     capacity: int
     change_id: str
     source_uuid: str | None
+
+    @classmethod
+    def frozen(cls, disk: DiskInfo, replica_key: int, change_id: str | None = None) -> DiskState:
+        """The state of `disk` as a source snapshot froze it, mirrored by replica disk `replica_key`."""
+        chosen = change_id or disk.change_id
+        if chosen is None:
+            raise StateError(f"disk {disk.key} carries no change id: CBT is not tracking it")
+        return cls(
+            source_key=disk.key,
+            replica_key=replica_key,
+            capacity=disk.capacity,
+            change_id=chosen,
+            source_uuid=disk.uuid,
+        )
 
 
 @dataclass(frozen=True, slots=True)
