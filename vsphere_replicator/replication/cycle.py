@@ -300,12 +300,13 @@ class _Cycle:
 
     def _plan(self, journal: Journal, snapshot: SnapshotInfo) -> tuple[Journal, list[_Plan]]:
         disks = snapshot_disks(self.conn, snapshot.moref)
+        replica_now = refresh(self.conn, self.replica)  # its current disks, after any roll-back
         plans: list[_Plan] = []
         resyncs: list[tuple[DiskInfo, str]] = []
         for disk in disks:
             reason = self._unsafe(disk)
             if reason is None:
-                plan = self._incremental(disk, snapshot)
+                plan = self._incremental(disk, snapshot, replica_now)
                 if isinstance(plan, str):
                     reason = plan
                 else:
@@ -361,7 +362,7 @@ class _Cycle:
             return "CBT was reset on the disk (its change id has a new identity)"
         return None
 
-    def _incremental(self, disk: DiskInfo, snapshot: SnapshotInfo) -> _Plan | str:
+    def _incremental(self, disk: DiskInfo, snapshot: SnapshotInfo, replica_now: VMInfo) -> _Plan | str:
         known = self.state.disk(disk.key)
         assert known is not None
         try:
@@ -369,7 +370,8 @@ class _Cycle:
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
         spans = tuple((a.start, a.length) for a in changes.areas)
-        lie = self._sample_unchanged(disk, known, snapshot, changes.areas)
+        replica_disk = _replica_disk(replica_now, known.replica_key)
+        lie = self._sample_unchanged(disk, replica_disk, snapshot, changes.areas)
         if lie is not None:
             return lie
         return _Plan(
@@ -384,7 +386,7 @@ class _Cycle:
         )
 
     def _sample_unchanged(
-        self, disk: DiskInfo, known: DiskState, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
+        self, disk: DiskInfo, replica_disk: DiskInfo, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
     ) -> str | None:
         """Compare a seeded sample of allocated areas CBT calls unchanged; a difference means CBT lied.
 
@@ -409,7 +411,6 @@ class _Cycle:
             )
         if not picks:
             return None
-        replica_disk = _replica_disk(refresh(self.conn, self.replica), known.replica_key)
         src, dst = self.reader.source(disk), self.writer.source(replica_disk)
         try:
             for offset in sorted(picks):
