@@ -73,11 +73,15 @@ def our_source_snapshots(vm: Any) -> list[str]:
     return [n.name for n in snapshots(vm) if n.description.startswith("vsphere_replicator:snapshot:v1")]
 
 
-def find(si: Any, name: str) -> Any:
+def all_vms(si: Any) -> list[Any]:
     view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
     try:
-        hits = [v for v in view.view if v.name == name]
+        return list(view.view)
     finally:
         view.DestroyView()
+
+
+def find(si: Any, name: str) -> Any:
+    hits = [v for v in all_vms(si) if v.name == name]
     assert len(hits) == 1, f"{len(hits)} VMs named {name}"
     return hits[0]

@@ -9,8 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests import labutil
-from tests.replication_util import assert_replica_matches, by_position, find, our_source_snapshots, state
+from tests.replication_util import (
+    all_vms,
+    assert_replica_matches,
+    find,
+    our_source_snapshots,
+    source_hashes,
+    state,
+)
 from tests.test_replication_crash import cli_env
 
 
@@ -58,17 +64,9 @@ protections:
         assert [p["id"] for p in state(replica)["restore_points"]] == ["rp-000001", "rp-000002"]
         assert_replica_matches(lab, find(si, vm), replica, "rp-000002")
         assert our_source_snapshots(find(si, vm)) == []
-    clones = [v for v in labutil_vms(si) if v.name.startswith(f"{c}-clone-")]
+    clones = [v for v in all_vms(si) if v.name.startswith(f"{c}-clone-")]
     assert len(clones) == 1
-    ours = [
-        labutil.sha256(labutil.local_extent(lab, d.backing.fileName))
-        for d in by_position(labutil.disks(find(si, c)))
-    ]
-    theirs = [
-        labutil.sha256(labutil.local_extent(lab, d.backing.fileName))
-        for d in by_position(labutil.disks(clones[0]))
-    ]
-    assert ours == theirs
+    assert source_hashes(lab, clones[0]) == source_hashes(lab, find(si, c))
 
     status = cli(lab, "status", "--json", "--rpo", "1h")
     assert status.returncode == 0, status.stdout
@@ -81,16 +79,6 @@ protections:
     assert [p["id"] for p in json.loads(points.stdout)] == ["rp-000001", "rp-000002"]
     verified = cli(lab, "verify", a, "--restore-point", "rp-000002")
     assert verified.returncode == 0 and "intact" in verified.stdout, verified.stderr
-
-
-def labutil_vms(si: Any) -> list[Any]:
-    from pyVmomi import vim
-
-    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        return list(view.view)
-    finally:
-        view.DestroyView()
 
 
 def test_invalid_policy_file_is_rejected_with_file_line_and_reason_and_nothing_runs(
