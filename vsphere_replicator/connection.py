@@ -25,7 +25,8 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from vsphere_replicator.errors import AuthenticationFailed, InvalidInput
+from vsphere_replicator.checks import check_callable, check_int, check_text, check_type
+from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
 from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, translate
 from vsphere_replicator.logs import get_logger
 
@@ -42,6 +43,15 @@ class RetryPolicy:
     max_wait: float = 8.0
     sleep: Callable[[float], None] = time.sleep
 
+    def __post_init__(self) -> None:
+        check_int(self.attempts, "attempts", 1, 100)
+        for name in ("initial_wait", "max_wait"):
+            value = getattr(self, name)
+            check_type(value, (int, float), name)
+            if not 0 <= value <= 3600:
+                raise InvalidInput(f"{name} must be between 0 and 3600 seconds, not {value}")
+        check_callable(self.sleep, "sleep")
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
@@ -55,6 +65,15 @@ class ConnectionSettings:
     thumbprint: str | None = None
     insecure: bool = False
 
+    def __post_init__(self) -> None:
+        check_text(self.host, "host")
+        check_text(self.user, "user")
+        check_type(self.password, str, "password", secret=True)
+        check_int(self.port, "port", 1, 65535)
+        check_text(self.ca_file, "ca_file", optional=True)
+        check_text(self.thumbprint, "thumbprint", optional=True)
+        check_type(self.insecure, bool, "insecure")
+
 
 def normalize_thumbprint(text: str) -> str:
     """'AB:CD:…' -> 'abcd…'; only SHA-256 (64 hex digits) is accepted."""
@@ -65,6 +84,12 @@ def normalize_thumbprint(text: str) -> str:
 
 
 SOAP_TIMEOUT_SECONDS = 180
+
+
+def _network_reason(exc: BaseException) -> str:
+    """'connection refused' for ConnectionRefusedError(111, 'Connection refused'): errno left out."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
 
 
 class _PinnedContext(ssl.SSLContext):
@@ -104,11 +129,20 @@ class Connection:
     """A logged-in session with vCenter. Use as a context manager; `close()` logs out."""
 
     def __init__(self, settings: ConnectionSettings, retry: RetryPolicy | None = None) -> None:
+        check_type(settings, ConnectionSettings, "settings")
+        check_type(retry, RetryPolicy, "retry", optional=True)
         self.settings = settings
         self.retry = retry or RetryPolicy()
         self._si: Any = None
         self._content: Any = None
-        self._si = self._retrying(idempotent=True)(self._open)
+        try:
+            self._si = self._retrying(idempotent=True)(self._open)
+        except ReplicatorError:
+            raise
+        except SOAP_ERRORS as exc:  # a network error still there when the retries ran out
+            raise ConnectionFailed(
+                f"cannot connect to {settings.host}:{settings.port}: {_network_reason(exc)}"
+            ) from exc
 
     @property
     def _log(self) -> Any:
@@ -235,6 +269,11 @@ def settings_from(
     environ: Mapping[str, str] | None = None,
 ) -> ConnectionSettings:
     """Settings from the arguments, completed from the VSPHERE_* environment profile."""
+    for name, value in (("host", host), ("user", user), ("ca_file", ca_file), ("thumbprint", thumbprint)):
+        check_type(value, str, name, optional=True)
+    check_type(password, str, "password", optional=True, secret=True)
+    check_type(port, int, "port", optional=True)
+    check_type(insecure, bool, "insecure")
     env = os.environ if environ is None else environ
     values = {
         "HOST": host or env.get("VSPHERE_HOST"),
