@@ -16,6 +16,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from vsphere_replicator.checks import check_type, shown
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 
@@ -129,6 +130,8 @@ class VMSelector:
     folder: str | None = None
 
     def __post_init__(self) -> None:
+        for field in self.__slots__:
+            check_type(getattr(self, field), str, f"a VM selector's {field}", optional=True)
         if not any((self.name, self.glob, self.moref, self.instance_uuid, self.folder)):
             raise InvalidInput("a VM selector needs a name, glob, moref, instance_uuid or folder")
 
@@ -354,6 +357,8 @@ def _details_if_exists(conn: Connection, moref: str, names: _Names) -> tuple[VMI
 
 def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
     """The VMs `selector` matches (possibly none), each with its full picture."""
+    check_type(conn, Connection, "conn")
+    check_type(selector, VMSelector, "selector")
     if selector.moref is not None:
         # A moref names one object: read it (and the names around it), not the whole inventory.
         found = vms_by_moref(conn, [selector.moref])
@@ -378,6 +383,7 @@ def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
 
 def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:
     """Exactly one VM (a plain string is a name); NotFound or InvalidInput otherwise."""
+    check_type(selector, (VMSelector, str), "the VM (a name or a VMSelector)")
     chosen = VMSelector(name=selector) if isinstance(selector, str) else selector
     found = find_vms(conn, chosen)
     if not found:
@@ -477,7 +483,12 @@ VMRef = VMInfo | VMSelector | str
 
 
 def resolve_vm(conn: Connection, vm: VMRef) -> VMInfo:
-    """The VM's current state, whichever way it was given."""
+    """The VM's current state, whichever way it was given; InvalidInput for anything else."""
+    check_type(conn, Connection, "conn")
+    if not isinstance(vm, VMInfo | VMSelector | str):
+        raise InvalidInput(
+            f"the VM must be a name, a VMSelector or a VMInfo, not {type(vm).__name__} {shown(vm)}"
+        )
     return get_vm(conn, VMSelector(moref=vm.moref) if isinstance(vm, VMInfo) else vm)
 
 

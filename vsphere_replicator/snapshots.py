@@ -17,6 +17,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound, SnapshotChainTooDeep, TaskFailed
 from vsphere_replicator.inventory import (
@@ -102,6 +103,7 @@ def find_snapshot(
     vm: VMInfo, *, name: str | None = None, moref: str | None = None, id: int | None = None
 ) -> SnapshotInfo:
     """The one snapshot of `vm` with that name, moref or id; NotFound or InvalidInput otherwise."""
+    check_type(vm, VMInfo, "vm (find_snapshot searches a VMInfo: get it with get_vm)")
     if (name, moref, id).count(None) != 2:
         raise InvalidInput("find a snapshot by exactly one of name, moref or id")
     hits = [
@@ -140,6 +142,7 @@ def create_snapshot(
     crash-consistent snapshot and the result says so. Refuses (before
     touching vCenter) a snapshot beyond vSphere's 32-level chain.
     """
+    check_type(name, str, "snapshot name")
     if not name or len(NAME_PREFIX + name) > 80:
         raise InvalidInput(f"snapshot name must be 1 to {80 - len(NAME_PREFIX)} characters, got {name!r}")
     info = resolve_vm(conn, vm)
@@ -193,6 +196,7 @@ def _on_snapshot(
     conn: Connection, vm: VMRef, snapshot: SnapshotInfo, what: str, start: Callable[[Any], Any]
 ) -> VMInfo:
     """Run a task on one of the VM's snapshots (checked to still be there); the VM as it was."""
+    check_type(snapshot, SnapshotInfo, "snapshot")
     info = resolve_vm(conn, vm)
     find_snapshot(info, moref=snapshot.moref)
     handle = _snapshot_handle(conn, snapshot.moref)
@@ -245,8 +249,8 @@ def find_orphans(
     conn: Connection, *, older_than: timedelta, selector: VMSelector | None = None
 ) -> tuple[OrphanSnapshot, ...]:
     """Our snapshots older than `older_than`, on every VM (or those `selector` picks)."""
-    if older_than < timedelta(0):
-        raise InvalidInput("older_than must not be negative")
+    check_duration(older_than, "older_than", zero=True)
+    check_type(selector, VMSelector, "selector", optional=True)
     vms = find_vms(conn, selector) if selector is not None else read_inventory(conn)
     now = datetime.now(UTC)
     found = []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from vsphere_replicator.checks import shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.policies.throttle import Throttle
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
@@ -52,6 +53,13 @@ class Selection:
     names: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("names", "folders", "tags"):
+            value = getattr(self, name)
+            # A bare string would be read letter by letter: "web-*" selecting VMs named "w", "e", ...
+            if not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+                raise InvalidInput(f"selection {name} must be a tuple of strings, not {shown(value)}")
 
     def matches(self, vm: str, folder: str | None = None, tags: Iterable[str] = ()) -> bool:
         """Whether a VM with this name, folder path and tags is selected; engines may use it as the rule."""

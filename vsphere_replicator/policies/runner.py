@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from vsphere_replicator.checks import check_callable, check_duration, check_int, check_type
+from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy, PolicyError
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
@@ -155,7 +157,17 @@ def run_policies(
     throttle. `on_record` sees each record as it is made, from this thread.
     Selection problems (a VM in two protections) raise PolicyError before
     any cycle starts; engine errors from `select` propagate unchanged.
+    Wrong arguments (`max_cycles=0`, a `policy_file` that is a path) raise InvalidInput.
     """
+    check_type(policy_file, PolicyFile, "policy_file (load it with load_policy_file)")
+    check_type(once, bool, "once")
+    if max_cycles is not None:
+        check_int(max_cycles, "max_cycles", 1, 1_000_000_000)
+    check_type(max_sleep, (int, float), "max_sleep")
+    if not 0 < max_sleep <= 3600:
+        raise InvalidInput(f"max_sleep must be above 0 and at most 3600 seconds, not {max_sleep}")
+    check_duration(retry_after, "retry_after")
+    check_callable(on_record, "on_record", optional=True)
     jobs = _resolve(policy_file, engine, now())
     limits = policy_file.limits
     throttle = (

@@ -34,7 +34,7 @@ from pyVmomi import vim
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, change_id_uuid, changed_areas
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, ReplicatorError
+from vsphere_replicator.errors import ChangeIdInvalid, ReplicatorError
 from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
@@ -58,7 +58,12 @@ from vsphere_replicator.replication.replica import (
     sweep_source,
 )
 from vsphere_replicator.replication.retention import prune
-from vsphere_replicator.replication.settings import CycleResult, CycleSettings
+from vsphere_replicator.replication.settings import (
+    CycleResult,
+    CycleSettings,
+    check_cycle_arguments,
+    check_transfer,
+)
 from vsphere_replicator.replication.state import (
     DiskState,
     Journal,
@@ -121,8 +126,14 @@ def replicate(
     `settings` defaults to those recorded at protect time. Raises
     IncrementalRefused (nothing changed) when `max_change_share` is exceeded.
     """
-    if checkpoint_every < chunk:
-        raise InvalidInput(f"checkpoint_every ({checkpoint_every}) must be at least one chunk ({chunk})")
+    check_transfer(chunk=chunk, checkpoint_every=checkpoint_every, workers=workers)
+    check_cycle_arguments(
+        settings=settings,
+        replica_access=replica_access,
+        source_access=source_access,
+        throttle=throttle,
+        on_progress=on_progress,
+    )
     started = time.monotonic()
     source = resolve_vm(conn, vm)
     replica = require_replica(conn, source)

@@ -30,7 +30,12 @@ from vsphere_replicator.replication.replica import (
     replica_snapshot,
     sweep_source,
 )
-from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.settings import (
+    CycleResult,
+    CycleSettings,
+    ReplicaTarget,
+    check_protect_arguments,
+)
 from vsphere_replicator.replication.state import (
     DiskState,
     ReplicaState,
@@ -63,6 +68,12 @@ def protect(
     of a clone, after every disk is compared byte for byte with the seed
     snapshot (through `source_access` and `replica_access`).
     """
+    check_protect_arguments(
+        target=target,
+        settings=settings,
+        replica_access=replica_access,
+        source_access=source_access,
+    )
     started = time.monotonic()
     chosen = settings or CycleSettings()
     if chosen.verify and replica_access is None:

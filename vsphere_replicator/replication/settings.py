@@ -10,11 +10,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from vsphere_replicator.checks import (
+    check_callable,
+    check_duration,
+    check_fraction,
+    check_has,
+    check_int,
+    check_text,
+    check_type,
+    shown,
+)
 from vsphere_replicator.errors import InvalidInput
 
 QUIESCE_MODES = ("never", "try", "require")
 PROVISIONING = ("thin", "thick-lazy", "thick-eager")
 MAX_KEEP = 24  # restore points are replica snapshots: stay well inside vSphere's 32-level chain
+# Bytes per read: whole CBT blocks (64 KiB, the granularity vCenter reports changes in) and no more
+# than plan_chunks accepts; a checkpoint covers at least one chunk; reads in flight per disk.
+CHUNK_UNIT = 64 << 10
+MAX_CHUNK = 64 << 20
+MAX_CHECKPOINT = 1 << 40
+MAX_WORKERS = 64
+_DISK_ACCESS = ("check", "source", "sink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +51,21 @@ class ReplicaTarget:
     networks: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.datastore:
+        if self.datastore is None or self.datastore == "":
             raise InvalidInput("a replica target needs a datastore")
+        check_text(self.datastore, "datastore")
+        for name in ("host", "resource_pool", "folder"):
+            check_text(getattr(self, name), name, optional=True)
+        check_type(self.provisioning, str, "provisioning")
+        check_type(self.name, str, "the replica name template")
+        check_type(self.networks, tuple, "networks (a tuple of (source, recovery) port group pairs)")
+        for pair in self.networks:
+            if not (
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)
+            ):
+                raise InvalidInput(
+                    f"each network mapping must be a (source, recovery) pair of names, not {shown(pair)}"
+                )
         if self.provisioning not in PROVISIONING:
             raise InvalidInput(
                 f"provisioning must be one of {', '.join(PROVISIONING)}, not {self.provisioning!r}"
@@ -66,18 +96,17 @@ class CycleSettings:
     target_rpo: timedelta | None = None
 
     def __post_init__(self) -> None:
-        if self.quiesce not in QUIESCE_MODES:
-            raise InvalidInput(f"quiesce must be one of {', '.join(QUIESCE_MODES)}, not {self.quiesce!r}")
-        if not 1 <= self.keep <= MAX_KEEP:
-            raise InvalidInput(f"keep must be between 1 and {MAX_KEEP} restore points, not {self.keep}")
-        if self.max_age is not None and self.max_age <= timedelta(0):
-            raise InvalidInput(f"max_age must be positive, not {self.max_age}")
-        if self.max_change_share is not None and not 0 < self.max_change_share <= 1:
-            raise InvalidInput(f"max_change_share must be in (0, 1], not {self.max_change_share}")
-        if self.target_rpo is not None and self.target_rpo <= timedelta(0):
-            raise InvalidInput(f"target_rpo must be positive, not {self.target_rpo}")
-        if not 0 <= self.sample_areas <= 1024:
-            raise InvalidInput(f"sample_areas must be between 0 and 1024, not {self.sample_areas}")
+        if not isinstance(self.quiesce, str) or self.quiesce not in QUIESCE_MODES:
+            raise InvalidInput(
+                f"quiesce must be one of {', '.join(QUIESCE_MODES)}, not {shown(self.quiesce)}"
+            )
+        check_int(self.keep, "keep", 1, MAX_KEEP, unit="restore points")
+        check_duration(self.max_age, "max_age", optional=True)
+        if self.max_change_share is not None:
+            check_fraction(self.max_change_share, "max_change_share")
+        check_duration(self.target_rpo, "target_rpo", optional=True)
+        check_int(self.sample_areas, "sample_areas", 0, 1024)
+        check_type(self.verify, bool, "verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +124,49 @@ class CycleResult:
     resumed: bool
     seconds: float
     confirmed: bool = False  # nothing had changed: `restore_point` is the existing newest one
+
+
+def check_transfer(*, chunk: object, checkpoint_every: object, workers: object) -> None:
+    """Raise InvalidInput unless a cycle's transfer options are sane; called before anything is done.
+
+    `chunk` (bytes per read) is a multiple of 64 KiB up to 64 MiB; `checkpoint_every`
+    (bytes between journal checkpoints) at least one chunk and at most 1 TiB;
+    `workers` (reads in flight) 1 to 64.
+    """
+    size = check_int(chunk, "chunk", CHUNK_UNIT, MAX_CHUNK, unit="bytes")
+    if size % CHUNK_UNIT:
+        raise InvalidInput(f"chunk must be a multiple of 64 KiB ({CHUNK_UNIT} bytes), not {size}")
+    # At least one chunk: a checkpoint is taken after whole chunks.
+    check_int(checkpoint_every, "checkpoint_every", size, MAX_CHECKPOINT, unit="bytes")
+    check_int(workers, "workers", 1, MAX_WORKERS)
+
+
+def check_cycle_arguments(
+    *,
+    settings: object,
+    replica_access: object,
+    source_access: object,
+    throttle: object = None,
+    on_progress: object = None,
+    replica_required: bool = True,
+) -> None:
+    """replicate's and protect's other arguments: the right types, or InvalidInput before any vCenter call."""
+    check_type(settings, CycleSettings, "settings", optional=True)
+    if replica_access is not None or replica_required:
+        check_has(
+            replica_access, _DISK_ACCESS, "replica_access", "DiskAccess (MountedDatastores, NBDDisks, ...)"
+        )
+    if source_access is not None:
+        check_has(source_access, _DISK_ACCESS, "source_access", "DiskAccess (HTTPDatastores, NBDDisks, ...)")
+    check_callable(throttle, "throttle", optional=True)
+    check_callable(on_progress, "on_progress", optional=True)
+
+
+def check_protect_arguments(
+    *, target: object, settings: object, replica_access: object, source_access: object
+) -> None:
+    """protect's arguments (the VMs are checked where they are resolved): InvalidInput before any call."""
+    check_type(target, ReplicaTarget, "target")
+    check_cycle_arguments(
+        settings=settings, replica_access=replica_access, source_access=source_access, replica_required=False
+    )

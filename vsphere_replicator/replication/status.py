@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.replication.replica import Replica, all_replicas
 
@@ -74,5 +75,8 @@ def protection_status(
     conn: Connection, *, target_rpo: timedelta | None = None, now: datetime | None = None
 ) -> tuple[ProtectionStatus, ...]:
     """Every protected VM, by name; `target_rpo` overrides the one each replication recorded."""
+    check_type(conn, Connection, "conn")
+    check_duration(target_rpo, "target_rpo", optional=True)
+    check_type(now, datetime, "now", optional=True)
     moment = now or datetime.now(UTC)
     return tuple(sorted((_status(r, moment, target_rpo) for r in all_replicas(conn)), key=lambda s: s.vm))
