@@ -31,23 +31,31 @@ that a dict would silently collapse. Format (version 1)::
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from vsphere_replicator.checks import check_int, shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.policies.base import Policy, PolicyError, Selection
 from vsphere_replicator.policies.durations import parse_rate
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.settings import PROVISIONING, ReplicaTarget
+from vsphere_replicator.sizes import MAX_SIZE
 
 __all__ = [
     "MAX_CONCURRENCY",
+    "MAX_DEPTH",
+    "MAX_FILE_SIZE",
+    "MAX_NODES",
     "VERSION",
     "Limits",
     "Located",
@@ -61,6 +69,12 @@ __all__ = [
 
 VERSION = 1
 MAX_CONCURRENCY = 64  # threads, and load on vCenter: a larger limit is more likely a typo than a plan
+# What a policy file may be: a few hundred protections fit in far less. Beyond these, YAML's
+# recursion (deep nesting) and aliases (a few lines that stand for billions of nodes) are attacks
+# on the reader, not policies.
+MAX_FILE_SIZE = 1 << 20  # bytes, and characters for parse_policy_file
+MAX_DEPTH = 32  # levels of nesting
+MAX_NODES = 100_000  # nodes, every alias counted as the whole tree it repeats
 
 _TAG = "tag:yaml.org,2002:"
 
@@ -102,11 +116,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("total", "per_host", "per_datastore"):
-            value = getattr(self, name)
-            if not 1 <= value <= MAX_CONCURRENCY:
-                raise InvalidInput(f"limits.{name} must be between 1 and {MAX_CONCURRENCY}, not {value}")
-        if self.bandwidth is not None and self.bandwidth <= 0:
-            raise InvalidInput(f"limits.bandwidth must be positive, not {self.bandwidth}")
+            check_int(getattr(self, name), f"limits.{name}", 1, MAX_CONCURRENCY)
+        if self.bandwidth is not None:
+            check_int(self.bandwidth, "limits.bandwidth", 1, MAX_SIZE, unit="bytes per second")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,22 +141,107 @@ class PolicyFile:
     protections: tuple[Protection, ...]
 
 
+def _read_bounded(name: str) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_SIZE; a device, pipe or larger file is refused.
+
+    Opened without blocking, so a FIFO with no writer is refused rather than waited on.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyFileError([Located(name, 0, 0, "not a regular file: a policy file is a YAML file")])
+        data = handle.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise PolicyFileError([Located(name, 0, 0, "larger than 1 MiB: not a policy file")])
+    return data
+
+
 def load_policy_file(path: str | os.PathLike[str]) -> PolicyFile:
-    """Read and validate the policy file at `path`; raise PolicyFileError listing every problem."""
+    """Read and validate the policy file at `path`; raise PolicyFileError listing every problem.
+
+    The file must be a regular file of at most 1 MiB (MAX_FILE_SIZE), UTF-8.
+    """
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyFileError([Located(name, 0, 0, f"cannot read the policy file: {exc}")]) from exc
+        data = _read_bounded(name)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PolicyFileError([Located(name, 0, 0, f"cannot read the policy file: {reason}")]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        reason = f"not UTF-8 text (byte 0x{data[exc.start]:02x})"
+        raise PolicyFileError([Located(name, line, column, reason)]) from exc
     return parse_policy_file(text, name)
 
 
+class _Refused(ComposerError):
+    """A document beyond MAX_DEPTH or MAX_NODES, stopped where it crossed the line."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on nesting and on nodes once aliases are expanded.
+
+    Composing recurses once per level (5000 levels are a RecursionError), and
+    an alias makes its whole anchored tree appear again (the "billion laughs":
+    nine lines that stand for a billion nodes): both are counted as composed.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._weight: dict[int, int] = {}  # id(anchored node) -> nodes it stands for
+
+    def _add(self, count: int, mark: Any) -> None:
+        self._nodes += count
+        if self._nodes > MAX_NODES:
+            raise _Refused(None, None, f"more than {MAX_NODES} values once aliases are expanded", mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+        if self.check_event(AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._weight:
+                raise _Refused(None, None, "an alias refers to a node that contains it", mark)
+            self._add(self._weight[id(node)], mark)
+            return node
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        before = self._nodes
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._add(1, mark)
+        self._weight[id(node)] = self._nodes - before
+        return node
+
+
 def parse_policy_file(text: str, path: str = "<string>") -> PolicyFile:
-    """Validate policy-file `text`; `path` only names it in errors. Raise PolicyFileError."""
+    """Validate policy-file `text`; `path` only names it in errors. Raise PolicyFileError.
+
+    Text beyond 1 MiB, nesting beyond MAX_DEPTH levels and aliases that
+    expand beyond MAX_NODES values are refused, located where they start.
+    """
+    if not isinstance(text, str):
+        raise PolicyFileError(
+            [Located(path, 0, 0, f"the policy text must be a str, not {type(text).__name__}")]
+        )
+    if len(text) > MAX_FILE_SIZE:
+        raise PolicyFileError([Located(path, 0, 0, "larger than 1 MiB: not a policy file")])
     checker = _Checker(path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_BoundedLoader)
+    except _Refused as exc:
+        mark = exc.problem_mark
+        reason = f"refused: {exc.problem}"
+        raise PolicyFileError(
+            [Located(path, mark.line + 1, mark.column + 1, reason) if mark else Located(path, 0, 0, reason)]
+        ) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = f"invalid YAML: {exc.problem or exc.context}"
@@ -248,6 +345,12 @@ class _Checker:
             return SafeConstructor().construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             self.error(node, f"invalid value: {exc.problem}")
+            return None
+        except (ValueError, OverflowError) as exc:  # an int of thousands of digits, a date like 2024-13-45
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.error(
+                node, f"invalid value: {shown(node.value)} is not a usable {kind} ({type(exc).__name__})"
+            )
             return None
 
     # -- sections -------------------------------------------------------------------------------------------
