@@ -15,11 +15,50 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vsphere_replicator.errors import LabError
+from vsphere_replicator.checks import check_int
+from vsphere_replicator.errors import InvalidInput, LabError
 from vsphere_replicator.lab.build import ensure_lab_binary
 
 INFO_FILE = "lab.json"
 LOG_FILE = "lab.log"
+# What the lab accepts; these mirror validate() in vcsim/main.go, so a bad value is refused
+# here, before a process starts. A disk is at most vSphere's largest VMDK, 62 TiB.
+MAX_VMS = 10_000
+MAX_DISKS_PER_VM = 15
+MAX_HOSTS = 64
+MIN_DISK_SIZE = 1 << 20
+MAX_DISK_SIZE = 62 << 40
+MAX_LATENCY_MS = 10_000
+
+
+def check_lab_options(
+    *,
+    vms: object,
+    disks_per_vm: object,
+    disk_size: object,
+    hosts: object,
+    cbt_window: object,
+    cbt_block: object,
+    latency_ms: object,
+) -> None:
+    """Raise InvalidInput for options the lab would refuse (or choke on)."""
+    check_int(vms, "vms", 0, MAX_VMS)
+    check_int(disks_per_vm, "disks_per_vm", 1, MAX_DISKS_PER_VM)
+    size = check_int(disk_size, "disk_size", MIN_DISK_SIZE, MAX_DISK_SIZE, unit="bytes")
+    if size % 512:
+        raise InvalidInput(f"disk_size must be a multiple of 512 bytes, not {size}")
+    check_int(hosts, "hosts", 1, MAX_HOSTS)
+    check_int(latency_ms, "latency_ms", 0, MAX_LATENCY_MS)
+    block = 64 << 10
+    if cbt_block is not None:
+        block = check_int(cbt_block, "cbt_block", 512, MAX_DISK_SIZE, unit="bytes")
+        if block & (block - 1):
+            raise InvalidInput(f"cbt_block must be a power of two, not {block}")
+    window = 16 << 20  # the lab's defaults: 64 KiB blocks, 16 MiB per answer
+    if cbt_window is not None:
+        window = check_int(cbt_window, "cbt_window", block, MAX_DISK_SIZE, unit="bytes")
+    if window % block:
+        raise InvalidInput(f"cbt_window ({window}) must be a multiple of cbt_block ({block})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +135,15 @@ def start_lab(
     `latency_ms` is added to every SOAP call, to see what round trips cost
     against a vCenter that is not on the same machine.
     """
+    check_lab_options(
+        vms=vms,
+        disks_per_vm=disks_per_vm,
+        disk_size=disk_size,
+        hosts=hosts,
+        cbt_window=cbt_window,
+        cbt_block=cbt_block,
+        latency_ms=latency_ms,
+    )
     directory = Path(state_dir or default_state_dir()).resolve()
     running = lab_status(directory)
     if running is not None:
