@@ -1,9 +1,12 @@
-"""Command-line front end: `vsphere-replicator`."""
+"""Command-line front end: `vsphere-replicator`.
+
+Whatever it is given, it ends with an exit code from EXIT_CODES and, on
+failure, one `error: …` line on stderr — never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -11,24 +14,49 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from vsphere_replicator.cli_replication import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_commands
+from vsphere_replicator.cli_replication import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_commands,
+    int_option,
+    size_option,
+)
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
+from vsphere_replicator.lab.control import MAX_DELAY_MS, MAX_FAULT_COUNT, MAX_WRITE
+from vsphere_replicator.lab.process import (
+    MAX_DISK_SIZE,
+    MAX_DISKS_PER_VM,
+    MAX_HOSTS,
+    MAX_LATENCY_MS,
+    MAX_VMS,
+    MIN_DISK_SIZE,
+)
 from vsphere_replicator.logs import configure_logging
-from vsphere_replicator.sizes import parse_size
+from vsphere_replicator.sizes import MAX_SIZE
 
 
 class UsageError(ReplicatorError):
     """The command line asks for something that cannot be done as asked."""
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the option and the problem) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(lines)
 
 
 def _running(args: argparse.Namespace) -> LabInfo:
@@ -91,21 +119,13 @@ def cmd_lab_env(args: argparse.Namespace) -> int:
 def cmd_lab_write(args: argparse.Namespace) -> int:
     control = LabControl(_running(args))
     if args.file is not None:
-        data = Path(args.file).read_bytes()
-        control.write(args.vm, data, offset=args.offset, disk=args.disk)
+        length, digest = control.write_file(args.vm, args.file, offset=args.offset, disk=args.disk)
     else:
-        data = control.write_random(
-            args.vm, offset=args.offset, length=args.random, seed=args.seed, disk=args.disk
+        length = args.random
+        digest = control.write_random_digest(
+            args.vm, offset=args.offset, length=length, seed=args.seed, disk=args.disk
         )
-    _print_json(
-        {
-            "vm": args.vm,
-            "disk": args.disk,
-            "offset": args.offset,
-            "length": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-    )
+    _print_json({"vm": args.vm, "disk": args.disk, "offset": args.offset, "length": length, "sha256": digest})
     return EXIT_OK
 
 
@@ -146,7 +166,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vsphere-replicator", description=__doc__)
+    parser = _Parser(
+        prog="vsphere-replicator",
+        description="Replicate VMware VMs to a secondary site through vCenter.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="protect, replicate and test-fail-over a VM on a temporary lab")
@@ -168,29 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
         return with_state_dir(p) if name != "fault" else p
 
     up = lab_parser("up", cmd_lab_up, "start a lab in the background and print its JSON line")
-    up.add_argument("--vms", type=int, default=4)
-    up.add_argument("--disk-size", type=_size, default=64 << 20, metavar="SIZE")
-    up.add_argument("--disks-per-vm", type=int, default=1)
-    up.add_argument("--hosts", type=int, default=2)
-    up.add_argument("--cbt-window", type=_size, default=None, metavar="SIZE")
-    up.add_argument("--cbt-block", type=_size, default=None, metavar="SIZE")
-    up.add_argument("--latency-ms", type=int, default=0, help="delay added to every SOAP call")
+    up.add_argument("--vms", type=int_option(0, MAX_VMS), default=4)
+    up.add_argument(
+        "--disk-size", type=size_option(MIN_DISK_SIZE, MAX_DISK_SIZE, 512), default=64 << 20, metavar="SIZE"
+    )
+    up.add_argument("--disks-per-vm", type=int_option(1, MAX_DISKS_PER_VM), default=1)
+    up.add_argument("--hosts", type=int_option(1, MAX_HOSTS), default=2)
+    up.add_argument("--cbt-window", type=size_option(512, MAX_DISK_SIZE, 512), default=None, metavar="SIZE")
+    up.add_argument("--cbt-block", type=size_option(512, MAX_DISK_SIZE, 512), default=None, metavar="SIZE")
+    up.add_argument(
+        "--latency-ms", type=int_option(0, MAX_LATENCY_MS), default=0, help="delay added to every SOAP call"
+    )
     lab_parser("status", cmd_lab_status, "print the running lab's JSON line")
     lab_parser("down", cmd_lab_down, "stop the lab")
     lab_parser("env", cmd_lab_env, "print shell export lines for the running lab")
 
     write = lab_parser("write", cmd_lab_write, "write guest data into a VM's disk")
     write.add_argument("vm")
-    write.add_argument("--disk", type=int, default=0)
-    write.add_argument("--offset", type=_size, required=True, metavar="BYTES")
+    write.add_argument("--disk", type=int_option(0, MAX_DISKS_PER_VM - 1), default=0)
+    write.add_argument("--offset", type=size_option(0, MAX_DISK_SIZE), required=True, metavar="BYTES")
     source = write.add_mutually_exclusive_group(required=True)
-    source.add_argument("--random", type=_size, metavar="LEN", help="write LEN random bytes")
-    source.add_argument("--file", help="write the bytes of this file")
-    write.add_argument("--seed", type=int, default=None, help="seed for --random")
+    source.add_argument(
+        "--random", type=size_option(1, MAX_WRITE), metavar="LEN", help="write LEN random bytes (up to 1G)"
+    )
+    source.add_argument("--file", help="write the bytes of this regular file (up to 1G)")
+    write.add_argument("--seed", type=int_option(0, MAX_SIZE), default=None, help="seed for --random")
 
     reset = lab_parser("cbt-reset", cmd_lab_cbt_reset, "regenerate a VM's CBT identity (stale change ids)")
     reset.add_argument("vm")
-    reset.add_argument("--disk", type=int, default=None)
+    reset.add_argument("--disk", type=int_option(0, MAX_DISKS_PER_VM - 1), default=None)
 
     fault = lab_parser("fault", cmd_lab_fault, "inject a bounded, self-clearing fault")
     kinds = fault.add_subparsers(dest="fault_kind", required=True)
@@ -199,19 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     method.add_argument("method")
     method.add_argument("fault")
-    method.add_argument("--count", type=int, default=1)
+    count = int_option(1, MAX_FAULT_COUNT)
+    method.add_argument("--count", type=count, default=1)
     method.add_argument("--message", default=None)
     with_state_dir(kinds.add_parser("expire-sessions", help="expire every current session"))
     drop = with_state_dir(kinds.add_parser("drop-connection", help="cut the next responses half-way"))
-    drop.add_argument("--count", type=int, default=1)
+    drop.add_argument("--count", type=count, default=1)
     drop.add_argument("--path", choices=["sdk", "folder", "any"], default="any")
     slow = with_state_dir(kinds.add_parser("slow-reads", help="delay the next datastore reads"))
-    slow.add_argument("--delay-ms", type=int, required=True)
-    slow.add_argument("--count", type=int, default=1)
+    slow.add_argument("--delay-ms", type=int_option(1, MAX_DELAY_MS), required=True)
+    slow.add_argument("--count", type=count, default=1)
     consolidation = with_state_dir(
         kinds.add_parser("consolidation-needed", help="leave consolidationNeeded set after snapshot removals")
     )
-    consolidation.add_argument("--count", type=int, default=1)
+    consolidation.add_argument("--count", type=count, default=1)
     with_state_dir(kinds.add_parser("list", help="show armed faults"))
     with_state_dir(kinds.add_parser("clear", help="disarm every fault"))
     add_commands(commands)
@@ -219,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit code (EXIT_CODES says what each means)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     # Warnings (a disk resynced, a cycle resumed, an orphan removed) on stderr, readable; info with -v.
     configure_logging(json=os.environ.get("VSPHERE_REPLICATOR_LOG") == "json", level=logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -231,9 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplicatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (OSError, ValueError) as exc:
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # the machine, not the input: a full disk, a permission, a closed pipe
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, not a traceback, and a way to tell it from bad input
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"error: internal error: {type(exc).__name__}: {first}; please report", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

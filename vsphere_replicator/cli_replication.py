@@ -20,6 +20,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from vsphere_replicator.checks import check_fraction, shown
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.lab import lab_status
@@ -27,12 +28,33 @@ from vsphere_replicator.replication.access import MountedDatastores, parse_mount
 from vsphere_replicator.replication.cycle import IncrementalRefused, replicate
 from vsphere_replicator.replication.restore_points import list_restore_points, verify_restore_point
 from vsphere_replicator.replication.seed import protect
-from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.settings import (
+    CHUNK_UNIT,
+    MAX_CHECKPOINT,
+    MAX_CHUNK,
+    MAX_KEEP,
+    CycleSettings,
+    ReplicaTarget,
+)
 from vsphere_replicator.replication.status import protection_status
-from vsphere_replicator.sizes import parse_size
+from vsphere_replicator.sizes import format_size, parse_size
 from vsphere_replicator.snapshots import find_orphans, sweep_orphans
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "failed: vCenter refused or could not be reached, a fault, something not found, "
+    "a corrupt restore point",
+    EXIT_USAGE: "usage or invalid input (bad option or value, invalid policy file, a request that "
+    "cannot be done as asked); nothing was changed",
+    EXIT_RPO_MISSED: "status: at least one protected VM misses its target RPO",
+    EXIT_REFUSED: "replicate: the incremental was refused by --max-change-share; nothing was changed",
+    EXIT_INTERNAL: "internal error (a bug: please report it with the command that caused it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+MAX_CYCLES = 1_000_000
 FAILED_OVER = "failed over"  # ProtectionStatus.state of a promoted replica
 _PROFILE_FIELDS = ("HOST", "PORT", "USER", "PASSWORD", "CA_FILE", "THUMBPRINT")
 
@@ -46,6 +68,51 @@ def parse_duration(text: str) -> timedelta:
         return parse(text)
     except PolicyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def int_option(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], or a one-line error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:  # also thousands of digits, which int() refuses to convert
+            if not text.strip().lstrip("+-").isdigit():
+                raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
+            number = high + 1
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {shown(text)}")
+        return number
+
+    return parse
+
+
+def size_option(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse type: a size (64M, 1G, 4096) in [low, high] and a multiple of `multiple`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if not low <= value <= high or value % multiple:
+            every = f" in steps of {format_size(multiple)}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(
+                f"must be from {format_size(low)} to {format_size(high)}{every}, not {shown(text)}"
+            )
+        return value
+
+    return parse
+
+
+def fraction_option(text: str) -> float:
+    """An argparse type: a share in (0, 1], such as 0.25."""
+    try:
+        return check_fraction(float(text), "the share")
+    except (ValueError, InvalidInput):
+        raise argparse.ArgumentTypeError(
+            f"must be a number above 0 and at most 1, not {text[:30]!r}"
+        ) from None
 
 
 def _size(count: int | None) -> str:
@@ -88,6 +155,8 @@ def _environment(profile: str | None) -> dict[str, str]:
 def _session(args: argparse.Namespace) -> Iterator[tuple[Connection, Mapping[str, str]]]:
     env = _environment(args.profile)
     port = env.get("VSPHERE_PORT")
+    if port and not (port.isdigit() and len(port) <= 5):
+        raise InvalidInput(f"VSPHERE_PORT must be a port number, not {shown(port)}")
     with connect(
         env["VSPHERE_HOST"],
         env.get("VSPHERE_USER"),
@@ -214,12 +283,13 @@ def cmd_protect(args: argparse.Namespace) -> int:
         name=args.name,
         networks=tuple(_network_pair(n) for n in args.network or []),
     )
+    settings = _settings(args)
     with _session(args) as (conn, env):
         result = protect(
             conn,
             args.vm,
             target,
-            settings=_settings(args),
+            settings=settings,
             adopt=args.adopt,
             replica_access=_mounts(args, env),
         )
@@ -228,6 +298,12 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
+    if args.checkpoint_every < args.chunk:
+        raise InvalidInput(
+            f"--checkpoint-every ({format_size(args.checkpoint_every)}) must be at least one "
+            f"--chunk ({format_size(args.chunk)})"
+        )
+    settings = _settings(args)
     with _session(args) as (conn, env):
         bar = _Bar(f"replicating {args.vm}")
         try:
@@ -235,7 +311,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
                 conn,
                 args.vm,
                 replica_access=_mounts(args, env),
-                settings=_settings(args),
+                settings=settings,
                 checkpoint_every=args.checkpoint_every,
                 chunk=args.chunk,
                 on_progress=bar,
@@ -475,13 +551,18 @@ def add_commands(commands: Any) -> None:
         return p
 
     def cycle_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--keep", type=int, default=None, help="restore points to keep")
+        p.add_argument(
+            "--keep",
+            type=int_option(1, MAX_KEEP),
+            default=None,
+            help=f"restore points to keep (1-{MAX_KEEP})",
+        )
         p.add_argument(
             "--max-age", type=parse_duration, default=None, help="drop restore points older than this"
         )
         p.add_argument("--quiesce", choices=["never", "try", "require"], default=None)
         p.add_argument(
-            "--max-change-share", type=float, default=None, help="refuse larger incrementals (0-1)"
+            "--max-change-share", type=fraction_option, default=None, help="refuse larger incrementals (0-1)"
         )
         p.add_argument("--verify", action="store_true", help="compare and digest every restore point")
         p.add_argument("--rpo", type=parse_duration, default=None, help="target RPO for status")
@@ -506,8 +587,20 @@ def add_commands(commands: Any) -> None:
 
     p = command("replicate", cmd_replicate, "run one replication cycle (resuming an interrupted one)")
     p.add_argument("vm")
-    p.add_argument("--checkpoint-every", type=parse_size, default=256 << 20, metavar="SIZE")
-    p.add_argument("--chunk", type=parse_size, default=4 << 20, metavar="SIZE", help="bytes per read")
+    p.add_argument(
+        "--checkpoint-every",
+        type=size_option(CHUNK_UNIT, MAX_CHECKPOINT),
+        default=256 << 20,
+        metavar="SIZE",
+        help="journal checkpoint after this many bytes (at least one chunk)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=size_option(CHUNK_UNIT, MAX_CHUNK, CHUNK_UNIT),
+        default=4 << 20,
+        metavar="SIZE",
+        help="bytes per read: 64K to 64M, in steps of 64K",
+    )
     cycle_options(p)
 
     p = command("run", cmd_run, "run a policy file: every selected VM once, or on schedule with --watch")
@@ -515,7 +608,12 @@ def add_commands(commands: Any) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one cycle per selected VM, then exit (default)")
     mode.add_argument("--watch", action="store_true", help="keep running each VM when its policy is due")
-    p.add_argument("--max-cycles", type=int, default=None, help="stop watching after this many cycles")
+    p.add_argument(
+        "--max-cycles",
+        type=int_option(1, MAX_CYCLES),
+        default=None,
+        help="stop watching after this many cycles",
+    )
     p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
     p = command("failover", cmd_failover, "bring a replica up: --test copy, --planned, or unplanned")
