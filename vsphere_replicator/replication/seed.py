@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
-from vsphere_replicator.clone import ClonePlacement, clone_vm
+from vsphere_replicator.clone import ClonePlacement, check_placement, clone_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
@@ -89,6 +89,8 @@ def protect(
         source = sweep_source(conn, source, keep=record.snapshot)
     else:
         copy = _adoptable(conn, adopt, replica_access) if adopt is not None else None
+        if copy is None:  # a typo in the target is refused before the source is touched
+            check_placement(conn, source, target.name, _placement(target))
         source = sweep_source(conn, source)
         if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
             source = enable_cbt(conn, source)
@@ -144,15 +146,18 @@ def _seed_snapshot(
 def _clone(
     conn: Connection, source: VMInfo, target: ReplicaTarget, snapshot: SnapshotInfo, record: SeedRecord
 ) -> VMInfo:
-    placement = ClonePlacement(
+    options = {**cleared_options(), **seed_options(record)}
+    return clone_vm(conn, source, target.name, _placement(target), snapshot=snapshot, options=options)
+
+
+def _placement(target: ReplicaTarget) -> ClonePlacement:
+    return ClonePlacement(
         datastore=target.datastore,
         host=target.host,
         resource_pool=target.resource_pool,
         folder=target.folder,
         provisioning=target.provisioning,
     )
-    options = {**cleared_options(), **seed_options(record)}
-    return clone_vm(conn, source, target.name, placement, snapshot=snapshot, options=options)
 
 
 def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
