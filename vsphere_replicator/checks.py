@@ -82,7 +82,7 @@ def check_duration(value: object, what: str, *, optional: bool = False, zero: bo
     assert isinstance(value, timedelta)
     if value < timedelta(0) or (value == timedelta(0) and not zero):
         rule = "must not be negative" if zero else "must be positive"
-        raise InvalidInput(f"{what} {rule}, not {value}")
+        raise InvalidInput(f"{what} {rule}, not {value.total_seconds():g} seconds")
     if value > MAX_DURATION:
         raise InvalidInput(f"{what} must be at most {MAX_DURATION_TEXT}, not {value.days} days")
 

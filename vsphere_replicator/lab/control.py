@@ -166,7 +166,8 @@ class LabControl:
         except LabError as exc:
             if not last:
                 raise
-            raise LabError(f"lab write of {length} bytes at offset {offset} refused: {exc}") from exc
+            reason = str(exc).removeprefix("lab write: ")
+            raise LabError(f"lab write of {length} bytes at offset {offset} refused: {reason}") from exc
         digest = hashlib.sha256()
         for start in starts[:-1]:
             data = piece(start, WRITE_PIECE)
