@@ -75,6 +75,16 @@ def test_a_bad_rate_names_the_value(value: object) -> None:
         parse_rate(value)
 
 
+@pytest.mark.parametrize("value", ["36501d", "99999999999999d", "9" * 5000 + "s", "876601h"])
+def test_a_duration_beyond_100_years_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(PolicyError, match=r"a duration must be at most 36500d \(100 years\): '\d"):
+        parse_duration(value)
+
+
+def test_100_years_is_the_longest_duration() -> None:
+    assert parse_duration("36500d") == timedelta(days=36500)
+
+
 def test_a_zero_rate_is_refused() -> None:
     with pytest.raises(PolicyError, match="more than zero"):
         parse_rate("0/s")

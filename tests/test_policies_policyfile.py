@@ -359,3 +359,53 @@ def test_a_yaml_python_tag_is_refused_not_executed(tmp_path: Path) -> None:
         "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.getpid'"
         in error[2]
     )
+
+
+def test_anchors_and_aliases_within_the_bounds_still_work() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        protections:
+          - name: a
+            select: {names: [a]}
+            target: &target {datastore: secondary-ds}
+            policy: point-in-time
+            settings: &hourly {interval: 1h, keep: 3}
+          - name: b
+            select: {names: [b]}
+            target: *target
+            policy: point-in-time
+            settings: *hourly
+        """
+    )
+    first, second = parse_policy_file(text).protections
+    assert first.target == second.target and first.settings == second.settings
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("protections: " + "[" * 40 + "]" * 40, "2:45: refused: nested deeper than 32 levels"),
+        ("protections: &a [*a]", "2:18: refused: an alias refers to a node that contains it"),
+        (
+            "a0: &a0 ["
+            + ", ".join(["x"] * 100)
+            + "]\n"
+            + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 100) + "]\n" for i in range(1, 4))
+            + "protections: []",
+            "refused: more than 100000 values once aliases are expanded",
+        ),
+    ],
+)
+def test_deep_recursive_or_exploding_yaml_is_refused_where_it_starts(body: str, reason: str) -> None:
+    with pytest.raises(PolicyFileError) as raised:
+        parse_policy_file("version: 1\n" + body + "\n", "p.yaml")
+    assert reason in str(raised.value)
+
+
+def test_only_a_regular_file_of_at_most_1_mib_is_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("version: 1\n" + "#" * (1 << 20))
+    for path, reason in ((big, "larger than 1 MiB"), (Path("/dev/zero"), "not a regular file")):
+        with pytest.raises(PolicyFileError, match=reason):
+            load_policy_file(path)

@@ -41,6 +41,12 @@ def test_a_bad_size_names_the_text(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize("text", ["1025T", "99999999999999999999T", "9" * 5000])
+def test_a_size_beyond_1024t_is_refused_naming_it(text: str) -> None:
+    with pytest.raises(ValueError, match="size too large: '"):
+        parse_size(text)
+
+
 def test_lab_info_round_trips_and_hides_the_password_from_repr() -> None:
     assert LabInfo.from_json(INFO.to_json()) == INFO
     assert "s3cret-pw" not in repr(INFO)
@@ -91,3 +97,63 @@ def test_cli_bad_usage_exits_2_with_one_line(capsys: pytest.CaptureFixture[str])
 def test_cli_without_a_running_lab_exits_1(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lab", "env", "--state-dir", str(tmp_path)]) == 1
     assert "no lab is running" in capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_code_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vsphere_replicator.cli as cli
+
+    def broken(args: object) -> int:
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
+    monkeypatch.setattr(cli, "cmd_lab_status", broken)
+    assert main(["lab", "status"]) == 70
+    err = capsys.readouterr().err
+    assert err == "error: internal error: RuntimeError: a bug; please report\n"
+
+
+def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from vsphere_replicator.cli_replication import EXIT_CODES
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:<3} {meaning}" in out
+
+
+def test_a_large_lab_write_goes_in_pieces_the_last_first_with_the_bytes_of_one_seeded_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last piece is the lab's check that the write fits; a seed gives the same bytes as one call."""
+    import hashlib
+    import random
+
+    from vsphere_replicator.lab import control as module
+
+    monkeypatch.setattr(module, "WRITE_PIECE", 4096)
+    sent: list[tuple[int, bytes]] = []
+    lab = LabControl(INFO)
+    monkeypatch.setattr(lab, "write", lambda vm, data, *, offset, disk=0: sent.append((offset, data)))
+    digest = lab.write_random_digest("vm", offset=1000, length=10_001, seed=3)
+    expected = random.Random(3).randbytes(10_001)
+    assert [offset for offset, _ in sent] == [1000 + 8192, 1000, 1000 + 4096]
+    assert b"".join(data for _, data in sorted(sent)) == expected
+    assert digest == hashlib.sha256(expected).hexdigest()
+
+
+def test_a_lab_write_refused_on_its_first_piece_sends_no_other() -> None:
+    from vsphere_replicator.errors import LabError
+    from vsphere_replicator.lab.control import WRITE_PIECE
+
+    calls: list[int] = []
+
+    class Refusing(LabControl):
+        def write(self, vm: str, data: bytes, *, offset: int, disk: int = 0) -> dict[str, object]:
+            calls.append(offset)
+            raise LabError("lab write: write of 1 bytes at offset 0 does not fit disk 0 of vm (capacity 1)")
+
+    with pytest.raises(LabError, match=r"lab write of \d+ bytes at offset 0 refused: write of"):
+        Refusing(INFO).write_random_digest("vm", offset=0, length=3 * WRITE_PIECE)
+    assert calls == [2 * WRITE_PIECE]
