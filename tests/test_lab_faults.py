@@ -84,10 +84,13 @@ def test_slow_reads_delay_datastore_reads(lab: Any, si: Any, control: Any, vm: A
 
 
 def test_bad_fault_requests_are_refused(control: Any) -> None:
+    from vsphere_replicator.errors import InvalidInput
     from vsphere_replicator.lab import LabError
 
     with pytest.raises(LabError, match="not a vSphere fault"):
         control.fail_method("CreateSnapshot_Task", "NoSuchFault")
-    with pytest.raises(LabError, match="count"):
+    with pytest.raises(LabError, match="count"):  # the lab's own check, behind the client's
+        control.inject_fault("method", method="CreateSnapshot_Task", fault="SystemError", count=0)
+    with pytest.raises(InvalidInput, match="count must be between 1 and 1000, not 0"):
         control.fail_method("CreateSnapshot_Task", "SystemError", count=0)
     assert control.faults() == []
