@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vsphere_replicator.cli_replication import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_commands
+from vsphere_replicator.cli_replication import EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_commands
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
 from vsphere_replicator.logs import configure_logging
+from vsphere_replicator.replication.lease import Busy
 from vsphere_replicator.sizes import parse_size
 
 
@@ -225,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except Busy as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except InvalidInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

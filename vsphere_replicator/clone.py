@@ -91,6 +91,21 @@ def _backing(provisioning: str) -> Any:
     )
 
 
+def check_placement(conn: Connection, placement: ClonePlacement) -> None:
+    """Raise NotFound / InvalidInput for a placement whose datastore, host, pool or folder is not there."""
+    objects = named_objects(conn)
+    _one(objects, "Datastore", placement.datastore)
+    for disk in placement.disks:
+        if disk.datastore:
+            _one(objects, "Datastore", disk.datastore)
+    if placement.host:
+        _one(objects, "HostSystem", placement.host)
+    if placement.resource_pool:
+        _one(objects, "ResourcePool", placement.resource_pool)
+    if placement.folder:
+        _one(objects, "Folder", placement.folder)
+
+
 def clone_vm(
     conn: Connection,
     vm: VMRef,

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pyVmomi import vim
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from vsphere_replicator.errors import AuthenticationFailed, InvalidInput
-from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, translate
+from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, fault_message, translate
 from vsphere_replicator.logs import get_logger
 
 T = TypeVar("T")
@@ -108,6 +109,8 @@ class Connection:
         self.retry = retry or RetryPolicy()
         self._si: Any = None
         self._content: Any = None
+        self._renew_lock = threading.Lock()
+        self._generation = 0
         self._si = self._retrying(idempotent=True)(self._open)
 
     @property
@@ -134,6 +137,10 @@ class Connection:
             raise AuthenticationFailed(
                 f"connect to {s.host}: vCenter refused the user name or password", fault="InvalidLogin"
             ) from exc
+        except vim.fault.HostConnectFault as exc:
+            # pyVim wraps what went wrong on the wire (a cut response, a reset) in this fault:
+            # a network error, retried by the policy like any other.
+            raise ConnectionError(f"connect to {s.host}:{s.port}: {fault_message(exc)}") from exc
         except SOAP_ERRORS as exc:
             error = translate(exc, what=f"connect to {s.host}:{s.port}")
             if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
@@ -148,16 +155,34 @@ class Connection:
         cookie: str = self._si._stub.cookie
         return cookie
 
-    def renew_session(self) -> None:
-        """Log in again on the same connection (after vCenter said the session expired)."""
-        self._log.warning("session_expired_relogin")
-        manager = self.content.sessionManager
-        try:
-            manager.Login(userName=self.settings.user, password=self.settings.password)
-        except vim.fault.InvalidLogin as exc:
-            raise AuthenticationFailed(
-                f"log in to {self.settings.host} again: credentials refused", fault="InvalidLogin"
-            ) from exc
+    def renew_session(self, seen: int | None = None) -> None:
+        """Log in again on the same connection (after vCenter said the session expired).
+
+        Threads that hit the expiry together log in once: `seen` is the
+        session generation a caller failed with; if another thread renewed
+        since, there is nothing to do.
+        """
+        with self._renew_lock:
+            if seen is not None and seen != self._generation:
+                return
+            self._log.warning("session_expired_relogin")
+            manager = self.content.sessionManager
+            try:
+                self._retrying(idempotent=True)(
+                    lambda: manager.Login(userName=self.settings.user, password=self.settings.password)
+                )
+            except vim.fault.InvalidLogin as exc:
+                raise AuthenticationFailed(
+                    f"log in to {self.settings.host} again: credentials refused", fault="InvalidLogin"
+                ) from exc
+            except SOAP_ERRORS as exc:
+                raise translate(exc, what=f"log in to {self.settings.host} again") from exc
+            self._generation += 1
+
+    @property
+    def session_generation(self) -> int:
+        """Bumped at every re-login: pass it back to renew_session so concurrent renewals happen once."""
+        return self._generation
 
     @property
     def service_instance(self) -> Any:
@@ -212,12 +237,13 @@ class Connection:
             raise InvalidInput(f"{what}: the connection to {self.settings.host} is closed")
         relogged = False
         while True:
+            generation = self._generation
             try:
                 return self._retrying(idempotent=idempotent)(fn)
             except vim.fault.NotAuthenticated as exc:
                 if relogged:
                     raise translate(exc, what=what, vm=vm) from exc
-                self.renew_session()
+                self.renew_session(seen=generation)
                 relogged = True
             except SOAP_ERRORS as exc:
                 raise translate(exc, what=what, vm=vm) from exc

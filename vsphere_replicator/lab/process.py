@@ -49,6 +49,10 @@ class LabInfo:
 
 
 def default_state_dir() -> Path:
+    """VR_LAB_STATE_DIR (what `lab env` exports), else the per-user state directory."""
+    chosen = os.environ.get("VR_LAB_STATE_DIR")
+    if chosen:
+        return Path(chosen)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
     return Path(base) / "vsphere_replicator" / "lab"
 

@@ -7,8 +7,10 @@ before anything touches vCenter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from vsphere_replicator.errors import InvalidInput
 
@@ -78,6 +80,17 @@ class CycleSettings:
             raise InvalidInput(f"target_rpo must be positive, not {self.target_rpo}")
         if not 0 <= self.sample_areas <= 1024:
             raise InvalidInput(f"sample_areas must be between 0 and 1024, not {self.sample_areas}")
+
+
+def apply_overrides(settings: CycleSettings, overrides: Mapping[str, Any] | None) -> CycleSettings:
+    """`settings` with some values changed for one run; an unknown name is InvalidInput."""
+    if not overrides:
+        return settings
+    known = {f.name for f in fields(CycleSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInput(f"unknown cycle settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return replace(settings, **overrides)
 
 
 @dataclass(frozen=True, slots=True)
