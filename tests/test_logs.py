@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from vsphere_replicator.connection import connect
@@ -31,10 +32,7 @@ def test_the_processor_redacts_keys_urls_and_cookies() -> None:
 
 def test_bound_context_and_redaction_reach_the_output(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(json=True)
-    try:
-        get_logger(vm="web-01", disk=2000).warning("something", password="hunter2")
-    finally:
-        structlog.reset_defaults()
+    get_logger(vm="web-01", disk=2000).warning("something", password="hunter2")
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["vm"] == "web-01" and line["disk"] == 2000 and line["password"] == REDACTED
 
@@ -52,3 +50,15 @@ def test_a_whole_session_logs_no_secret(lab: Any, control: Any) -> None:
     text = repr(logs)
     assert lab.password not in text and "vmware_soap_session" not in text
     assert any(e["event"] == "session_expired_relogin" for e in logs)
+
+
+def test_logging_follows_sys_stderr_after_it_is_swapped_and_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest, notebooks and daemons replace sys.stderr; events go to the current one."""
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(json=True)
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    get_logger().warning("after_the_swap")
+    assert json.loads(second.getvalue())["event"] == "after_the_swap"

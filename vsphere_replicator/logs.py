@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -38,6 +39,27 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class StderrLogger:
+    """Prints each event to `sys.stderr` as it is *when the event is written*.
+
+    structlog's PrintLogger keeps the stream it was given: after a test
+    runner or a notebook swaps `sys.stderr` and closes the old one, every
+    later event fails with "I/O operation on closed file".
+    """
+
+    _lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
+
+
+def _stderr_logger(*_args: Any) -> StderrLogger:
+    return StderrLogger()
+
+
 def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
     """Set up structlog for an application: console or JSON lines on stderr."""
     renderer: Any = (
@@ -54,7 +76,7 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 
