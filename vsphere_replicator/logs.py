@@ -51,9 +51,10 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], Any], ...] = (
         re.compile(rf"(?<!\S)(?P<lead>--?(?:{_KEY})[ \t]+)(?!-)\S+", re.I),
         lambda m: m["lead"] + REDACTED,
     ),
-    # https://user:pw@host — up to the last '@' before the path: a password may hold an '@'
+    # https://user:pw@host — up to the last '@' before the path: a password may hold an '@'.
+    # The scheme starts where a scheme can (the lookbehind keeps long words linear to scan).
     (
-        re.compile(r"(?P<lead>[a-z][a-z0-9+.-]*://[^\s/:@]+:)[^\s/]*(?=@)", re.I),
+        re.compile(r"(?<![a-z0-9+.-])(?P<lead>[a-z][a-z0-9+.-]*://[^\s/:@]+:)[^\s/]*(?=@)", re.I),
         lambda m: m["lead"] + REDACTED,
     ),
     # Bearer <token> on its own, outside any header
