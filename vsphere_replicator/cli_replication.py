@@ -20,7 +20,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from vsphere_replicator.connection import Connection, connect
+from vsphere_replicator.connection import Connection, connect, profile_prefix
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.lab import lab_status
 from vsphere_replicator.replication.access import MountedDatastores, parse_mounts
@@ -33,7 +33,6 @@ from vsphere_replicator.replication.sweep import sweep_snapshots
 from vsphere_replicator.sizes import parse_size
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-_PROFILE_FIELDS = ("HOST", "PORT", "USER", "PASSWORD", "CA_FILE", "THUMBPRINT")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -60,14 +59,17 @@ def _size(count: int | None) -> str:
 
 
 def _environment(profile: str | None) -> dict[str, str]:
-    """The VSPHERE_* variables to connect with: a named profile's, the default one, or the lab's."""
+    """The variables to connect with: the environment (for a named or the default profile) or the lab's.
+
+    A named profile is read by `settings_from(profile=...)` from its own
+    VSPHERE_<NAME>_* variables only, never completed from the default ones.
+    """
     env = dict(os.environ)
     if profile:
-        prefix = f"VSPHERE_{profile.upper()}_"
-        found = {f"VSPHERE_{f}": env[prefix + f] for f in _PROFILE_FIELDS if prefix + f in env}
-        if "VSPHERE_HOST" not in found:
+        prefix = profile_prefix(profile)
+        if not env.get(prefix + "HOST"):
             raise InvalidInput(f"profile {profile!r} is not set: export {prefix}HOST, {prefix}USER, ...")
-        return found
+        return env
     if env.get("VSPHERE_HOST"):
         return env
     lab = lab_status(env.get("VR_LAB_STATE_DIR"))
@@ -86,15 +88,7 @@ def _environment(profile: str | None) -> dict[str, str]:
 @contextmanager
 def _session(args: argparse.Namespace) -> Iterator[tuple[Connection, Mapping[str, str]]]:
     env = _environment(args.profile)
-    port = env.get("VSPHERE_PORT")
-    with connect(
-        env["VSPHERE_HOST"],
-        env.get("VSPHERE_USER"),
-        env.get("VSPHERE_PASSWORD"),
-        port=int(port) if port else None,
-        ca_file=env.get("VSPHERE_CA_FILE"),
-        thumbprint=env.get("VSPHERE_THUMBPRINT"),
-    ) as conn:
+    with connect(environ=env, profile=args.profile or None) as conn:
         yield conn, env
 
 

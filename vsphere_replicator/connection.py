@@ -249,6 +249,18 @@ class Connection:
                 raise translate(exc, what=what, vm=vm) from exc
 
 
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def profile_prefix(profile: str | None) -> str:
+    """'prod' -> 'VSPHERE_PROD_'; None -> 'VSPHERE_' (the default profile)."""
+    if profile is None:
+        return "VSPHERE_"
+    if not _PROFILE_NAME.match(profile):
+        raise InvalidInput(f"a profile name is letters, digits and '_' (it names variables), not {profile!r}")
+    return f"VSPHERE_{profile.upper()}_"
+
+
 def settings_from(
     host: str | None = None,
     user: str | None = None,
@@ -259,32 +271,47 @@ def settings_from(
     thumbprint: str | None = None,
     insecure: bool = False,
     environ: Mapping[str, str] | None = None,
+    profile: str | None = None,
 ) -> ConnectionSettings:
-    """Settings from the arguments, completed from the VSPHERE_* environment profile."""
+    """Settings from the arguments, completed from one environment profile and from nothing else.
+
+    `environ` (default: `os.environ`) is the only mapping read. `profile=None`
+    reads VSPHERE_HOST, VSPHERE_USER, VSPHERE_PASSWORD, VSPHERE_PORT,
+    VSPHERE_CA_FILE, VSPHERE_THUMBPRINT; `profile="prod"` reads VSPHERE_PROD_HOST
+    and so on, and never the unprefixed ones: completing one site's profile
+    with another's would send that site's password, or trust its CA, for
+    this host. A missing field raises InvalidInput naming the variable to set.
+    """
     env = os.environ if environ is None else environ
+    prefix = profile_prefix(profile)
+
+    def read(name: str) -> str | None:
+        return env.get(prefix + name) or None
+
     values = {
-        "HOST": host or env.get("VSPHERE_HOST"),
-        "USER": user or env.get("VSPHERE_USER"),
-        "PASSWORD": password or env.get("VSPHERE_PASSWORD"),
+        "HOST": host or read("HOST"),
+        "USER": user or read("USER"),
+        "PASSWORD": password or read("PASSWORD"),
     }
     missing = [name for name, value in values.items() if not value]
     if missing:
-        names = ", ".join(f"{n.lower()} (or VSPHERE_{n})" for n in missing)
-        raise InvalidInput(f"no vCenter to connect to: give {names}")
+        names = ", ".join(f"{n.lower()} (or export {prefix}{n})" for n in missing)
+        where = f"profile {profile!r} is incomplete" if profile else "no vCenter to connect to"
+        raise InvalidInput(f"{where}: give {names}")
     if port is None:
-        port_text = env.get("VSPHERE_PORT") or "443"
+        port_text = read("PORT") or "443"
         if not port_text.isdigit():
-            raise InvalidInput(f"VSPHERE_PORT must be a port number, got {port_text!r}")
+            raise InvalidInput(f"{prefix}PORT must be a port number, got {port_text!r}")
         port = int(port_text)
     if not 0 < port < 65536:
         raise InvalidInput(f"port must be between 1 and 65535, got {port}")
-    pinned = thumbprint or env.get("VSPHERE_THUMBPRINT")
+    pinned = thumbprint or read("THUMBPRINT")
     return ConnectionSettings(
         host=str(values["HOST"]),
         user=str(values["USER"]),
         password=str(values["PASSWORD"]),
         port=port,
-        ca_file=ca_file or env.get("VSPHERE_CA_FILE") or None,
+        ca_file=ca_file or read("CA_FILE"),
         thumbprint=normalize_thumbprint(pinned) if pinned else None,
         insecure=insecure,
     )
@@ -300,8 +327,10 @@ def connect(
     thumbprint: str | None = None,
     insecure: bool = False,
     retry: RetryPolicy | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Connection:
-    """Log in to vCenter. Arguments not given come from the VSPHERE_* environment profile.
+    """Log in to vCenter. Arguments not given come from one environment profile (see `settings_from`).
 
     TLS is verified against `ca_file`, or a pinned SHA-256 `thumbprint`, or
     the system's CAs; only `insecure=True` turns verification off (logged).
@@ -309,6 +338,14 @@ def connect(
     ConnectionFailed.
     """
     settings = settings_from(
-        host, user, password, port=port, ca_file=ca_file, thumbprint=thumbprint, insecure=insecure
+        host,
+        user,
+        password,
+        port=port,
+        ca_file=ca_file,
+        thumbprint=thumbprint,
+        insecure=insecure,
+        environ=environ,
+        profile=profile,
     )
     return Connection(settings, retry)

@@ -191,7 +191,10 @@ func run(cfg config) error {
 	if err := writeJSONAtomic(infoPath, info); err != nil {
 		return err
 	}
-	line, _ := json.Marshal(info)
+	// stdout is lab.log: the password stays in lab.json (0600) and out of logs.
+	shown := info
+	shown.Password = "(in lab.json)"
+	line, _ := json.Marshal(shown)
 	fmt.Println(string(line))
 
 	sig := make(chan os.Signal, 1)
