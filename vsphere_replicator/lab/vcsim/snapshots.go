@@ -393,6 +393,24 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 	return nil
 }
 
+// foldToBase merges what is left of each disk's chain into its base disk
+// once a VM has no snapshot: without snapshots an ESXi VM runs on its base
+// disks ("Delete All" consolidates into them). A chain can outlive the
+// snapshots when a removed snapshot's disk had two children (a revert
+// started a second branch): that removal keeps the disk as the branches'
+// shared parent, and nothing folded it afterwards.
+func (l *lab) foldToBase(vm *simulator.VirtualMachine) *methodFault {
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		for b := diskBacking(d); b != nil && b.Parent != nil; b = diskBacking(d) {
+			y, x := b.FileName, b.Parent.FileName
+			if err := l.foldInto(vm, y, x, d.CapacityInBytes); err != nil {
+				return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
+			}
+		}
+	}
+	return nil
+}
+
 // collectGarbage deletes delta layers that nothing refers to any more.
 func (l *lab) collectGarbage(vm *simulator.VirtualMachine) {
 	used := map[string]bool{}
@@ -439,6 +457,9 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 	}
 	if len(vm.Snapshot.RootSnapshotList) == 0 {
 		vm.Snapshot = nil
+		if fault == nil {
+			fault = l.foldToBase(vm)
+		}
 	}
 	l.stun(vm)
 	l.collectGarbage(vm)
