@@ -126,6 +126,9 @@ func (l *lab) stun(vm *simulator.VirtualMachine) {
 func (l *lab) createSnapshot(vm *simulator.VirtualMachine, req *types.CreateSnapshot_Task) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var result types.AnyType
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
@@ -147,6 +150,7 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 	}
 	poweredOn := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 
+	ownVM(vm)
 	// Tracking switched on since the last stun starts now, with this snapshot.
 	l.activateTracking(vm)
 	frozenConfig := deepCopy(*vm.Config)
@@ -238,7 +242,10 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 		parentNode, _ := findTree(vm.Snapshot.RootSnapshotList, *cur)
 		parentNode.ChildSnapshotList = append(parentNode.ChildSnapshotList, node)
 		if p, ok := simulator.Map.Get(*cur).(*simulator.VirtualMachineSnapshot); ok {
-			p.ChildSnapshot = append(p.ChildSnapshot, snap.Self)
+			// A snapshot object is read under its own lock; its list is replaced, never appended to.
+			simulator.Map.WithLock(p, func() {
+				p.ChildSnapshot = append(append([]types.ManagedObjectReference(nil), p.ChildSnapshot...), snap.Self)
+			})
 		}
 	} else {
 		vm.Snapshot.RootSnapshotList = append(vm.Snapshot.RootSnapshotList, node)
@@ -269,14 +276,39 @@ func allBackings(vm *simulator.VirtualMachine) []*types.VirtualDiskFlatVer2Backi
 		}
 	}
 	add(vm.Config.Hardware.Device)
-	if vm.Snapshot != nil {
-		for _, ref := range postOrder(vm.Snapshot.RootSnapshotList) {
-			if s, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot); ok {
-				add(s.Config.Hardware.Device)
-			}
+	for _, s := range vmSnapshots(vm) {
+		add(s.Config.Hardware.Device)
+	}
+	return out
+}
+
+// vmSnapshots lists the VM's snapshot objects, children before parents.
+func vmSnapshots(vm *simulator.VirtualMachine) []*simulator.VirtualMachineSnapshot {
+	if vm.Snapshot == nil {
+		return nil
+	}
+	var out []*simulator.VirtualMachineSnapshot
+	for _, ref := range postOrder(vm.Snapshot.RootSnapshotList) {
+		if s, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot); ok {
+			out = append(out, s)
 		}
 	}
 	return out
+}
+
+// hasSnapshot reports whether ref is still in the VM's snapshot tree: a
+// task queued against a snapshot may run after another removed it.
+func hasSnapshot(vm *simulator.VirtualMachine, ref types.ManagedObjectReference) bool {
+	if vm.Snapshot == nil {
+		return false
+	}
+	node, _ := findTree(vm.Snapshot.RootSnapshotList, ref)
+	return node != nil
+}
+
+// snapshotGone is vSphere's answer to a call on a snapshot that was removed.
+func snapshotGone(ref types.ManagedObjectReference) *methodFault {
+	return newFault(&types.ManagedObjectNotFound{Obj: ref}, "The object has already been deleted or has not been completely created")
 }
 
 // removeOne deletes one snapshot the way ESXi does: the delta that holds the
@@ -315,14 +347,15 @@ func (l *lab) removeOne(vm *simulator.VirtualMachine, ref types.ManagedObjectRef
 	parent := treeParent(vm.Snapshot.RootSnapshotList, ref)
 	if node, _ := findTree(vm.Snapshot.RootSnapshotList, ref); node != nil && parent != nil {
 		if p, ok := simulator.Map.Get(*parent).(*simulator.VirtualMachineSnapshot); ok {
-			var kids []types.ManagedObjectReference
-			for _, k := range p.ChildSnapshot {
-				if k != ref {
-					kids = append(kids, k)
+			simulator.Map.WithLock(p, func() {
+				var kids []types.ManagedObjectReference
+				for _, k := range p.ChildSnapshot {
+					if k != ref {
+						kids = append(kids, k)
+					}
 				}
-			}
-			kids = append(kids, snapshotRefs(node.ChildSnapshotList)...)
-			p.ChildSnapshot = kids
+				p.ChildSnapshot = append(kids, snapshotRefs(node.ChildSnapshotList)...)
+			})
 		}
 	}
 	vm.Snapshot.RootSnapshotList = detachFromTree(vm.Snapshot.RootSnapshotList, ref)
@@ -371,14 +404,13 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 	}
 	_ = os.Remove(yf.descriptor)
 	delete(l.deltas[vm.Self.Value], y)
-	for _, b := range allBackings(vm) {
-		if b.FileName == y {
-			b.FileName = x
-			b.Parent = nil
-			if xParent != nil {
-				p := deepCopy(*xParent)
-				b.Parent = &p
-			}
+	// The VM's devices are its own (ownVM); a snapshot's frozen config is
+	// read under the snapshot's lock, so it is replaced whole, never edited.
+	renameLayer(vm.Config.Hardware.Device, y, x, xParent)
+	for _, s := range vmSnapshots(vm) {
+		config := deepCopy(s.Config)
+		if renameLayer(config.Hardware.Device, y, x, xParent) {
+			simulator.Map.WithLock(s, func() { s.Config = config })
 		}
 	}
 	// Children of y now descend from x: point their descriptors at it.
@@ -411,6 +443,26 @@ func (l *lab) foldToBase(vm *simulator.VirtualMachine) *methodFault {
 	return nil
 }
 
+// renameLayer makes every backing named y (at any depth of a chain) name x,
+// with x's parent, and reports whether there was one.
+func renameLayer(devices []types.BaseVirtualDevice, y, x string, xParent *types.VirtualDiskFlatVer2BackingInfo) bool {
+	renamed := false
+	for _, d := range vmDisks(devices) {
+		for b := diskBacking(d); b != nil; b = b.Parent {
+			if b.FileName != y {
+				continue
+			}
+			b.FileName, b.Parent = x, nil
+			if xParent != nil {
+				p := deepCopy(*xParent)
+				b.Parent = &p
+			}
+			renamed = true
+		}
+	}
+	return renamed
+}
+
 // collectGarbage deletes delta layers that nothing refers to any more.
 func (l *lab) collectGarbage(vm *simulator.VirtualMachine) {
 	used := map[string]bool{}
@@ -432,17 +484,22 @@ func (l *lab) removeSnapshot(snap *simulator.VirtualMachineSnapshot, removeChild
 	if !ok {
 		return nil, newFault(&types.ManagedObjectNotFound{Obj: snap.Vm}, "VM of snapshot %s not found", snap.Self.Value)
 	}
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
+		// Another task may have removed it (or all snapshots) since this one was queued.
+		if !hasSnapshot(vm, snap.Self) {
+			fault = snapshotGone(snap.Self)
+			return
+		}
 		targets := []types.ManagedObjectReference{snap.Self}
 		if removeChildren {
 			node, _ := findTree(vm.Snapshot.RootSnapshotList, snap.Self)
-			if node == nil {
-				fault = newFault(&types.ManagedObjectNotFound{Obj: snap.Self}, "snapshot %s not found", snap.Self.Value)
-				return
-			}
 			targets = postOrder([]types.VirtualMachineSnapshotTree{*node})
 		}
+		ownVM(vm)
 		fault = l.removeMany(vm, targets)
 	})
 	return nil, fault
@@ -475,11 +532,15 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
 		if vm.Snapshot == nil {
 			return
 		}
+		ownVM(vm)
 		fault = l.removeMany(vm, postOrder(vm.Snapshot.RootSnapshotList))
 	})
 	return nil, fault
@@ -487,12 +548,29 @@ func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *
 
 // revert discards the VM's current state and continues from the snapshot's:
 // a new delta on top of the snapshot's disks, the snapshot's hardware, and
-// powered off unless the snapshot holds memory.
+// powered off unless the snapshot holds memory. A nil snap is the VM's
+// current snapshot when the task runs (RevertToCurrentSnapshot_Task).
 func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachineSnapshot, suppressPowerOn bool) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
+		if snap == nil {
+			if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
+				snap, _ = simulator.Map.Get(*vm.Snapshot.CurrentSnapshot).(*simulator.VirtualMachineSnapshot)
+			}
+			if snap == nil {
+				fault = newFault(&types.NotFound{}, "%s has no current snapshot", vm.Name)
+				return
+			}
+		}
+		if !hasSnapshot(vm, snap.Self) {
+			fault = snapshotGone(snap.Self) // removed after this task was queued
+			return
+		}
 		extra := l.snapshots[snap.Self.Value]
 		config := deepCopy(snap.Config)
 		home := vmHome(vm)
@@ -527,6 +605,7 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 		for _, p := range created {
 			l.ownDelta(vm, p)
 		}
+		ownVM(vm)
 		vm.Config.Hardware.Device = config.Hardware.Device
 		vm.Config.ChangeTrackingEnabled = config.ChangeTrackingEnabled
 		vm.Config.Hardware.NumCPU = config.Hardware.NumCPU

@@ -11,6 +11,41 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+// A task queued against a snapshot may run after another task removed it
+// (the end-to-end run that answered "internal lab error: runtime error:
+// invalid memory address" did exactly that): vSphere answers
+// ManagedObjectNotFound.
+func TestATaskOnASnapshotRemovedMeanwhileFindsItGone(t *testing.T) {
+	ctx := testContext(t)
+	c := client(t)
+	vm := findVM(freshVM(t))
+	ref, err := createSnapshot(ctx, c, vm.Self, "doomed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot) // as serveExtended resolves it
+	if _, fault := testLab.removeAllSnapshots(vm); fault != nil {
+		t.Fatal(fault.msg)
+	}
+	for what, run := range map[string]func() *methodFault{
+		"remove":               func() *methodFault { _, f := testLab.removeSnapshot(snap, false); return f },
+		"remove with children": func() *methodFault { _, f := testLab.removeSnapshot(snap, true); return f },
+		"revert":               func() *methodFault { _, f := testLab.revert(vm, snap, false); return f },
+		"revert to current":    func() *methodFault { _, f := testLab.revert(vm, nil, false); return f },
+	} {
+		fault := run()
+		if fault == nil {
+			t.Errorf("%s of a removed snapshot succeeded", what)
+			continue
+		}
+		switch fault.fault.(type) {
+		case *types.ManagedObjectNotFound, *types.NotFound:
+		default:
+			t.Errorf("%s of a removed snapshot: %T %s", what, fault.fault, fault.msg)
+		}
+	}
+}
+
 // A revert that starts a second branch leaves the removed snapshot's disk as
 // the branches' shared parent; once no snapshot is left the VM must still
 // end on its base disks, with no delta behind, as "Delete All" does on ESXi.
