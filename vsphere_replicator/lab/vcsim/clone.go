@@ -190,6 +190,9 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 			return nil, fault
 		}
 	}
+	if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+		simulator.Map.WithLock(target, func() { l.newVMConfig(target) })
+	}
 	return ref, nil
 }
 

@@ -219,6 +219,18 @@ func readVM(ctx context.Context, c *govmomi.Client, vm types.ManagedObjectRefere
 	return out, err
 }
 
+func changeVersion(t *testing.T, ctx context.Context, c *govmomi.Client, vm types.ManagedObjectReference) string {
+	t.Helper()
+	v, err := readVM(ctx, c, vm, "config.changeVersion")
+	if err != nil {
+		t.Fatalf("read changeVersion: %v", err)
+	}
+	if v.Config == nil {
+		return ""
+	}
+	return v.Config.ChangeVersion
+}
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

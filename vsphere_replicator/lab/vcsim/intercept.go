@@ -99,6 +99,9 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 	if l.serveExtended(w, method) {
 		return
 	}
+	if l.serveVcsimConfigChange(w, r, body, method, next) {
+		return
+	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	next.ServeHTTP(&sessionWatcher{ResponseWriter: w, book: l.sessions}, r)
 	if method.Name == "Logout" && cookie != "" {

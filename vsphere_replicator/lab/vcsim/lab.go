@@ -42,6 +42,7 @@ type lab struct {
 	sessions    *sessionBook
 	stats       *requestStats
 	pages       *pager
+	versions    *versionClock // config.changeVersion, lab-wide
 	started     time.Time
 }
 
@@ -77,6 +78,7 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		sessions:    newSessionBook(),
 		stats:       newRequestStats(),
 		pages:       newPager(),
+		versions:    newVersionClock(time.Now),
 	}
 }
 
@@ -221,6 +223,7 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 	vm := simulator.Map.Get(ref).(*simulator.VirtualMachine)
 	var disks []*types.VirtualDisk
 	simulator.Map.WithLock(vm, func() {
+		l.newVMConfig(vm)
 		disks = vmDisks(vm.Config.Hardware.Device)
 	})
 	for _, disk := range disks {

@@ -87,6 +87,7 @@ func publishVM(vm *simulator.VirtualMachine) {
 		{Name: "snapshot", Val: snap},
 		{Name: "rootSnapshot", Val: roots},
 		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
+		{Name: "config.changeVersion", Val: vm.Config.ChangeVersion},
 		{Name: "network", Val: vmNetworks(vm.Config.Hardware.Device)},
 	}
 	if vm.Guest != nil {
@@ -253,6 +254,7 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 	current := snap.Self
 	vm.Snapshot.CurrentSnapshot = &current
 	l.snapshots[snap.Self.Value] = extra
+	l.configChanged(vm)
 	publishVM(vm)
 	return snap.Self, nil
 }
@@ -520,6 +522,7 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 	}
 	l.stun(vm)
 	l.collectGarbage(vm)
+	l.configChanged(vm)
 	publishVM(vm)
 	if fault == nil && l.faults.take(func(f *armedFault) bool { return f.Kind == faultConsolidation }) != nil {
 		// What a removal that could not merge every delta leaves behind.
@@ -646,6 +649,9 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 			{Name: "summary.runtime.powerState", Val: state},
 		})
 		l.collectGarbage(vm)
+		// The snapshot's configuration comes back under a new changeVersion:
+		// it is a change like any other, not a return to the old version.
+		l.configChanged(vm)
 		publishVM(vm)
 	})
 	return nil, fault

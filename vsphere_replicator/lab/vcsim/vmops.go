@@ -126,6 +126,13 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 	if fault := vmGone(vm); fault != nil {
 		return nil, fault
 	}
+	// A stale changeVersion is refused before anything else is looked at;
+	// checked again below, with the change, under the same lock.
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() { fault = checkChangeVersion(vm, &spec) })
+	if fault != nil {
+		return nil, fault
+	}
 	if fault := checkNICs(vm, &spec); fault != nil {
 		return nil, fault
 	}
@@ -136,15 +143,19 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 			spec.ExtraConfig = append(spec.ExtraConfig, o) // vcsim's own guest property shortcuts
 		}
 	}
-	var fault *methodFault
 	simulator.Map.WithLock(vm, func() { fault = l.reconfigureLocked(vm, spec, options) })
 	return nil, fault
 }
 
 // reconfigureLocked checks the spec, lets vcsim apply it and then does what
 // vcsim does not (disk files, extents, CBT, extraConfig as vSphere keeps it),
-// all under the VM's lock: the change is one step for any other client.
+// all under the VM's lock: the changeVersion check and the change are one
+// step for any other client.
 func (l *lab) reconfigureLocked(vm *simulator.VirtualMachine, spec types.VirtualMachineConfigSpec, options []types.BaseOptionValue) *methodFault {
+	if fault := checkChangeVersion(vm, &spec); fault != nil {
+		return fault
+	}
+	failpointAfterVersionCheck()
 	before := map[int32]*types.VirtualDisk{}
 	order := map[int32]int{}
 	for i, d := range vm.Config.Hardware.Device {
@@ -241,6 +252,7 @@ func (l *lab) reconfigureLocked(vm *simulator.VirtualMachine, spec types.Virtual
 	if spec.ChangeTrackingEnabled != nil && !*spec.ChangeTrackingEnabled {
 		l.activateTracking(vm) // switching off takes effect at once
 	}
+	l.configChanged(vm)
 	publishVM(vm)
 	return fault
 }
@@ -312,10 +324,23 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 	}
 	simulator.Map.WithLock(vm, func() {
 		ownVM(vm)
+		before := changeIDs(vm)
 		l.stun(vm)
+		if changeIDs(vm) != before {
+			l.configChanged(vm) // the disks' change ids are part of the configuration
+		}
 		publishVM(vm)
 	})
 	return nil, nil
+}
+
+// changeIDs lists the change ids of a VM's disks, to tell whether a stun changed any.
+func changeIDs(vm *simulator.VirtualMachine) string {
+	var ids []string
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		ids = append(ids, diskBacking(d).ChangeId)
+	}
+	return strings.Join(ids, "\n")
 }
 
 func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
@@ -348,6 +373,9 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 	return nil, nil
 }
 
+// consolidate merges what a snapshot removal left behind. On ESXi that
+// rewrites the disks' backing chain in the VM's configuration, so it gets a
+// new changeVersion; the lab's removals leave no delta to merge.
 func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -357,6 +385,8 @@ func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodF
 	simulator.Map.WithLock(vm, func() {
 		ownVM(vm)
 		vm.Runtime.ConsolidationNeeded = types.NewBool(false) // in place: *bool fields cannot go through Map.Update
+		l.configChanged(vm)
+		publishVM(vm)
 	})
 	return nil, nil
 }
@@ -443,6 +473,7 @@ func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error)
 			err = fmt.Errorf("changed block tracking is not active on %s", vm.Name)
 			return
 		}
+		l.configChanged(vm)
 		publishVM(vm)
 	})
 	return map[string]interface{}{"vm": name, "disks": out}, err
