@@ -108,6 +108,7 @@ def test_each_kind_of_configuration_change_gives_a_new_change_version(
             lambda: labutil.wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=other_host))),
         ),
         ("rename", lambda: labutil.wait(vm.Rename_Task(f"{vm_name}-renamed"))),
+        ("rename back", lambda: labutil.wait(vm.Rename_Task(vm_name))),  # other tests count lab-vm-NNNN
     ]
     seen = [vm.config.changeVersion]
     unchanged = []
