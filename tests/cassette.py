@@ -3,8 +3,9 @@
 pyVmomi and pyVim bind HTTPSConnection at import, so it is patched where
 they look it up. Every SOAP call posts to /sdk, so requests match on their
 body, with the volatile parts (the password, our snapshot marker's run id
-and time) masked. Passwords and session cookies are scrubbed before a
-cassette is written.
+and time) masked. Passwords, session keys and session cookies are scrubbed
+from bodies and headers before a cassette is written; `rescrub()` applies
+the scrubber to cassettes already written.
 """
 
 from __future__ import annotations
@@ -18,43 +19,81 @@ from typing import Any
 import pyVim.connect
 import pyVmomi.SoapAdapter
 import vcr
+from vcr.serialize import deserialize, serialize
+from vcr.serializers import yamlserializer
 from vcr.stubs import VCRHTTPSConnection
 
 CASSETTES = Path(__file__).parent.parent / "cassettes"
 RECORDING = os.environ.get("VR_RECORD") == "1"
 MASK = "********"
 
-_PASSWORD = re.compile(rb"(<password[^>]*>)[^<]*(</password>)")
-_COOKIE = re.compile(r'vmware_soap_session="?[^";\s]+"?')
+# Each pattern masks one kind of secret in a SOAP body or a header value, keeping what names it.
+_SECRETS = (
+    re.compile(rb"(<password\b[^>]*>)[^<]*(</password>)"),
+    # the session a login answers (Login, LoginByToken, LoginExtensionBy*, ImpersonateUser, CloneSession)
+    re.compile(
+        rb"(<(?:Login\w*|ImpersonateUser|CloneSession)Response\b[^>]*>\s*<returnval\b[^>]*>\s*<key\b[^>]*>)"
+        rb"[^<]*(</key>)"
+    ),
+    # any other UserSession: SessionManager.currentSession, sessionList
+    re.compile(rb'(type="UserSession"[^>]*>\s*<key\b[^>]*>)[^<]*(</key>)'),
+    re.compile(rb"(<session[Ii][Dd]\b[^>]*>)[^<]*(</session[Ii][Dd]>)"),  # SessionIsActive, TerminateSession
+    re.compile(rb'(vmware_soap_session=)(?:"[^"]*"|[^;\s]*)()'),  # the cookie, in a header or a body
+)
 _VOLATILE = re.compile(rb"run=[0-9a-f]+ created=[0-9T:+\-]+")
 
 
 def _body(request: Any) -> bytes:
-    body = request.body or b""
-    return body.encode() if isinstance(body, str) else body
+    return _body_bytes(request.body or b"")
 
 
-def _hide_password(body: bytes) -> bytes:
-    return _PASSWORD.sub(rb"\g<1>" + MASK.encode() + rb"\g<2>", body)
+def scrub(data: bytes) -> bytes:
+    """`data` with passwords, session keys and session cookies replaced by MASK."""
+    for pattern in _SECRETS:
+        data = pattern.sub(lambda m: m[1] + _mask_like(m[1]) + m[2], data)
+    return data
+
+
+def _mask_like(lead: bytes) -> bytes:
+    return b'"' + MASK.encode() + b'"' if lead.endswith(b"=") else MASK.encode()
+
+
+def _scrub_text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return scrub(value)
+    if isinstance(value, str):
+        return scrub(value.encode()).decode()
+    return value
 
 
 def _masked(body: bytes) -> bytes:
-    return _VOLATILE.sub(b"run=* created=*", _hide_password(body))
+    return _VOLATILE.sub(b"run=* created=*", scrub(body))
 
 
 def scrub_request(request: Any) -> Any:
     if "/lab/" in request.path:
         return None  # the lab's own control API is not vCenter: never recorded
-    request.body = _hide_password(_body(request))
+    request.body = scrub(_body(request))
+    for name, value in list(request.headers.items()):
+        request.headers[name] = _scrub_text(value)
     return request
 
 
 def scrub_response(response: dict[str, Any]) -> dict[str, Any]:
     headers = response.get("headers", {})
     for name in list(headers):
-        if name.lower() == "set-cookie":
-            headers[name] = [_COOKIE.sub(f'vmware_soap_session="{MASK}"', v) for v in headers[name]]
+        headers[name] = [_scrub_text(v) for v in headers[name]]
+    body = response.get("body", {})
+    if "string" in body:
+        body["string"] = _scrub_text(body["string"])
+        for name in headers:  # a masked value is shorter: keep the recorded length true
+            if name.lower() == "content-length":
+                headers[name] = [str(len(_body_bytes(body["string"])))]
     return response
+
+
+def _body_bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
 
 
 def soap_match(r1: Any, r2: Any) -> None:
@@ -67,7 +106,7 @@ def recorder(name: str) -> Any:
     my_vcr = vcr.VCR(
         cassette_library_dir=str(CASSETTES),
         record_mode="all" if RECORDING else "none",
-        filter_headers=["cookie", "authorization"],
+        filter_headers=["cookie", "authorization", "vmware-api-session-id"],
         before_record_request=scrub_request,
         before_record_response=scrub_response,
         decode_compressed_response=True,
@@ -91,3 +130,11 @@ def endpoint(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
         return values
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def rescrub(path: Path) -> None:
+    """Apply today's scrubber to a recorded cassette, without re-recording it."""
+    requests, responses = deserialize(path.read_text(), yamlserializer)[:2]
+    kept = [(q, r) for q, r in zip(requests, responses, strict=True) if scrub_request(q) is not None]
+    cassette = {"requests": [q for q, _ in kept], "responses": [scrub_response(r) for _, r in kept]}
+    path.write_text(serialize(cassette, yamlserializer))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from pyVmomi import vim
 
 from tests import labutil
@@ -23,6 +24,13 @@ LAB_VMS = 160
 DISK_SIZE = 32 << 20
 CBT_WINDOW = 4 << 20
 CBT_BLOCK = 64 << 10
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """A test that configured logging (the CLI's main() does) leaves nothing to the next one."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

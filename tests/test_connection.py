@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from vsphere_replicator.connection import RetryPolicy, connect
+from vsphere_replicator.cli import main
+from vsphere_replicator.connection import RetryPolicy, connect, settings_from
 from vsphere_replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -79,6 +80,67 @@ def test_connects_from_the_environment_profile(lab: Any, monkeypatch: pytest.Mon
     monkeypatch.delenv("VSPHERE_HOST")
     with pytest.raises(InvalidInput, match="VSPHERE_HOST"):
         connect()
+
+
+DEFAULT_PROFILE = {
+    "VSPHERE_HOST": "vc.site-a.example",
+    "VSPHERE_USER": "admin-a",
+    "VSPHERE_PASSWORD": "site-a-secret",
+    "VSPHERE_PORT": "8443",
+    "VSPHERE_CA_FILE": "/etc/site-a-ca.pem",
+    "VSPHERE_THUMBPRINT": "ab" * 32,
+}
+
+
+@pytest.mark.parametrize("field", ["HOST", "USER", "PASSWORD"])
+def test_a_named_profile_missing_a_field_names_its_own_variable(field: str) -> None:
+    prod = {f"VSPHERE_PROD_{k}": v for k, v in {"HOST": "vc.b", "USER": "u", "PASSWORD": "p"}.items()}
+    del prod[f"VSPHERE_PROD_{field}"]
+    with pytest.raises(InvalidInput, match=f"export VSPHERE_PROD_{field}\\b") as err:
+        settings_from(environ={**DEFAULT_PROFILE, **prod}, profile="prod")
+    assert "site-a-secret" not in str(err.value)
+
+
+def test_a_named_profile_takes_nothing_from_the_default_one() -> None:
+    env = {
+        **DEFAULT_PROFILE,
+        "VSPHERE_PROD_HOST": "vc.b",
+        "VSPHERE_PROD_USER": "u",
+        "VSPHERE_PROD_PASSWORD": "p",
+    }
+    settings = settings_from(environ=env, profile="prod")
+    assert (settings.host, settings.user, settings.password) == ("vc.b", "u", "p")
+    assert (settings.port, settings.ca_file, settings.thumbprint) == (443, None, None)
+
+
+def test_settings_read_only_the_mapping_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DEFAULT_PROFILE.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput, match="export VSPHERE_PASSWORD"):
+        settings_from(environ={"VSPHERE_HOST": "vc.b", "VSPHERE_USER": "u"})
+
+
+def test_a_profile_name_must_make_variable_names() -> None:
+    with pytest.raises(InvalidInput, match="profile name"):
+        settings_from(environ={}, profile="prod-east")
+
+
+def test_cli_profile_never_borrows_the_default_password(
+    lab: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lab would accept the default profile's password: the CLI must not even try it."""
+    for name, value in {
+        "HOST": lab.host,
+        "PORT": str(lab.port),
+        "USER": lab.user,
+        "CA_FILE": lab.ca_file,
+    }.items():
+        monkeypatch.setenv(f"VSPHERE_PROD_{name}", value)
+    monkeypatch.setenv("VSPHERE_HOST", lab.host)
+    monkeypatch.setenv("VSPHERE_PASSWORD", lab.password)
+    assert main(["snapshots", "list", "--profile", "prod"]) == 2
+    err = capsys.readouterr().err
+    assert "VSPHERE_PROD_PASSWORD" in err and lab.password not in err
 
 
 def test_bad_credentials_are_not_retried(lab: Any, control: Any) -> None:

@@ -15,9 +15,9 @@ from tests.replication_util import (
     state,
 )
 from vsphere_replicator.replication import CycleSettings, MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
-    failback,
     planned_failover,
     start_test_failover,
     unplanned_failover,
@@ -95,7 +95,7 @@ def test_unplanned_failover_brings_the_replica_up_at_the_chosen_point_without_to
     replicate(conn, vm_name, replica_access=access)
     source_before = source_hashes(lab, find(si, vm_name))
 
-    result = unplanned_failover(conn, vm_name, restore_point="rp-000001")
+    result = unplanned_failover(conn, vm_name, restore_point="rp-000001", force=True)
     replica = find(si, result.running)
     assert replica.runtime.powerState == "poweredOn"
     assert source_hashes(lab, replica) == first
@@ -156,7 +156,7 @@ def test_failback_after_an_unplanned_failover_to_an_older_point_leaves_no_stale_
     replicate(conn, vm_name, replica_access=access)  # rp-000002
     control.write_random(vm_name, offset=17 << 20, length=1 << 20, seed=11)
     replicate(conn, vm_name, replica_access=access)  # rp-000003: on the original, not in rp-000002
-    result = unplanned_failover(conn, vm_name, restore_point="rp-000002")
+    result = unplanned_failover(conn, vm_name, restore_point="rp-000002", force=True)
     WaitForTask(find(si, vm_name).PowerOffVM_Task())  # the old site comes back, powered off
     control.write_random(result.running, offset=20 << 20, length=1 << 20, seed=12)
     expected = source_hashes(lab, find(si, result.running))

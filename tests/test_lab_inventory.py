@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,22 @@ def test_listens_on_loopback_only(lab: Any) -> None:
         if line.split()[1].endswith(":" + port) and line.split()[3] == "0A"
     ]
     assert listeners == ["0100007F:" + port]
+
+
+def test_the_lab_log_is_private_and_holds_no_password_or_session(lab: Any, conn: Any, si: Any) -> None:
+    """lab.log gets the lab's stdout and stderr: its owner's only, and never a credential."""
+    state = Path(lab.state_dir)
+    log = state / "lab.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) & 0o077 == 0
+    cookie = re.search(r'vmware_soap_session="?([^";\s]+)', conn.session_cookie)
+    assert cookie is not None
+    with pytest.raises(vmodl.fault.ManagedObjectNotFound):  # vcsim logs this one, inside a live session
+        vim.VirtualMachine("vm-no-such", si._stub).PowerOnVM_Task()
+    text = log.read_text(errors="replace")
+    assert "inventory of" in text and "vm-no-such" in text  # the lab's own log, written after login
+    for secret in (lab.password, cookie[1], si.content.sessionManager.currentSession.key):
+        assert secret not in text
 
 
 def test_bad_password_is_refused(lab: Any) -> None:

@@ -131,10 +131,7 @@ def test_kill_nine_during_protect_then_protect_again_finishes_the_seed(
         killed = protect_cli(lab, vm, VSPHERE_REPLICATOR_CRASH_AT=at)
         assert killed.returncode == -9, (at, killed.stderr)
         again = protect_cli(lab, vm)
-        if at.startswith(("seed-committed", "seed-snapshot-removed")):
-            assert again.returncode == 2 and "already protected" in again.stderr, again.stderr
-        else:
-            assert again.returncode == 0, (at, again.stderr)
+        assert again.returncode == 0, (at, again.stderr)  # finishes the seed, or tidies after it
         control.write_random(vm, offset=1 << 20, length=10_000, seed=1)
         assert replicate_cli(lab, vm).returncode == 0
         assert_clean(lab, si, vm)

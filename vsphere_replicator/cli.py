@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vsphere_replicator.cli_replication import (
+    EXIT_BUSY,
     EXIT_CODES,
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -39,6 +40,7 @@ from vsphere_replicator.lab.process import (
     MIN_DISK_SIZE,
 )
 from vsphere_replicator.logs import configure_logging
+from vsphere_replicator.replication.lease import Busy
 from vsphere_replicator.sizes import MAX_SIZE
 
 
@@ -261,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except Busy as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except InvalidInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

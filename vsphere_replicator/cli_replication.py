@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vsphere_replicator.checks import check_fraction, shown
-from vsphere_replicator.connection import Connection, connect
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.connection import Connection, connect, profile_prefix
+from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.lab import lab_status
 from vsphere_replicator.replication.access import MountedDatastores, parse_mounts
 from vsphere_replicator.replication.cycle import IncrementalRefused, replicate
@@ -35,12 +35,13 @@ from vsphere_replicator.replication.settings import (
     MAX_KEEP,
     CycleSettings,
     ReplicaTarget,
+    apply_overrides,
 )
-from vsphere_replicator.replication.status import protection_status
+from vsphere_replicator.replication.status import FAILED_OVER, UNREADABLE, protection_status
+from vsphere_replicator.replication.sweep import sweep_snapshots
 from vsphere_replicator.sizes import format_size, parse_size
-from vsphere_replicator.snapshots import find_orphans, sweep_orphans
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_CODES: dict[int, str] = {
@@ -51,12 +52,11 @@ EXIT_CODES: dict[int, str] = {
     "cannot be done as asked); nothing was changed",
     EXIT_RPO_MISSED: "status: at least one protected VM misses its target RPO",
     EXIT_REFUSED: "replicate: the incremental was refused by --max-change-share; nothing was changed",
+    EXIT_BUSY: "busy: another operation holds the VM's lease; nothing was changed, try again later",
     EXIT_INTERNAL: "internal error (a bug: please report it with the command that caused it)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 MAX_CYCLES = 1_000_000
-FAILED_OVER = "failed over"  # ProtectionStatus.state of a promoted replica
-_PROFILE_FIELDS = ("HOST", "PORT", "USER", "PASSWORD", "CA_FILE", "THUMBPRINT")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -128,14 +128,17 @@ def _size(count: int | None) -> str:
 
 
 def _environment(profile: str | None) -> dict[str, str]:
-    """The VSPHERE_* variables to connect with: a named profile's, the default one, or the lab's."""
+    """The variables to connect with: the environment (for a named or the default profile) or the lab's.
+
+    A named profile is read by `settings_from(profile=...)` from its own
+    VSPHERE_<NAME>_* variables only, never completed from the default ones.
+    """
     env = dict(os.environ)
     if profile:
-        prefix = f"VSPHERE_{profile.upper()}_"
-        found = {f"VSPHERE_{f}": env[prefix + f] for f in _PROFILE_FIELDS if prefix + f in env}
-        if "VSPHERE_HOST" not in found:
+        prefix = profile_prefix(profile)
+        if not env.get(prefix + "HOST"):
             raise InvalidInput(f"profile {profile!r} is not set: export {prefix}HOST, {prefix}USER, ...")
-        return found
+        return env
     if env.get("VSPHERE_HOST"):
         return env
     lab = lab_status(env.get("VR_LAB_STATE_DIR"))
@@ -154,27 +157,18 @@ def _environment(profile: str | None) -> dict[str, str]:
 @contextmanager
 def _session(args: argparse.Namespace) -> Iterator[tuple[Connection, Mapping[str, str]]]:
     env = _environment(args.profile)
-    port = env.get("VSPHERE_PORT")
-    if port and not (port.isdigit() and len(port) <= 5):
-        raise InvalidInput(f"VSPHERE_PORT must be a port number, not {shown(port)}")
-    with connect(
-        env["VSPHERE_HOST"],
-        env.get("VSPHERE_USER"),
-        env.get("VSPHERE_PASSWORD"),
-        port=int(port) if port else None,
-        ca_file=env.get("VSPHERE_CA_FILE"),
-        thumbprint=env.get("VSPHERE_THUMBPRINT"),
-    ) as conn:
+    with connect(environ=env, profile=args.profile or None) as conn:
         yield conn, env
 
 
-def _mounts(args: argparse.Namespace, env: Mapping[str, str]) -> MountedDatastores:
+def _mounts(args: argparse.Namespace, env: Mapping[str, str], conn: Connection) -> MountedDatastores:
+    """The datastores mounted here; each is proven to be the datastore before anything is written."""
     mounts = parse_mounts(
         env.get("VSPHERE_REPLICATOR_MOUNTS", os.environ.get("VSPHERE_REPLICATOR_MOUNTS", ""))
     )
     for item in args.mount or []:
         mounts.update(parse_mounts(item))
-    return MountedDatastores(mounts)
+    return MountedDatastores(mounts, conn=conn)
 
 
 def _plain(value: Any) -> Any:
@@ -220,7 +214,8 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-def _settings(args: argparse.Namespace) -> CycleSettings | None:
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The cycle settings named on the command line, and only those."""
     given = {
         "keep": args.keep,
         "max_age": args.max_age,
@@ -229,7 +224,11 @@ def _settings(args: argparse.Namespace) -> CycleSettings | None:
         "verify": args.verify or None,
         "target_rpo": args.rpo,
     }
-    chosen = {k: v for k, v in given.items() if v is not None}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _settings(args: argparse.Namespace) -> CycleSettings | None:
+    chosen = _given_settings(args)
     return CycleSettings(**chosen) if chosen else None
 
 
@@ -258,6 +257,9 @@ def _cycle_line(result: Any) -> str:
 
 def _seed_line(result: Any, adopted: str | None) -> str:
     """protect: the first restore point, made by a clone or by adopting a copy (every disk is whole)."""
+    if result.confirmed:
+        newest = result.restore_point
+        return f"{result.vm} is already protected by {result.replica} (newest restore point {newest})"
     how = f"adopted {adopted} as the seed" if adopted else "seeded by clone"
     return (
         f"{result.vm} -> {result.replica}: restore point {result.restore_point} {how} "
@@ -291,7 +293,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
             target,
             settings=settings,
             adopt=args.adopt,
-            replica_access=_mounts(args, env),
+            replica_access=_mounts(args, env, conn),
+            allow_source_datastore=args.allow_source_datastore,
         )
     _emit(args, result, lambda: _seed_line(result, args.adopt))
     return EXIT_OK
@@ -303,15 +306,16 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             f"--checkpoint-every ({format_size(args.checkpoint_every)}) must be at least one "
             f"--chunk ({format_size(args.chunk)})"
         )
-    settings = _settings(args)
+    overrides = _given_settings(args)
+    apply_overrides(CycleSettings(), overrides)  # a bad value is refused before connecting
     with _session(args) as (conn, env):
         bar = _Bar(f"replicating {args.vm}")
         try:
             result = replicate(
                 conn,
                 args.vm,
-                replica_access=_mounts(args, env),
-                settings=settings,
+                replica_access=_mounts(args, env, conn),
+                overrides=overrides,
                 checkpoint_every=args.checkpoint_every,
                 chunk=args.chunk,
                 on_progress=bar,
@@ -330,8 +334,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         found = protection_status(conn, target_rpo=args.rpo)
 
     def table() -> str:
-        rows = [["VM", "REPLICA", "STATE", "POINTS", "LATEST", "AGE", "RPO", "OK", "LAST ERROR"]]
+        rows = [["VM", "REPLICA", "STATE", "POINTS", "LATEST", "AGE", "RPO", "OK", "NOTE"]]
         for s in found:
+            note = s.last_error or ""
+            if s.operation:
+                note = f"{s.operation}; continue with: {s.next_step}"
+            elif s.busy:
+                note = f"busy: {s.busy}"
             rows.append(
                 [
                     s.vm,
@@ -342,12 +351,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"{s.age_seconds:.0f}s" if s.age_seconds is not None else "-",
                     f"{s.target_rpo_seconds:.0f}s" if s.target_rpo_seconds is not None else "-",
                     "n/a" if s.state == FAILED_OVER else {True: "yes", False: "NO", None: "-"}[s.compliant],
-                    s.last_error or "",
+                    note,
                 ]
             )
         return _table(rows) if found else "no protected VMs"
 
     _emit(args, found, table)
+    if any(s.state == UNREADABLE for s in found):
+        return EXIT_FAILED
     # A failed-over VM runs on its replica: there is no replication whose RPO could be missed.
     missed = [s for s in found if s.compliant is False and s.state != FAILED_OVER]
     return EXIT_RPO_MISSED if missed else EXIT_OK
@@ -380,7 +391,7 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _session(args) as (conn, env):
-        check = verify_restore_point(conn, args.vm, _mounts(args, env), args.restore_point)
+        check = verify_restore_point(conn, args.vm, _mounts(args, env, conn), args.restore_point)
     disks = [
         {"replica_key": d.replica_key, "expected": d.expected, "actual": d.actual, "ok": d.ok}
         for d in check.disks
@@ -405,32 +416,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     from vsphere_replicator.policies.durations import format_duration
 
+    older_than = args.older_than
+    if older_than is None:
+        older_than = timedelta(hours=1) if args.action == "sweep" else timedelta(0)
     with _session(args) as (conn, _):
-        if args.action == "sweep":
-            found = sweep_orphans(conn, older_than=args.older_than, dry_run=args.dry_run)
-        else:
-            found = find_orphans(conn, older_than=args.older_than)
-    rows = [
-        {
+        result = sweep_snapshots(conn, older_than=older_than, dry_run=args.dry_run or args.action == "list")
+
+    def row(o: Any, kept: str | None) -> dict[str, Any]:
+        return {
             "vm": o.vm,
             "snapshot": o.snapshot.name,
             "snapshot_moref": o.snapshot.moref,
             "created": o.snapshot.created,
             "age_seconds": o.age.total_seconds(),
+            "kept": kept,
         }
-        for o in found
-    ]
-    verb = (
-        "would remove"
-        if args.action == "sweep" and args.dry_run
-        else "removed"
-        if args.action == "sweep"
-        else ""
-    )
+
+    rows = [row(o, None) for o in result.removed] + [row(s.snapshot, s.reason) for s in result.spared]
+    verb = {"list": "", "sweep": "would remove" if args.dry_run else "removed"}[args.action]
 
     def table() -> str:
-        lines = [f"{verb} {r['vm']}: {r['snapshot']} ({r['age_seconds']:.0f}s old)".strip() for r in rows]
-        return "\n".join(lines) or f"no snapshots of ours older than {format_duration(args.older_than)}"
+        lines = []
+        for r in rows:
+            what = f"{r['vm']}: {r['snapshot']} ({r['age_seconds']:.0f}s old)"
+            lines.append(f"kept {what}: {r['kept']}" if r["kept"] else f"{verb} {what}".strip())
+        return "\n".join(lines) or f"no snapshots of ours older than {format_duration(older_than)}"
 
     _emit(args, rows, table)
     return EXIT_OK
@@ -473,7 +483,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{record.finished:%H:%M:%S} {record.vm} [{record.protection}/{record.policy}] {outcome}")
 
     with _session(args) as (conn, env):
-        engine = LiveEngine(conn, replica_access=_mounts(args, env))
+        engine = LiveEngine(conn, replica_access=_mounts(args, env, conn))
         records = run_policies(
             policy_file, engine, once=not args.watch, stop=stop, max_cycles=args.max_cycles, on_record=show
         )
@@ -501,6 +511,15 @@ def _failover_line(result: Any, vm: str | None = None, what: str | None = None) 
 def cmd_failover(args: argparse.Namespace) -> int:
     from vsphere_replicator.replication import failover
 
+    if not (args.test or args.planned or args.unplanned or args.cleanup):
+        raise InvalidInput(
+            "say which failover: --test (an isolated copy), --planned (sync, source off, replica on) "
+            "or --unplanned (the replica at a restore point, the source left as it is)"
+        )
+    if args.force and not args.unplanned:
+        raise InvalidInput("--force only applies to --unplanned")
+    if args.restore_point and (args.planned or args.cleanup):
+        raise InvalidInput("a planned failover always brings up the newest data: drop --restore-point")
     with _session(args) as (conn, env):
         if args.cleanup:
             removed = failover.cleanup_test_failover(conn, args.vm)
@@ -509,23 +528,25 @@ def cmd_failover(args: argparse.Namespace) -> int:
         if args.test:
             result = failover.start_test_failover(conn, args.vm, restore_point=args.restore_point)
         elif args.planned:
-            if args.restore_point:
-                raise InvalidInput(
-                    "a planned failover always brings up the newest data: drop --restore-point"
-                )
-            result = failover.planned_failover(conn, args.vm, replica_access=_mounts(args, env))
+            result = failover.planned_failover(conn, args.vm, replica_access=_mounts(args, env, conn))
         else:
-            result = failover.unplanned_failover(conn, args.vm, restore_point=args.restore_point)
+            result = failover.unplanned_failover(
+                conn, args.vm, restore_point=args.restore_point, force=args.force
+            )
     _emit(args, result, lambda: _failover_line(result))
     return EXIT_OK
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
-    from vsphere_replicator.replication.failover import failback, replica_of
+    from vsphere_replicator.replication.failback import failback
+    from vsphere_replicator.replication.replica import replica_of
 
     with _session(args) as (conn, env):
-        running = replica_of(conn, args.vm, promoted=True).vm.name
-        result = failback(conn, args.vm, replica_access=_mounts(args, env), switch=not args.no_switch)
+        try:
+            running = replica_of(conn, args.vm, promoted=True).vm.name
+        except NotFound:
+            running = "its replica"
+        result = failback(conn, args.vm, replica_access=_mounts(args, env, conn), switch=not args.no_switch)
     if result is None:
         _emit(
             args,
@@ -537,6 +558,56 @@ def cmd_failback(args: argparse.Namespace) -> int:
         )
     else:
         _emit(args, result, lambda: _failover_line(result, args.vm, f"failed back from {running}"))
+    return EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from vsphere_replicator.policies.durations import format_duration
+    from vsphere_replicator.replication.protection import update_settings
+
+    given = _given_settings(args)
+    if args.no_max_age:
+        given["max_age"] = None
+    if args.no_rpo:
+        given["target_rpo"] = None
+    if args.no_max_change_share:
+        given["max_change_share"] = None
+    if args.no_verify:
+        given["verify"] = False
+    with _session(args) as (conn, _):
+        change = update_settings(conn, args.vm, **given)
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "-"
+        return format_duration(value) if isinstance(value, timedelta) else str(value)
+
+    def table() -> str:
+        rows = [["SETTING", "BEFORE", "AFTER", ""]]
+        for name in CycleSettings.__dataclass_fields__:
+            before, after = getattr(change.before, name), getattr(change.after, name)
+            rows.append([name, shown(before), shown(after), "changed" if name in change.changed else ""])
+        return f"{change.vm} ({change.replica}):\n" + _table(rows)
+
+    _emit(args, change, table)
+    return EXIT_OK
+
+
+def cmd_unprotect(args: argparse.Namespace) -> int:
+    from vsphere_replicator.replication.protection import unprotect
+
+    with _session(args) as (conn, _):
+        result = unprotect(conn, args.vm, delete_replica=args.delete_replica)
+
+    def line() -> str:
+        if result.deleted:
+            return f"{result.vm}: protection ended, replica {result.replica} deleted"
+        return (
+            f"{result.vm}: protection ended, {result.replica} kept as a plain VM at its newest restore "
+            f"point ({result.snapshots_removed} restore-point snapshots consolidated)"
+        )
+
+    _emit(args, result, line)
     return EXIT_OK
 
 
@@ -577,6 +648,11 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--provisioning", choices=["thin", "thick-lazy", "thick-eager"], default="thin")
     p.add_argument("--name", default="{vm}-replica", help="replica name template ({vm})")
     p.add_argument("--adopt", default=None, metavar="VM", help="adopt this existing copy as the seed")
+    p.add_argument(
+        "--allow-source-datastore",
+        action="store_true",
+        help="allow the replica on a datastore the source uses (it would not survive losing it)",
+    )
     p.add_argument(
         "--network",
         action="append",
@@ -621,8 +697,14 @@ def add_commands(commands: Any) -> None:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--test", action="store_true", help="run an isolated copy; touch nothing else")
     kind.add_argument("--planned", action="store_true", help="final sync, source off, replica on")
+    kind.add_argument(
+        "--unplanned", action="store_true", help="replica on at a restore point; the source is not touched"
+    )
     kind.add_argument("--cleanup", action="store_true", help="remove the copies of earlier --test runs")
     p.add_argument("--restore-point", default=None, help="default: the latest")
+    p.add_argument(
+        "--force", action="store_true", help="--unplanned even though the source still runs (two copies up)"
+    )
     p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
     p = command("failback", cmd_failback, "reverse replication into the original VM, then switch back to it")
@@ -643,5 +725,22 @@ def add_commands(commands: Any) -> None:
 
     p = command("snapshots", cmd_snapshots, "list or sweep snapshots our runs left behind")
     p.add_argument("action", choices=["list", "sweep"])
-    p.add_argument("--older-than", type=parse_duration, default=timedelta(hours=1))
+    p.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=None,
+        help="only snapshots at least this old (default: all for list, 1h for sweep)",
+    )
     p.add_argument("--dry-run", action="store_true")
+
+    p = command("settings", cmd_settings, "show or change the settings protect recorded for a VM")
+    p.add_argument("vm")
+    cycle_options(p)
+    p.add_argument("--no-max-age", action="store_true", help="keep restore points whatever their age")
+    p.add_argument("--no-rpo", action="store_true", help="drop the target RPO")
+    p.add_argument("--no-max-change-share", action="store_true", help="never refuse an incremental")
+    p.add_argument("--no-verify", action="store_true", help="stop verifying restore points")
+
+    p = command("unprotect", cmd_unprotect, "end a VM's protection, keeping its replica or deleting it")
+    p.add_argument("vm", help="the protected (source) VM's name")
+    p.add_argument("--delete-replica", action="store_true", help="delete the replica VM (default: keep it)")

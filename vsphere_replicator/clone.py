@@ -14,7 +14,6 @@ from typing import Any
 
 from pyVmomi import vim
 
-from vsphere_replicator.checks import check_type
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import (
@@ -92,14 +91,8 @@ def _backing(provisioning: str) -> Any:
     )
 
 
-def _resolve(
-    conn: Connection, info: VMInfo, name: str, placement: ClonePlacement
-) -> tuple[str, tuple[NamedObject, ...]]:
-    """The clone's name, free to take, and the inventory's named objects, each one `placement` names found."""
-    check_type(placement, ClonePlacement, "placement")
-    target = clone_name(name, info)
-    if find_vms(conn, VMSelector(name=target)):
-        raise InvalidInput(f"a VM named {target!r} already exists")
+def check_placement(conn: Connection, placement: ClonePlacement) -> None:
+    """Raise NotFound / InvalidInput for a placement whose datastore, host, pool or folder is not there."""
     objects = named_objects(conn)
     _one(objects, "Datastore", placement.datastore)
     for disk in placement.disks:
@@ -109,17 +102,8 @@ def _resolve(
         _one(objects, "HostSystem", placement.host)
     if placement.resource_pool:
         _one(objects, "ResourcePool", placement.resource_pool)
-    _one(objects, "Folder", placement.folder or info.folder)
-    return target, objects
-
-
-def check_placement(conn: Connection, vm: VMRef, name: str, placement: ClonePlacement) -> None:
-    """Raise what `clone_vm` would for a taken name or a placement naming nothing, without doing anything.
-
-    For callers that must change the source first (a snapshot, CBT) and want
-    a typo in a datastore name refused before that.
-    """
-    _resolve(conn, resolve_vm(conn, vm), name, placement)
+    if placement.folder:
+        _one(objects, "Folder", placement.folder)
 
 
 def clone_vm(
@@ -142,10 +126,13 @@ def clone_vm(
     removes one the source carried).
     """
     info = resolve_vm(conn, vm)
-    target, objects = _resolve(conn, info, name, placement)
+    target = clone_name(name, info)
+    if find_vms(conn, VMSelector(name=target)):
+        raise InvalidInput(f"a VM named {target!r} already exists")
     disks = snapshot_disks(conn, snapshot.moref) if snapshot is not None else info.disks
     if snapshot is not None:
         find_snapshot(info, moref=snapshot.moref)
+    objects = named_objects(conn)
     home = _one(objects, "Datastore", placement.datastore)
     keys = {d.key for d in disks}
     stray = [p.disk for p in placement.disks if p.disk not in keys]

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from vsphere_replicator.checks import check_callable, check_int, check_text, check_type
 from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
-from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, translate
+from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, fault_message, translate
 from vsphere_replicator.logs import get_logger
 
 T = TypeVar("T")
@@ -135,6 +136,8 @@ class Connection:
         self.retry = retry or RetryPolicy()
         self._si: Any = None
         self._content: Any = None
+        self._renew_lock = threading.Lock()
+        self._generation = 0
         try:
             self._si = self._retrying(idempotent=True)(self._open)
         except ReplicatorError:
@@ -168,6 +171,10 @@ class Connection:
             raise AuthenticationFailed(
                 f"connect to {s.host}: vCenter refused the user name or password", fault="InvalidLogin"
             ) from exc
+        except vim.fault.HostConnectFault as exc:
+            # pyVim wraps what went wrong on the wire (a cut response, a reset) in this fault:
+            # a network error, retried by the policy like any other.
+            raise ConnectionError(f"connect to {s.host}:{s.port}: {fault_message(exc)}") from exc
         except SOAP_ERRORS as exc:
             error = translate(exc, what=f"connect to {s.host}:{s.port}")
             if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
@@ -182,16 +189,34 @@ class Connection:
         cookie: str = self._si._stub.cookie
         return cookie
 
-    def renew_session(self) -> None:
-        """Log in again on the same connection (after vCenter said the session expired)."""
-        self._log.warning("session_expired_relogin")
-        manager = self.content.sessionManager
-        try:
-            manager.Login(userName=self.settings.user, password=self.settings.password)
-        except vim.fault.InvalidLogin as exc:
-            raise AuthenticationFailed(
-                f"log in to {self.settings.host} again: credentials refused", fault="InvalidLogin"
-            ) from exc
+    def renew_session(self, seen: int | None = None) -> None:
+        """Log in again on the same connection (after vCenter said the session expired).
+
+        Threads that hit the expiry together log in once: `seen` is the
+        session generation a caller failed with; if another thread renewed
+        since, there is nothing to do.
+        """
+        with self._renew_lock:
+            if seen is not None and seen != self._generation:
+                return
+            self._log.warning("session_expired_relogin")
+            manager = self.content.sessionManager
+            try:
+                self._retrying(idempotent=True)(
+                    lambda: manager.Login(userName=self.settings.user, password=self.settings.password)
+                )
+            except vim.fault.InvalidLogin as exc:
+                raise AuthenticationFailed(
+                    f"log in to {self.settings.host} again: credentials refused", fault="InvalidLogin"
+                ) from exc
+            except SOAP_ERRORS as exc:
+                raise translate(exc, what=f"log in to {self.settings.host} again") from exc
+            self._generation += 1
+
+    @property
+    def session_generation(self) -> int:
+        """Bumped at every re-login: pass it back to renew_session so concurrent renewals happen once."""
+        return self._generation
 
     @property
     def service_instance(self) -> Any:
@@ -246,15 +271,28 @@ class Connection:
             raise InvalidInput(f"{what}: the connection to {self.settings.host} is closed")
         relogged = False
         while True:
+            generation = self._generation
             try:
                 return self._retrying(idempotent=idempotent)(fn)
             except vim.fault.NotAuthenticated as exc:
                 if relogged:
                     raise translate(exc, what=what, vm=vm) from exc
-                self.renew_session()
+                self.renew_session(seen=generation)
                 relogged = True
             except SOAP_ERRORS as exc:
                 raise translate(exc, what=what, vm=vm) from exc
+
+
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def profile_prefix(profile: str | None) -> str:
+    """'prod' -> 'VSPHERE_PROD_'; None -> 'VSPHERE_' (the default profile)."""
+    if profile is None:
+        return "VSPHERE_"
+    if not _PROFILE_NAME.match(profile):
+        raise InvalidInput(f"a profile name is letters, digits and '_' (it names variables), not {profile!r}")
+    return f"VSPHERE_{profile.upper()}_"
 
 
 def settings_from(
@@ -267,37 +305,53 @@ def settings_from(
     thumbprint: str | None = None,
     insecure: bool = False,
     environ: Mapping[str, str] | None = None,
+    profile: str | None = None,
 ) -> ConnectionSettings:
-    """Settings from the arguments, completed from the VSPHERE_* environment profile."""
+    """Settings from the arguments, completed from one environment profile and from nothing else.
+
+    `environ` (default: `os.environ`) is the only mapping read. `profile=None`
+    reads VSPHERE_HOST, VSPHERE_USER, VSPHERE_PASSWORD, VSPHERE_PORT,
+    VSPHERE_CA_FILE, VSPHERE_THUMBPRINT; `profile="prod"` reads VSPHERE_PROD_HOST
+    and so on, and never the unprefixed ones: completing one site's profile
+    with another's would send that site's password, or trust its CA, for
+    this host. A missing field raises InvalidInput naming the variable to set.
+    """
     for name, value in (("host", host), ("user", user), ("ca_file", ca_file), ("thumbprint", thumbprint)):
         check_type(value, str, name, optional=True)
     check_type(password, str, "password", optional=True, secret=True)
     check_type(port, int, "port", optional=True)
     check_type(insecure, bool, "insecure")
+    check_type(profile, str, "profile", optional=True)
     env = os.environ if environ is None else environ
+    prefix = profile_prefix(profile)
+
+    def read(name: str) -> str | None:
+        return env.get(prefix + name) or None
+
     values = {
-        "HOST": host or env.get("VSPHERE_HOST"),
-        "USER": user or env.get("VSPHERE_USER"),
-        "PASSWORD": password or env.get("VSPHERE_PASSWORD"),
+        "HOST": host or read("HOST"),
+        "USER": user or read("USER"),
+        "PASSWORD": password or read("PASSWORD"),
     }
     missing = [name for name, value in values.items() if not value]
     if missing:
-        names = ", ".join(f"{n.lower()} (or VSPHERE_{n})" for n in missing)
-        raise InvalidInput(f"no vCenter to connect to: give {names}")
+        names = ", ".join(f"{n.lower()} (or export {prefix}{n})" for n in missing)
+        where = f"profile {profile!r} is incomplete" if profile else "no vCenter to connect to"
+        raise InvalidInput(f"{where}: give {names}")
     if port is None:
-        port_text = env.get("VSPHERE_PORT") or "443"
-        if not port_text.isdigit():
-            raise InvalidInput(f"VSPHERE_PORT must be a port number, got {port_text!r}")
+        port_text = read("PORT") or "443"
+        if not (port_text.isdigit() and len(port_text) <= 5):
+            raise InvalidInput(f"{prefix}PORT must be a port number, got {port_text!r}")
         port = int(port_text)
     if not 0 < port < 65536:
         raise InvalidInput(f"port must be between 1 and 65535, got {port}")
-    pinned = thumbprint or env.get("VSPHERE_THUMBPRINT")
+    pinned = thumbprint or read("THUMBPRINT")
     return ConnectionSettings(
         host=str(values["HOST"]),
         user=str(values["USER"]),
         password=str(values["PASSWORD"]),
         port=port,
-        ca_file=ca_file or env.get("VSPHERE_CA_FILE") or None,
+        ca_file=ca_file or read("CA_FILE"),
         thumbprint=normalize_thumbprint(pinned) if pinned else None,
         insecure=insecure,
     )
@@ -313,8 +367,10 @@ def connect(
     thumbprint: str | None = None,
     insecure: bool = False,
     retry: RetryPolicy | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Connection:
-    """Log in to vCenter. Arguments not given come from the VSPHERE_* environment profile.
+    """Log in to vCenter. Arguments not given come from one environment profile (see `settings_from`).
 
     TLS is verified against `ca_file`, or a pinned SHA-256 `thumbprint`, or
     the system's CAs; only `insecure=True` turns verification off (logged).
@@ -322,6 +378,14 @@ def connect(
     ConnectionFailed.
     """
     settings = settings_from(
-        host, user, password, port=port, ca_file=ca_file, thumbprint=thumbprint, insecure=insecure
+        host,
+        user,
+        password,
+        port=port,
+        ca_file=ca_file,
+        thumbprint=thumbprint,
+        insecure=insecure,
+        environ=environ,
+        profile=profile,
     )
     return Connection(settings, retry)

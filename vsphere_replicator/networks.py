@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,16 @@ def _current_network(nic: Any, networks: Mapping[str, _Network]) -> str:
         key = backing.port.portgroupKey
         return next((n.name for n in networks.values() if n.portgroup_key == key), str(key))
     return str(getattr(backing, "deviceName", ""))
+
+
+def check_networks(conn: Connection, names: Iterable[str]) -> None:
+    """Raise NotFound naming every port group in `names` that does not exist."""
+    wanted = set(names)
+    if not wanted:
+        return
+    missing = sorted(wanted - set(_networks(conn)))
+    if missing:
+        raise NotFound(f"no port group named {', '.join(missing)}")
 
 
 def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> tuple[NicChange, ...]:

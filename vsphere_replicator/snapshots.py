@@ -63,10 +63,13 @@ class SnapshotResult:
 
 @dataclass(frozen=True, slots=True)
 class OrphanSnapshot:
+    """A snapshot of ours on a VM, and how old it is."""
+
     vm: str
     vm_moref: str
     snapshot: SnapshotInfo
     age: timedelta
+    vm_uuid: str | None = None
 
 
 def is_ours(snapshot: SnapshotInfo) -> bool:
@@ -258,7 +261,11 @@ def find_orphans(
         for snap in vm.all_snapshots():
             age = now - snap.created
             if is_ours(snap) and age >= older_than:
-                found.append(OrphanSnapshot(vm=vm.name, vm_moref=vm.moref, snapshot=snap, age=age))
+                found.append(
+                    OrphanSnapshot(
+                        vm=vm.name, vm_moref=vm.moref, snapshot=snap, age=age, vm_uuid=vm.instance_uuid
+                    )
+                )
     return tuple(found)
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vsphere_replicator.checks import check_int
 from vsphere_replicator.errors import InvalidInput, LabError
@@ -88,6 +88,10 @@ class LabInfo:
 
 
 def default_state_dir() -> Path:
+    """VR_LAB_STATE_DIR (what `lab env` exports), else the per-user state directory."""
+    chosen = os.environ.get("VR_LAB_STATE_DIR")
+    if chosen:
+        return Path(chosen)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
     return Path(base) / "vsphere_replicator" / "lab"
 
@@ -116,6 +120,13 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return ""
+
+
+def _private_log(path: Path) -> BinaryIO:
+    """`path` truncated for writing, mode 0600 from its creation on (and if it existed before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def start_lab(
@@ -149,7 +160,9 @@ def start_lab(
     if running is not None:
         raise LabError(f"a lab is already running in {directory} (pid {running.pid}, {running.url})")
     binary = ensure_lab_binary()
-    directory.mkdir(parents=True, exist_ok=True)
+    # The lab's password (lab.json) and its datastores live here: for this user only.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
     (directory / INFO_FILE).unlink(missing_ok=True)
     args = [
         str(binary),
@@ -173,7 +186,7 @@ def start_lab(
     if latency_ms:
         args += ["-latency", f"{latency_ms}ms"]
     log_path = directory / LOG_FILE
-    with log_path.open("wb") as log:
+    with _private_log(log_path) as log:
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )

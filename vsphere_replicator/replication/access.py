@@ -8,15 +8,18 @@ lab's local directories), or an NBD export of the replica's disk.
 
 from __future__ import annotations
 
+import secrets
+import threading
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.inventory import DiskInfo
+from vsphere_replicator.inventory import DiskInfo, named_objects
 from vsphere_replicator.transport.base import BlockSink, BlockSource
-from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
+from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path, read_datastore_file
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 
@@ -34,10 +37,20 @@ class DiskAccess(Protocol):
 
 
 class MountedDatastores:
-    """Datastores seen as local directories: {datastore name: directory}."""
+    """Datastores seen as local directories: {datastore name: directory}.
 
-    def __init__(self, mounts: Mapping[str, str | Path]) -> None:
+    With `conn`, each mount is proven before it is trusted: a marker file
+    written through the mount must be read back through vCenter's datastore
+    endpoint, so a stale copy or a wrong directory is refused instead of
+    silently receiving a replica's bytes. Without it, a mount is only
+    checked to hold the disk's file.
+    """
+
+    def __init__(self, mounts: Mapping[str, str | Path], *, conn: Connection | None = None) -> None:
         self.mounts = {name: Path(path) for name, path in mounts.items()}
+        self._conn = conn
+        self._proven: set[str] = set()
+        self._lock = threading.Lock()
 
     def path(self, disk: DiskInfo) -> Path:
         datastore, extent = flat_extent_path(disk.file_name)
@@ -52,12 +65,45 @@ class MountedDatastores:
             raise InvalidInput(
                 f"{path} does not exist: is {disk.datastore or 'the datastore'} mounted there?"
             )
+        if self._conn is not None:
+            self.prove(flat_extent_path(disk.file_name)[0])
+
+    def prove(self, datastore: str) -> None:
+        """Show that the directory mounted for `datastore` is that datastore (once per datastore)."""
+        with self._lock:
+            if datastore in self._proven or self._conn is None:
+                return
+            directory = self.mounts[datastore]
+            name = f".vsphere-replicator-probe-{uuid.uuid4().hex}"
+            token = secrets.token_hex(16).encode()
+            marker = directory / name
+            try:
+                marker.write_bytes(token)
+            except OSError as exc:
+                raise InvalidInput(f"cannot write to {directory}, mounted as {datastore}: {exc}") from exc
+            try:
+                seen = [
+                    read_datastore_file(self._conn, datastore, name, datacenter=dc)
+                    for dc in _datacenters(self._conn)
+                ]
+            finally:
+                marker.unlink(missing_ok=True)
+            if token not in seen:
+                raise InvalidInput(
+                    f"{directory} is not datastore {datastore}: a file written there is not seen through "
+                    "vCenter (a stale copy, or another datastore?); fix the mount"
+                )
+            self._proven.add(datastore)
 
     def source(self, disk: DiskInfo) -> BlockSource:
         return FileBlockSource(self.path(disk))
 
     def sink(self, disk: DiskInfo) -> BlockSink:
         return FileBlockSink(self.path(disk))
+
+
+def _datacenters(conn: Connection) -> list[str]:
+    return [o.name for o in named_objects(conn) if o.kind == "Datacenter"]
 
 
 class NBDDisks:

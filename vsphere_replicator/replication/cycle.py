@@ -23,12 +23,15 @@ the next run does first.
 from __future__ import annotations
 
 import bisect
+import os
 import random
+import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from pyVmomi import vim
 
@@ -47,6 +50,9 @@ from vsphere_replicator.inventory import (
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.disks import remove_unreferenced_disks
+from vsphere_replicator.replication.lease import Lease, LeaseLost, is_live, lease_holder
+from vsphere_replicator.replication.options import read_options
 from vsphere_replicator.replication.replica import (
     CYCLE_SNAPSHOT,
     RESTORE_POINT_MARKER,
@@ -55,12 +61,15 @@ from vsphere_replicator.replication.replica import (
     refresh,
     replica_snapshot,
     require_replica,
+    reread,
+    revert_replica,
     sweep_source,
 )
 from vsphere_replicator.replication.retention import prune
 from vsphere_replicator.replication.settings import (
     CycleResult,
     CycleSettings,
+    apply_overrides,
     check_cycle_arguments,
     check_transfer,
 )
@@ -71,6 +80,8 @@ from vsphere_replicator.replication.state import (
     ReplicaState,
     RestorePoint,
     StateError,
+    point_id,
+    record_from,
     write_options,
 )
 from vsphere_replicator.snapshots import (
@@ -79,7 +90,6 @@ from vsphere_replicator.snapshots import (
     create_snapshot,
     find_snapshot,
     remove_snapshot,
-    revert_to_snapshot,
 )
 from vsphere_replicator.tasks import run_task
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, plan_chunks, read_chunks
@@ -115,6 +125,8 @@ def replicate(
     replica_access: DiskAccess,
     source_access: DiskAccess | None = None,
     settings: CycleSettings | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    verify_access: DiskAccess | None = None,
     throttle: Throttle | None = None,
     on_progress: Progress | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT,
@@ -123,20 +135,74 @@ def replicate(
 ) -> CycleResult:
     """Run one cycle for a protected VM (resuming an interrupted one first); returns what it did.
 
-    `settings` defaults to those recorded at protect time. Raises
-    IncrementalRefused (nothing changed) when `max_change_share` is exceeded.
+    The cycle runs under the replica's lease (Busy when another operation
+    holds it). `settings` replaces the ones recorded at protect time for
+    this run, `overrides` changes some of them for this run; neither is
+    recorded. `verify_access` reads the replica back for `verify` along a
+    path other than the writer's (default: the datastore HTTP endpoint).
+    Raises IncrementalRefused (nothing changed) when `max_change_share` is
+    exceeded.
     """
     check_transfer(chunk=chunk, checkpoint_every=checkpoint_every, workers=workers)
     check_cycle_arguments(
         settings=settings,
         replica_access=replica_access,
         source_access=source_access,
+        verify_access=verify_access,
+        overrides=overrides,
         throttle=throttle,
         on_progress=on_progress,
     )
-    started = time.monotonic()
     source = resolve_vm(conn, vm)
-    replica = require_replica(conn, source)
+    found = require_replica(conn, source)
+    for disk in found.vm.disks:  # a replica datastore not mounted as said: refused before even the lease
+        replica_access.check(disk)
+    with Lease(conn, found.vm.moref, operation="replicate", vm=found.vm.name) as lease:
+        return run_cycle(
+            conn,
+            source,
+            reread(conn, found),
+            lease,
+            replica_access=replica_access,
+            source_access=source_access,
+            settings=settings,
+            overrides=overrides,
+            verify_access=verify_access,
+            throttle=throttle,
+            on_progress=on_progress,
+            checkpoint_every=checkpoint_every,
+            chunk=chunk,
+            workers=workers,
+        )
+
+
+def run_cycle(
+    conn: Connection,
+    source: VMInfo,
+    replica: Replica,
+    lease: Lease,
+    *,
+    replica_access: DiskAccess,
+    source_access: DiskAccess | None = None,
+    settings: CycleSettings | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    verify_access: DiskAccess | None = None,
+    throttle: Throttle | None = None,
+    on_progress: Progress | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT,
+    chunk: int = DEFAULT_CHUNK,
+    workers: int = 4,
+    within_recovery: bool = False,
+) -> CycleResult:
+    """One cycle of `replica`, whose lease the caller holds (replicate, planned failover)."""
+    started = time.monotonic()
+    if replica.recovery is not None and not within_recovery:
+        kind = replica.recovery.kind
+        raise StateError(
+            f"a {kind} {'failback' if kind == 'failback' else 'failover'} of {source.name} is in progress "
+            f"(phase {replica.recovery.phase}): run it again to finish it before replicating",
+            vm=source.name,
+        )
     if replica.state is None:
         raise StateError(
             f"protecting {source.name} was interrupted; run protect again to finish the seed", vm=source.name
@@ -148,27 +214,40 @@ def replicate(
             "a running replica is not written to; protect the VM again or fail back",
             vm=source.name,
         )
-    chosen = settings or state.settings
+    chosen = apply_overrides(settings or state.settings, overrides)
     reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
     for disk in replica.vm.disks:
         replica_access.check(disk)
     for disk in source.disks:
         reader.check(disk)
-    run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress)
+    verifier = verify_access or HTTPDatastores(conn, replica.vm.folder.split("/", 1)[0])
+    run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
+    run.verifier = verifier
     try:
         result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
     except ReplicatorError as exc:
-        _record_error(conn, replica, run.state, exc)
+        _record_error(lease, replica, exc)
         raise
     return replace(result, seconds=time.monotonic() - started)
 
 
-def _record_error(conn: Connection, replica: Replica, state: ReplicaState, exc: ReplicatorError) -> None:
-    """Keep the failure in the state for `status`; the next successful commit clears it."""
+def _record_error(lease: Lease, replica: Replica, exc: ReplicatorError) -> None:
+    """Keep the failure in the state for `status`; the next successful commit clears it.
+
+    The state written is the one vCenter holds now (read again under the
+    lease), never what this run had in memory: a failed commit must not
+    half-commit through its own error report.
+    """
+    log = get_logger(vm=replica.vm.name)
+    if isinstance(exc, LeaseLost):
+        return  # the replica is someone else's now: write nothing
     try:
-        write_options(conn, replica.vm.moref, state=replace(state, last_error=f"{type(exc).__name__}: {exc}"))
+        current = record_from(read_options(lease.conn, replica.vm.moref), replica.vm.name)
+        if current.state is not None:
+            message = f"{type(exc).__name__}: {exc}"
+            write_options(lease, state=replace(current.state, last_error=message))
     except ReplicatorError as also:  # vCenter itself may be what failed: the original error matters more
-        get_logger(vm=replica.vm.name).warning("last_error_not_recorded", error=str(also))
+        log.warning("last_error_not_recorded", error=str(also))
 
 
 class _Cycle:
@@ -183,8 +262,11 @@ class _Cycle:
         writer: DiskAccess,
         throttle: Throttle | None,
         on_progress: Progress | None,
+        lease: Lease,
     ) -> None:
         self.conn = conn
+        self.lease = lease
+        self.verifier: DiskAccess = writer
         self.source = source
         self.replica = replica
         self.state = state
@@ -200,32 +282,37 @@ class _Cycle:
     def execute(self, *, checkpoint_every: int, chunk: int, workers: int) -> CycleResult:
         journal = self.replica.journal
         resumed = journal is not None
-        self.state = reconcile(self.conn, self.replica, self.state, journal)
+        self.state = reconcile(self.conn, self.lease, self.replica, self.state, journal)
         if journal is not None:
             self.log.warning("cycle_resumed", cycle=journal.cycle, phase=journal.phase)
             journal = self._recover(journal)
         if journal is None:
             resumed = False
-            self.source = sweep_source(self.conn, self.source)
+            if not source_lease_live(self.conn, self.source):  # a protect or clone is using its snapshots
+                self.source = sweep_source(self.conn, self.source)
             journal = self._begin()
-        snapshot = self._source_snapshot(journal)
-        if journal.phase == "snapshot":
-            journal, plans = self._plan(journal, snapshot)
-            if not journal.retired and all(p.changed == 0 and p.disk.resync_reason is None for p in plans):
-                return self._confirm(journal, snapshot, resumed)
+        snapshot: SnapshotInfo | None
+        if journal.phase == "copied":
+            # Every byte is on the replica and the journal holds all the commit needs: the source
+            # snapshot (for verify, then removal) may be gone without making the cycle unfinishable.
+            snapshot = self._source_snapshot_if_any(journal)
         else:
-            plans = self._replan(journal, snapshot)
-        if journal.phase == "copying":
-            moved = self._copy(
-                journal, plans, checkpoint_every=checkpoint_every, chunk=chunk, workers=workers
-            )
+            snapshot = self._source_snapshot(journal)
+            if journal.phase == "snapshot":
+                journal, plans = self._plan(journal, snapshot, chunk)
+                if not journal.retired and all(
+                    p.changed == 0 and p.disk.resync_reason is None for p in plans
+                ):
+                    return self._confirm(journal, snapshot, resumed)
+            else:
+                plans = self._replan(journal, snapshot)
+            journal = self._copy(journal, plans, checkpoint_every=checkpoint_every, workers=workers)
             journal = replace(journal, phase="copied")
-            write_options(self.conn, self.replica.vm.moref, journal=journal)
+            write_options(self.lease, journal=journal)
             failpoints.point("copied")
-        else:
-            moved = sum(p.disk.done for p in plans)
-        point = self._restore_point(journal, snapshot, moved, sum(p.changed for p in plans))
-        self._finish(journal, snapshot)
+        moved = sum(d.done for d in journal.disks)
+        point = self._restore_point(journal, snapshot)
+        self._finish(snapshot)
         self.log.info("cycle_done", restore_point=point.id, bytes_moved=moved)
         return CycleResult(
             vm=self.source.name,
@@ -235,7 +322,7 @@ class _Cycle:
             quiesced=point.quiesced,
             bytes_changed=point.bytes_changed,
             bytes_moved=moved,
-            full_resync=tuple(p.disk.source_key for p in plans if p.disk.resync_reason),
+            full_resync=tuple(d.source_key for d in journal.disks if d.resync_reason),
             resumed=resumed,
             seconds=0.0,
         )
@@ -247,9 +334,9 @@ class _Cycle:
             phase="snapshot",
             source_snapshot=None,
             started=datetime.now(UTC),
-            restore_point=f"rp-{self.state.next_point:06d}",
+            restore_point=point_id(self.state.next_point),
         )
-        write_options(self.conn, self.replica.vm.moref, journal=journal)
+        write_options(self.lease, journal=journal)
         failpoints.point("journal-begun")
         return journal
 
@@ -266,7 +353,7 @@ class _Cycle:
             return None
         if journal.phase == "snapshot":
             self._roll_back(written=False)  # disks may have been half added or retired: plan afresh
-            write_options(self.conn, self.replica.vm.moref, journal=journal)
+            write_options(self.lease, journal=journal)
         return journal
 
     def _roll_back(self, *, written: bool) -> None:
@@ -277,12 +364,22 @@ class _Cycle:
         """
         vm = refresh(self.conn, self.replica)
         latest = find_snapshot(vm, moref=self.state.latest.snapshot)
-        expected = {d.replica_key for d in self.state.disks}
-        if written or vm.current_snapshot != latest.moref or {d.key for d in vm.disks} != expected:
-            revert_to_snapshot(self.conn, vm, latest, suppress_power_on=True)
+        expected = {_identity(d) for d in snapshot_disks(self.conn, latest.moref)}
+        if written or vm.current_snapshot != latest.moref or {_identity(d) for d in vm.disks} != expected:
+            attached = [d.file_name for d in vm.disks]
+            after = revert_replica(self.conn, self.lease, vm, latest)
+            failpoints.point("rolled-back")
+            # Disks a resync added are detached by the revert, their files left behind: delete them.
+            remove_unreferenced_disks(self.conn, after, attached)
         # A revert also brings back the options saved with the snapshot: write ours again.
-        write_options(self.conn, vm.moref, state=self.state, clear_journal=True)
-        failpoints.point("rolled-back")
+        write_options(self.lease, state=self.state, clear_journal=True)
+        failpoints.point("roll-back-recorded")
+
+    def _source_snapshot_if_any(self, journal: Journal) -> SnapshotInfo | None:
+        found = next((s for s in self.source.all_snapshots() if s.moref == journal.source_snapshot), None)
+        if found is None:
+            self.log.warning("cycle_source_snapshot_gone", snapshot=journal.source_snapshot)
+        return found
 
     def _source_snapshot(self, journal: Journal) -> SnapshotInfo:
         if journal.source_snapshot is not None:
@@ -309,7 +406,7 @@ class _Cycle:
         failpoints.point("source-snapshot-taken")
         return existing
 
-    def _plan(self, journal: Journal, snapshot: SnapshotInfo) -> tuple[Journal, list[_Plan]]:
+    def _plan(self, journal: Journal, snapshot: SnapshotInfo, chunk: int) -> tuple[Journal, list[_Plan]]:
         disks = snapshot_disks(self.conn, snapshot.moref)
         replica_now = refresh(self.conn, self.replica)  # its current disks, after any roll-back
         plans: list[_Plan] = []
@@ -326,25 +423,29 @@ class _Cycle:
             resyncs.append((disk, reason))
         self._refuse_if_too_large(plans, snapshot)
         kept_keys = {d.key for d in disks}
-        retired = tuple(
-            d.replica_key
+        retiring = tuple(
+            d
             for d in self.state.disks
             if d.source_key not in kept_keys or any(r.key == d.source_key for r, _ in resyncs)
         )
-        added = self._reshape_replica(resyncs, retired)
+        retired = tuple(d.replica_key for d in retiring)
+        added = self._reshape_replica(resyncs, retiring)
         for disk, reason in resyncs:
             self.log.warning("disk_full_resync", disk=disk.key, label=disk.label, reason=reason)
             target = JournalDisk(
                 source_key=disk.key,
-                replica_key=added[disk.key],
+                replica_key=added[disk.key].key,
+                replica_uuid=added[disk.key].uuid,
                 since=ALL_ALLOCATED,
                 capacity=disk.capacity,
                 resync_reason=reason,
+                change_id=disk.change_id,
+                source_uuid=disk.uuid,
             )
             if reason.startswith(CBT_LIED):
                 target = replace(target, since=WHOLE_DISK)
             spans, total = self._areas(snapshot, target)
-            plans.append(_Plan(disk=target, areas=spans, changed=total))
+            plans.append(_Plan(disk=replace(target, changed=total), areas=spans, changed=total))
         plans.sort(key=lambda p: p.disk.source_key)
         journal = replace(
             journal,
@@ -353,8 +454,10 @@ class _Cycle:
             quiesced=snapshot.quiesced,
             disks=tuple(p.disk for p in plans),
             retired=retired,
+            chunk=chunk,
+            source_created=snapshot.created,
         )
-        write_options(self.conn, self.replica.vm.moref, journal=journal)
+        write_options(self.lease, journal=journal)
         failpoints.point("planned")
         return journal, plans
 
@@ -381,16 +484,20 @@ class _Cycle:
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
         spans = tuple((a.start, a.length) for a in changes.areas)
-        replica_disk = _replica_disk(replica_now, known.replica_key)
+        replica_disk = _replica_disk(replica_now, known.replica_key, known.replica_uuid)
         lie = self._sample_unchanged(disk, replica_disk, snapshot, changes.areas)
         if lie is not None:
             return lie
         return _Plan(
             disk=JournalDisk(
                 source_key=disk.key,
-                replica_key=known.replica_key,
+                replica_key=replica_disk.key,
+                replica_uuid=replica_disk.uuid,
                 since=known.change_id,
                 capacity=disk.capacity,
+                change_id=disk.change_id,
+                source_uuid=disk.uuid,
+                changed=changes.total,
             ),
             areas=spans,
             changed=changes.total,
@@ -449,7 +556,7 @@ class _Cycle:
         for plan in plans:
             if plan.changed > share * plan.disk.capacity:
                 self.log.error("incremental_refused", disk=plan.disk.source_key, changed=plan.changed)
-                write_options(self.conn, self.replica.vm.moref, clear_journal=True)
+                write_options(self.lease, clear_journal=True)
                 remove_snapshot(self.conn, self.source, snapshot)
                 raise IncrementalRefused(
                     f"{self.source.name} disk {plan.disk.source_key}: {plan.changed} bytes changed, "
@@ -458,26 +565,36 @@ class _Cycle:
                 )
 
     def _reshape_replica(
-        self, resyncs: list[tuple[DiskInfo, str]], retired: tuple[int, ...]
-    ) -> dict[int, int]:
-        """Add a fresh disk per resynced source disk and detach retired ones; new keys by source key."""
-        if not resyncs and not retired:
+        self, resyncs: list[tuple[DiskInfo, str]], retiring: tuple[DiskState, ...]
+    ) -> dict[int, DiskInfo]:
+        """Add a fresh disk per resynced source disk and detach retired ones; the new disks by source key.
+
+        New disks are told apart by identity (backing UUID, else file), never
+        by device key: vCenter hands a detached disk's key to the next one.
+        A reshape that fails removes the disks it made.
+        """
+        if not resyncs and not retiring:
             return {}
         vm = refresh(self.conn, self.replica)
-        current = {d.key: d for d in vm.disks}
+        before = {_identity(d) for d in vm.disks}
         changes = []
-        for key in retired:
-            if key in current:
+        gone: set[str] = set()
+        for known in retiring:
+            current = _find_disk(vm, known.replica_key, known.replica_uuid)
+            if current is not None:
+                gone.add(_identity(current))
                 device = vim.vm.device.VirtualDisk(
-                    key=key,
-                    controllerKey=current[key].controller_key,
-                    unitNumber=current[key].unit_number,
-                    capacityInBytes=current[key].capacity,
+                    key=current.key,
+                    controllerKey=current.controller_key,
+                    unitNumber=current.unit_number,
+                    capacityInBytes=current.capacity,
                 )
                 # Detach only: the restore points still hold the old disk's data.
                 changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
         controller = vm.disks[0].controller_key if vm.disks else 1000
-        used = {d.unit_number for d in vm.disks if d.controller_key == controller and d.key not in retired}
+        used = {
+            d.unit_number for d in vm.disks if d.controller_key == controller and _identity(d) not in gone
+        }
         free_units = (u for u in range(16) if u != 7 and u not in used)
         for index, (disk, _) in enumerate(resyncs):
             backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
@@ -503,12 +620,17 @@ class _Cycle:
         )
         failpoints.point("replica-disks-reshaped")
         after = refresh(self.conn, self.replica)
-        new = [d for d in after.disks if d.key not in current]
+        new = [d for d in after.disks if _identity(d) not in before]
         if len(new) != len(resyncs):
-            raise StateError(f"{vm.name} did not get the {len(resyncs)} disks asked for", vm=vm.name)
-        # vCenter assigns keys; disks come back in unit order, as asked.
+            remove_unreferenced_disks(self.conn, after, [d.file_name for d in new], detach=True)
+            raise StateError(
+                f"{vm.name} got {len(new)} new disks where {len(resyncs)} were asked for; "
+                "the ones it got were removed",
+                vm=vm.name,
+            )
+        # Disks come back in unit order, as asked.
         by_unit = sorted(new, key=lambda d: (d.controller_key, d.unit_number or 0))
-        return {disk.key: d.key for (disk, _), d in zip(resyncs, by_unit, strict=True)}
+        return {disk.key: d for (disk, _), d in zip(resyncs, by_unit, strict=True)}
 
     def _replan(self, journal: Journal, snapshot: SnapshotInfo) -> list[_Plan]:
         """The same plan an interrupted cycle was following (CBT answers are fixed per snapshot)."""
@@ -524,10 +646,14 @@ class _Cycle:
         changes = changed_areas(self.conn, self.source, snapshot, disk.source_key, disk.since)
         return tuple((a.start, a.length) for a in changes.areas), changes.total
 
-    def _copy(
-        self, journal: Journal, plans: list[_Plan], *, checkpoint_every: int, chunk: int, workers: int
-    ) -> int:
-        """Copy every planned disk, resuming each past the bytes its checkpoint recorded."""
+    def _copy(self, journal: Journal, plans: list[_Plan], *, checkpoint_every: int, workers: int) -> Journal:
+        """Copy every planned disk, resuming each past the bytes its checkpoint recorded.
+
+        The chunk plan is the one the journal recorded when the cycle was
+        planned, whatever this run was asked: a checkpoint counts bytes of
+        that plan, so a resume cut differently would skip data.
+        """
+        chunk = journal.chunk or DEFAULT_CHUNK
         snapshot_disk = {d.key: d for d in snapshot_disks(self.conn, journal.source_snapshot or "")}
         replica_vm = refresh(self.conn, self.replica)
         total = sum(n for p in plans for _, n in plan_chunks(p.areas, p.disk.capacity, chunk=chunk))
@@ -541,7 +667,7 @@ class _Cycle:
             if plan.disk.done:
                 self.log.info("disk_resumed", disk=plan.disk.source_key, from_byte=plan.disk.done)
             src = self.reader.source(snapshot_disk[plan.disk.source_key])
-            dst = self.writer.sink(_replica_disk(replica_vm, plan.disk.replica_key))
+            dst = self.writer.sink(_replica_disk(replica_vm, plan.disk.replica_key, plan.disk.replica_uuid))
             fresh = plan.disk.resync_reason is not None
             progress, since_checkpoint = plan.disk.done, 0
             try:
@@ -559,7 +685,7 @@ class _Cycle:
                     if since_checkpoint >= checkpoint_every:
                         dst.flush()
                         journal = journal.with_disk(replace(plan.disk, done=progress))
-                        write_options(self.conn, self.replica.vm.moref, journal=journal)
+                        write_options(self.lease, journal=journal)
                         since_checkpoint = 0
                         failpoints.point("checkpoint")
                 dst.flush()
@@ -567,50 +693,36 @@ class _Cycle:
                 src.close()
                 dst.close()
             journal = journal.with_disk(replace(plan.disk, done=progress))
-            write_options(self.conn, self.replica.vm.moref, journal=journal)
+            write_options(self.lease, journal=journal)
             failpoints.point("disk-copied")
-        return moved
+        self.log.info("copied", bytes_moved=moved)
+        return journal
 
-    def _restore_point(
-        self, journal: Journal, snapshot: SnapshotInfo, moved: int, changed: int
-    ) -> RestorePoint:
+    def _restore_point(self, journal: Journal, snapshot: SnapshotInfo | None) -> RestorePoint:
         """Freeze the replica as the new restore point and commit the state that names it."""
         assert journal.restore_point is not None
         vm = refresh(self.conn, self.replica)
         existing = replica_snapshot(vm, journal.restore_point)
         digests: tuple[tuple[int, str], ...] = ()
-        if self.settings.verify:
+        if self.settings.verify and snapshot is not None:
             digests = self._verify(journal, snapshot, existing.moref if existing else None)
+        elif self.settings.verify:
+            self.log.error("restore_point_not_verified", reason="its source snapshot was removed by someone")
         if existing is None:
+            taken = (journal.source_created or datetime.now(UTC)).isoformat()
             existing = create_snapshot(
                 self.conn,
                 vm,
                 journal.restore_point,
-                description=f"restore point of {self.source.name} taken {snapshot.created.isoformat()}",
+                description=f"restore point of {self.source.name} taken {taken}",
                 marker=RESTORE_POINT_MARKER,
                 run_id=journal.cycle,
             ).snapshot
         failpoints.point("restore-point-taken")
-        point = RestorePoint(
-            id=journal.restore_point,
-            snapshot=existing.moref,
-            created=snapshot.created,
-            quiesced=journal.quiesced,
-            bytes_moved=moved,
-            bytes_changed=changed,
-            digests=digests,
-        )
-        frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
-        disks = [DiskState.frozen(frozen[jd.source_key], jd.replica_key) for jd in journal.disks]
-        point = replace(point, change_ids=tuple((d.source_key, d.change_id) for d in disks))
-        self.state = replace(
-            self.state,
-            disks=tuple(disks),
-            restore_points=(*self.state.restore_points, point),
-            next_point=self.state.next_point + 1,
-            last_error=None,
-        )
-        write_options(self.conn, self.replica.vm.moref, state=self.state, clear_journal=True)
+        point, disks = journal.committed_point(existing.moref, existing.created, digests)
+        committed = self.state.with_point(point, disks)
+        write_options(self.lease, state=committed, clear_journal=True)
+        self.state = committed  # only once vCenter holds it: an error report never half-commits
         failpoints.point("committed")
         return point
 
@@ -633,7 +745,7 @@ class _Cycle:
         digests = []
         for jd in journal.disks:
             ours = _digest(self.reader, source_disks[jd.source_key])
-            theirs = _digest(self.writer, replica_disks[jd.replica_key])
+            theirs = _digest(self.verifier, replica_disks[jd.replica_key])
             if ours != theirs:
                 self.log.error("restore_point_verification_failed", disk=jd.source_key)
                 self._roll_back(written=True)
@@ -655,7 +767,7 @@ class _Cycle:
         """
         frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
         latest = replace(self.state.latest, confirmed=snapshot.created)
-        self.state = replace(
+        confirmed = replace(
             self.state,
             disks=tuple(
                 replace(d, change_id=frozen[d.source_key].change_id or d.change_id) for d in self.state.disks
@@ -663,7 +775,8 @@ class _Cycle:
             restore_points=(*self.state.restore_points[:-1], latest),
             last_error=None,
         )
-        write_options(self.conn, self.replica.vm.moref, state=self.state, clear_journal=True)
+        write_options(self.lease, state=confirmed, clear_journal=True)
+        self.state = confirmed
         failpoints.point("confirmed")
         self.source = remove_snapshot(self.conn, self.source, snapshot)
         self.log.info("cycle_found_no_change", restore_point=latest.id)
@@ -681,10 +794,22 @@ class _Cycle:
             confirmed=True,
         )
 
-    def _finish(self, journal: Journal, snapshot: SnapshotInfo) -> None:
-        self.source = remove_snapshot(self.conn, self.source, snapshot)
+    def _finish(self, snapshot: SnapshotInfo | None) -> None:
+        if snapshot is not None:
+            self.source = remove_snapshot(self.conn, self.source, snapshot)
         failpoints.point("source-snapshot-removed")
-        self.state = prune(self.conn, self.replica.vm, self.state, self.settings)
+        self.state = prune(self.conn, self.lease, self.replica.vm, self.state, self.settings)
+
+
+def source_lease_live(conn: Connection, source: VMInfo, *, own: bool = False) -> bool:
+    """Whether another operation on the source itself (a protect, a periodic clone) holds its lease now.
+
+    With `own`, a lease held by this very process's live operation does not count.
+    """
+    holder = lease_holder(read_options(conn, source.moref).values)
+    if holder is None or not is_live(holder, datetime.now(UTC)):
+        return False
+    return not (own and holder.pid == os.getpid() and holder.host == socket.gethostname())
 
 
 def _digest(access: DiskAccess, disk: DiskInfo) -> str:
@@ -695,11 +820,24 @@ def _digest(access: DiskAccess, disk: DiskInfo) -> str:
         device.close()
 
 
-def _replica_disk(vm: VMInfo, key: int) -> DiskInfo:
-    for disk in vm.disks:
-        if disk.key == key:
-            return disk
-    raise StateError(f"replica {vm.name} has no disk with key {key}", vm=vm.name)
+def _identity(disk: DiskInfo) -> str:
+    """What tells a disk apart for good: its backing UUID, else its file (device keys are reused)."""
+    return disk.uuid or disk.file_name
+
+
+def _find_disk(vm: VMInfo, key: int, uuid: str | None) -> DiskInfo | None:
+    """The VM's disk with backing `uuid` (by `key` only when no UUID was recorded)."""
+    if uuid:
+        return next((d for d in vm.disks if d.uuid == uuid), None)
+    return next((d for d in vm.disks if d.key == key), None)
+
+
+def _replica_disk(vm: VMInfo, key: int, uuid: str | None = None) -> DiskInfo:
+    found = _find_disk(vm, key, uuid)
+    if found is None:
+        which = f"backing UUID {uuid}" if uuid else f"key {key}"
+        raise StateError(f"replica {vm.name} has no disk with {which}", vm=vm.name)
+    return found
 
 
 def _skip(chunks: list[tuple[int, int]], done: int) -> Iterable[tuple[int, int]]:

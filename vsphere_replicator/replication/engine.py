@@ -16,10 +16,8 @@ from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.replica import all_replicas, find_replica
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
-from vsphere_replicator.replication.state import PREFIX, cleared_options
+from vsphere_replicator.replication.state import CLONE_KEY, cleared_options
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
-
-CLONE_KEY = PREFIX + "clone_of"
 
 
 class LiveEngine:

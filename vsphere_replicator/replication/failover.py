@@ -1,68 +1,65 @@
-"""Bringing a replica up: test failover, planned and unplanned failover, and failback.
+"""Bringing a replica up: test failover, planned and unplanned failover.
 
-- Test failover clones a restore point into an isolated, running copy; the
-  replica and the source are untouched and replication carries on.
-- Planned failover syncs, powers the source off, syncs the rest, and brings
-  the replica up at that last restore point: nothing written is lost.
+Each runs under the replica's lease and, where it changes production, as a
+journaled transaction (RecoveryJournal, on the replica):
+
+- Test failover clones a restore point into a running copy; the replica and
+  the source are untouched and replication carries on. A re-run finishes a
+  copy an earlier run left; a failure removes the copy it made.
+- Planned failover: journal "begun"; sync while the source runs; phase
+  "source-off"; power the source off; final sync; phase "promoting"; move
+  the replica's NICs, power it on; commit "promoted" (journal deleted);
+  only then remove its restore-point snapshots. Nothing written is lost.
 - Unplanned failover brings the replica up at a chosen restore point
-  without touching the source, which may be gone.
-- Failback copies what changed on the promoted replica (by its CBT since
-  promotion, plus whatever the old source wrote after its last restore
-  point) back into the original VM, makes the original the replica of the
-  promoted one, and then fails over to it as planned.
+  without touching the source (which may be gone): journal "begun"; revert
+  to the point if needed; "promoting" as above.
 
-A promoted replica sheds its restore-point snapshots (production does not
-run on a snapshot chain) once it holds the chosen point's data.
+Everything that can be checked is checked before anything is powered off
+(state, restore point, recovery networks, power states). A fault before the
+replica runs undoes what was done (the source is powered on again, the
+replica stays a replica at its restore points); once the replica runs, the
+operation only goes forward. A crash leaves the journal: running the same
+command again continues from it, and `status` names the phase.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
-from vsphere_replicator.cbt import changed_areas
 from vsphere_replicator.clone import ClonePlacement, clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound
-from vsphere_replicator.inventory import (
-    DiskInfo,
-    SnapshotInfo,
-    VMInfo,
-    VMSelector,
-    get_vm,
-    snapshot_disks,
-    vm_object,
-    vm_options,
-)
+from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
+from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.networks import NicChange, remap_nics
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
-from vsphere_replicator.replication.cycle import replicate
-from vsphere_replicator.replication.replica import RESTORE_POINT_MARKER, Replica, all_replicas
+from vsphere_replicator.networks import NicChange, check_networks, remap_nics
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.access import DiskAccess
+from vsphere_replicator.replication.cycle import run_cycle
+from vsphere_replicator.replication.lease import Lease
+from vsphere_replicator.replication.replica import (
+    Replica,
+    adopt_newer_points,
+    is_restore_point,
+    refresh,
+    replica_of,
+    reread,
+    revert_replica,
+)
 from vsphere_replicator.replication.restore_points import find_restore_point
-from vsphere_replicator.replication.seed import verify_seed
-from vsphere_replicator.replication.settings import CycleResult, ReplicaTarget
+from vsphere_replicator.replication.settings import CycleResult
 from vsphere_replicator.replication.state import (
-    PREFIX,
-    DiskState,
+    TEST_KEY,
+    RecoveryJournal,
     ReplicaState,
     RestorePoint,
-    SourceIdentity,
+    StateError,
     cleared_options,
     write_options,
 )
-from vsphere_replicator.snapshots import (
-    create_snapshot,
-    find_snapshot,
-    remove_all_snapshots,
-    remove_snapshot,
-    revert_to_snapshot,
-)
+from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
 from vsphere_replicator.tasks import run_task
-from vsphere_replicator.transport.base import copy_areas
-
-TEST_KEY = PREFIX + "test_failover_of"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,27 +72,26 @@ class FailoverResult:
     restore_point: str
     nics: tuple[NicChange, ...]
     final_cycle: CycleResult | None = None
+    resumed: bool = False  # an interrupted failover was carried on
 
 
-def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> Replica:
-    """The replica of the VM named `vm` (looked up by the name its state records: the source may be gone)."""
-    hits = [
-        r
-        for r in all_replicas(conn)
-        if r.state is not None
-        and r.state.source.name == vm
-        and (promoted is None or r.state.promoted == promoted)
-    ]
-    if not hits:
-        what = "failed-over replica" if promoted else "replica"
-        raise NotFound(f"{vm} has no {what}")
-    if len(hits) > 1:
-        raise InvalidInput(f"{vm} has {len(hits)} replicas: {', '.join(r.vm.name for r in hits)}")
-    return hits[0]
+def _source_vm(conn: Connection, state: ReplicaState) -> VMInfo | None:
+    """The source, if this vCenter still has it (by instance UUID)."""
+    found = find_vms(conn, VMSelector(instance_uuid=state.source.instance_uuid))
+    return found[0] if found else None
 
 
-def _point_snapshot(replica: VMInfo, snapshot_moref: str) -> SnapshotInfo:
-    return find_snapshot(replica, moref=snapshot_moref)
+def _power_on(conn: Connection, vm: VMInfo) -> None:
+    if vm.power_state != "poweredOn":
+        run_task(conn, vm_object(conn, vm.moref).PowerOnVM_Task, what=f"power on {vm.name}", vm=vm.name)
+
+
+def _power_off(conn: Connection, vm: VMInfo) -> None:
+    if vm.power_state == "poweredOn":
+        run_task(conn, vm_object(conn, vm.moref).PowerOffVM_Task, what=f"power off {vm.name}", vm=vm.name)
+
+
+# -- test failover ---------------------------------------------------------------
 
 
 def start_test_failover(
@@ -104,32 +100,69 @@ def start_test_failover(
     """Bring up an isolated, running copy of a restore point; replication and source are untouched.
 
     The copy's NICs move to the target's recovery networks; remove it with
-    `cleanup_test_failover`.
+    `cleanup_test_failover`. Runs under the replica's lease (the restore
+    point cannot be pruned while it is cloned).
     """
-    replica = replica_of(conn, vm)
-    assert replica.state is not None
-    state = replica.state
-    point = find_restore_point(state, restore_point)
-    target = state.target
-    placement = ClonePlacement(
-        datastore=target.datastore, host=target.host, resource_pool=target.resource_pool, folder=target.folder
-    )
-    stamp = json.dumps({"source": state.source.instance_uuid, "restore_point": point.id})
-    copy = clone_vm(
-        conn,
-        replica.vm,
-        name.replace("{vm}", vm),
-        placement,
-        snapshot=_point_snapshot(replica.vm, point.snapshot),
-        options={**cleared_options(), TEST_KEY: stamp},
-    )
-    nics = remap_nics(conn, copy.moref, dict(target.networks))
-    handle = vm_object(conn, copy.moref)
-    run_task(conn, handle.PowerOnVM_Task, what=f"power on {copy.name}", vm=copy.name)
-    get_logger(vm=vm, operation="test_failover").info(
-        "test_copy_running", copy=copy.name, restore_point=point.id
-    )
+    found = replica_of(conn, vm)
+    log = get_logger(vm=vm, operation="test_failover")
+    with Lease(conn, found.vm.moref, operation="test failover", vm=found.vm.name):
+        replica = reread(conn, found)
+        assert replica.state is not None
+        state = replica.state
+        point = find_restore_point(state, restore_point)
+        snapshot = find_snapshot(replica.vm, moref=point.snapshot)
+        target = state.target
+        check_networks(conn, (recovery for _, recovery in target.networks))
+        copy = _test_copy(conn, state, point)
+        made = copy is None
+        if copy is None:
+            stamp = json.dumps({"source": state.source.instance_uuid, "restore_point": point.id})
+            copy = clone_vm(
+                conn,
+                replica.vm,
+                name.replace("{vm}", vm),
+                ClonePlacement(
+                    datastore=target.datastore,
+                    host=target.host,
+                    resource_pool=target.resource_pool,
+                    folder=target.folder,
+                ),
+                snapshot=snapshot,
+                options={**cleared_options(), TEST_KEY: stamp},
+            )
+            failpoints.point("test-copy-made")
+        else:
+            log.warning("test_copy_resumed", copy=copy.name)
+        try:
+            nics = remap_nics(conn, copy.moref, dict(target.networks))
+            failpoints.point("test-copy-nics-moved")
+            _power_on(conn, get_vm(conn, VMSelector(moref=copy.moref)))
+        except Exception:
+            if made:  # a copy this run made and could not start goes again: nothing is left half-done
+                destroy_vm(conn, VMSelector(moref=copy.moref))
+            raise
+        failpoints.point("test-copy-running")
+    log.info("test_copy_running", copy=copy.name, restore_point=point.id)
     return FailoverResult(vm=vm, running=copy.name, kind="test", restore_point=point.id, nics=nics)
+
+
+def _test_copies(conn: Connection, state: ReplicaState) -> list[tuple[str, dict[str, str]]]:
+    found = []
+    for moref, options in vm_options(conn, TEST_KEY).items():
+        try:
+            stamp = json.loads(options[TEST_KEY])
+        except (ValueError, KeyError):
+            continue
+        if isinstance(stamp, dict) and stamp.get("source") == state.source.instance_uuid:
+            found.append((moref, {str(k): str(v) for k, v in stamp.items()}))
+    return found
+
+
+def _test_copy(conn: Connection, state: ReplicaState, point: RestorePoint) -> VMInfo | None:
+    for moref, stamp in _test_copies(conn, state):
+        if stamp.get("restore_point") == point.id:
+            return get_vm(conn, VMSelector(moref=moref))
+    return None
 
 
 def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
@@ -137,206 +170,265 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
     replica = replica_of(conn, vm, promoted=None)
     assert replica.state is not None
     removed = []
-    for moref, options in vm_options(conn, TEST_KEY).items():
-        if json.loads(options[TEST_KEY]).get("source") == replica.state.source.instance_uuid:
-            copy = get_vm(conn, VMSelector(moref=moref))
-            destroy_vm(conn, copy)
-            removed.append(copy.name)
+    for moref, _ in _test_copies(conn, replica.state):
+        copy = get_vm(conn, VMSelector(moref=moref))
+        destroy_vm(conn, copy)
+        removed.append(copy.name)
     return tuple(removed)
 
 
-def _power_off(conn: Connection, vm: VMInfo) -> None:
-    if vm.power_state == "poweredOn":
-        run_task(conn, vm_object(conn, vm.moref).PowerOffVM_Task, what=f"power off {vm.name}", vm=vm.name)
-
-
-def _promote(
-    conn: Connection, replica: Replica, state: ReplicaState, point: RestorePoint, kind: str
-) -> FailoverResult:
-    """Bring the replica up holding `point`: revert if needed, drop the snapshot chain, NICs, power on."""
-    log = get_logger(vm=state.source.name, replica=replica.vm.name, operation="failover")
-    vm = get_vm(conn, VMSelector(moref=replica.vm.moref))
-    if vm.current_snapshot != point.snapshot or point != state.latest:
-        vm = revert_to_snapshot(conn, vm, _point_snapshot(vm, point.snapshot), suppress_power_on=True)
-    vm = remove_all_snapshots(conn, vm)
-    nics = remap_nics(conn, vm.moref, dict(state.target.networks))
-    vm = get_vm(conn, VMSelector(moref=vm.moref))
-    ids = tuple((d.key, d.change_id) for d in vm.disks if d.change_id is not None)
-    # The points after the one brought up are gone with the snapshots: history ends at it.
-    kept = state.restore_points[: state.restore_points.index(point) + 1]
-    promoted = replace(state, promoted=True, promoted_point=point.id, failback_ids=ids, restore_points=kept)
-    # The revert brought back the options saved with the snapshot: write the whole truth again.
-    write_options(conn, vm.moref, state=promoted, clear_journal=True)
-    run_task(conn, vm_object(conn, vm.moref).PowerOnVM_Task, what=f"power on {vm.name}", vm=vm.name)
-    log.warning("failed_over", kind=kind, restore_point=point.id)
-    return FailoverResult(vm=state.source.name, running=vm.name, kind=kind, restore_point=point.id, nics=nics)
+# -- planned and unplanned failover ------------------------------------------------
 
 
 def planned_failover(
     conn: Connection, vm: str, *, replica_access: DiskAccess, source_access: DiskAccess | None = None
 ) -> FailoverResult:
-    """Sync, power the source off, sync what is left, and bring the replica up: no write is lost."""
-    source = get_vm(conn, vm)
-    if source.power_state == "poweredOn":
-        replicate(conn, source, replica_access=replica_access, source_access=source_access)
-        _power_off(conn, source)
-    final = replicate(conn, source, replica_access=replica_access, source_access=source_access)
-    replica = replica_of(conn, vm)
-    assert replica.state is not None
-    result = _promote(conn, replica, replica.state, replica.state.latest, "planned")
-    return replace(result, final_cycle=final)
+    """Sync, power the source off, sync what is left, and bring the replica up: no write is lost.
 
-
-def unplanned_failover(conn: Connection, vm: str, *, restore_point: str | None = None) -> FailoverResult:
-    """Bring the replica up at `restore_point` (default: the latest), without touching the source."""
-    replica = replica_of(conn, vm)
-    assert replica.state is not None
-    return _promote(
-        conn, replica, replica.state, find_restore_point(replica.state, restore_point), "unplanned"
-    )
-
-
-def _divergence(
-    conn: Connection, original: VMInfo, disk: int, since: str | None
-) -> list[tuple[int, int]] | None:
-    """Areas the original wrote after the restore point brought up; None when its CBT cannot say.
-
-    `since` is the original's change id at that point (not at the newest
-    point: a failover to an older one leaves the writes between them on the
-    original only).
+    Running it again after an interruption continues where it stopped.
     """
-    if since is None:
-        return None
-    taken = create_snapshot(conn, original, f"failback-{uuid.uuid4().hex[:8]}", description="failback check")
-    try:
-        return [(a.start, a.length) for a in changed_areas(conn, original, taken.snapshot, disk, since).areas]
-    except ChangeIdInvalid:
-        return None
-    finally:
-        remove_snapshot(conn, original, taken.snapshot)
+    found = replica_of(conn, vm, promoted=None)
+    with Lease(conn, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
+        run = _Failover(conn, lease, reread(conn, found))
+        if run.state.promoted:
+            return run.already("planned")
+        return run.planned(replica_access, source_access)
 
 
-def _union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, length in sorted(a + b):
-        if merged and start <= merged[-1][0] + merged[-1][1]:
-            last_start, last_length = merged[-1]
-            merged[-1] = (last_start, max(last_start + last_length, start + length) - last_start)
-        else:
-            merged.append((start, length))
-    return merged
+def unplanned_failover(
+    conn: Connection, vm: str, *, restore_point: str | None = None, force: bool = False
+) -> FailoverResult:
+    """Bring the replica up at `restore_point` (default: the latest), without touching the source.
 
-
-def failback(
-    conn: Connection,
-    vm: str,
-    *,
-    replica_access: DiskAccess,
-    source_access: DiskAccess | None = None,
-    switch: bool = True,
-) -> FailoverResult | None:
-    """Reverse the replication from the promoted replica into the original VM, then (with `switch`) fail back.
-
-    The original must be powered off. Only what changed is copied: the
-    promoted replica's writes since promotion (its CBT) and the original's
-    own writes after its last restore point; a disk whose tracking cannot
-    say is copied whole. `replica_access` writes the original's disks;
-    `source_access` reads the promoted replica's.
+    Refused while the source runs in this vCenter (two copies of production
+    would run at once) unless `force`.
     """
-    promoted = replica_of(conn, vm, promoted=True)
-    assert promoted.state is not None
-    state = promoted.state
-    log = get_logger(vm=vm, replica=promoted.vm.name, operation="failback")
-    original = get_vm(conn, VMSelector(instance_uuid=state.source.instance_uuid))
-    if original.power_state != "poweredOff":
-        raise InvalidInput(f"{original.name} must be powered off before failing back to it", vm=original.name)
-    running = get_vm(conn, VMSelector(moref=promoted.vm.moref))
-    reader = source_access or HTTPDatastores(conn, running.folder.split("/", 1)[0])
-    base = dict(state.failback_ids)
-    promoted_at = find_restore_point(state, state.promoted_point)
-    original_ids = dict(promoted_at.change_ids)
-    snap = create_snapshot(
-        conn, running, f"cycle-failback-{uuid.uuid4().hex[:8]}", description=f"failback to {original.name}"
-    ).snapshot
-    try:
-        frozen = {d.key: d for d in snapshot_disks(conn, snap.moref)}
-        theirs = {d.key: d for d in original.disks}
-        disks = []
-        for known in state.disks:
-            at, target = frozen[known.replica_key], theirs[known.source_key]
-            areas = _changes_since(conn, running, snap, at, base.get(known.replica_key))
-            since = original_ids.get(known.source_key)
-            extra = _divergence(conn, original, known.source_key, since) if areas is not None else None
-            if areas is None or extra is None:
-                log.warning("failback_whole_disk", disk=known.source_key)
-                areas = [(0, at.capacity)]
-            else:
-                areas = _union(areas, extra)
-            src, dst = reader.source(at), replica_access.sink(target)
-            try:
-                copy_areas(src, dst, areas)
-            finally:
-                src.close()
-                dst.close()
-            disks.append(DiskState.frozen(at, known.source_key))
-        point_snapshot = create_snapshot(
-            conn,
-            original,
-            "rp-000001",
-            description=f"failback restore point of {running.name}",
-            marker=RESTORE_POINT_MARKER,
-        ).snapshot
-        digests: tuple[tuple[int, str], ...] = ()
-        if state.settings.verify:
-            pairs = [(frozen[k.replica_key], theirs[k.source_key]) for k in state.disks]
-            digests = verify_seed(conn, running, point_snapshot, pairs, reader, replica_access)
-        reverse = ReplicaState(
-            source=SourceIdentity(
-                moref=running.moref, name=running.name, instance_uuid=running.instance_uuid or ""
-            ),
-            replica_uuid=original.instance_uuid or "",
-            target=ReplicaTarget(
-                datastore=original.datastores[0],
-                name="{vm}",
-                networks=tuple((b, a) for a, b in state.target.networks),
-            ),
-            settings=state.settings,
-            disks=tuple(disks),
-            restore_points=(
-                RestorePoint(
-                    id="rp-000001",
-                    snapshot=point_snapshot.moref,
-                    created=snap.created,
-                    quiesced=False,
-                    bytes_moved=0,
-                    bytes_changed=0,
-                    digests=digests,
-                    change_ids=tuple((d.source_key, d.change_id) for d in disks),
-                ),
-            ),
-            next_point=2,
+    found = replica_of(conn, vm, promoted=None)
+    with Lease(conn, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
+        run = _Failover(conn, lease, reread(conn, found))
+        if run.state.promoted:
+            return run.already("unplanned")
+        return run.unplanned(restore_point, force=force)
+
+
+class _Failover:
+    def __init__(self, conn: Connection, lease: Lease, replica: Replica) -> None:
+        assert replica.state is not None
+        self.conn = conn
+        self.lease = lease
+        self.replica = replica
+        self.name = replica.state.source.name
+        self.log = get_logger(vm=self.name, replica=replica.vm.name, operation="failover")
+        # A revert by an interrupted failover brings back an older state with the snapshot it
+        # reverted to: the points after it are recovered from their own snapshots first.
+        self.state: ReplicaState = (
+            replica.state
+            if replica.state.promoted
+            else adopt_newer_points(conn, lease, replica.vm, replica.state)
         )
-        write_options(conn, original.moref, state=reverse, clear_journal=True, clear_seed=True)
-        write_options(conn, running.moref, extra=cleared_options())
-    finally:
-        remove_snapshot(conn, running, snap)
-    log.warning("replication_reversed", now_source=running.name, now_replica=original.name)
-    if not switch:
-        return None
-    result = planned_failover(conn, running.name, replica_access=replica_access, source_access=source_access)
-    # The original runs again: protect it as before, into the VM it failed back from (only what
-    # changed since the switch is copied), so the next cycle is an ordinary incremental.
-    failback(conn, running.name, replica_access=replica_access, source_access=source_access, switch=False)
-    log.warning("protection_restored", source=original.name, replica=running.name)
-    return replace(result, vm=original.name)
 
+    def already(self, kind: str) -> FailoverResult:
+        """The VM had failed over (perhaps by a run that crashed before it tidied up): finish tidying."""
+        vm = refresh(self.conn, self.replica)
+        self._drop_restore_points(vm)
+        point = self.state.promoted_point or self.state.latest.id
+        self.log.info("already_failed_over", restore_point=point)
+        return FailoverResult(
+            vm=self.name, running=vm.name, kind=kind, restore_point=point, nics=(), resumed=True
+        )
 
-def _changes_since(
-    conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, disk: DiskInfo, change_id: str | None
-) -> list[tuple[int, int]] | None:
-    if change_id is None:
-        return None
-    try:
-        return [(a.start, a.length) for a in changed_areas(conn, vm, snapshot, disk.key, change_id).areas]
-    except ChangeIdInvalid:
-        return None
+    # -- checks before anything changes --------------------------------------------
+
+    def _check(self, kind: str) -> RecoveryJournal | None:
+        """The journal of an interrupted failover of this kind to carry on, or None; refuses a mismatch."""
+        journal = self.replica.recovery
+        if journal is not None and journal.kind != kind:
+            raise StateError(
+                f"a {journal.kind} {'failback' if journal.kind == 'failback' else 'failover'} of {self.name} "
+                f"is in progress (phase {journal.phase}); run it again to finish it",
+                vm=self.name,
+            )
+        if self.state.promoted:
+            raise StateError(f"{self.name} has already failed over to {self.replica.vm.name}", vm=self.name)
+        check_networks(self.conn, (recovery for _, recovery in self.state.target.networks))
+        if journal is None and self.replica.vm.power_state != "poweredOff":
+            raise StateError(
+                f"{self.replica.vm.name} is {self.replica.vm.power_state} but not failed over: "
+                "power it off before failing over to it",
+                vm=self.name,
+            )
+        return journal
+
+    def _record(self, journal: RecoveryJournal | None, **changes: object) -> RecoveryJournal:
+        base = journal or RecoveryJournal(kind="planned", phase="begun", started=datetime.now(UTC))
+        updated = replace(base, **changes)  # type: ignore[arg-type]
+        write_options(self.lease, recovery=updated)
+        return updated
+
+    # -- planned ---------------------------------------------------------------------
+
+    def planned(self, replica_access: DiskAccess, source_access: DiskAccess | None) -> FailoverResult:
+        journal = self._check("planned")
+        resumed = journal is not None
+        source = _source_vm(self.conn, self.state)
+        if source is None:
+            raise NotFound(
+                f"{self.name} is not in this vCenter: a planned failover needs the source; "
+                "use an unplanned failover",
+                vm=self.name,
+            )
+        if journal is None:
+            journal = self._record(
+                None, kind="planned", phase="begun", source_was_on=source.power_state == "poweredOn"
+            )
+            failpoints.point("failover-begun")
+        else:
+            self.log.warning("failover_resumed", phase=journal.phase)
+        final: CycleResult | None = None
+        try:
+            if journal.phase == "begun":
+                if source.power_state == "poweredOn":
+                    self._cycle(source, replica_access, source_access)
+                journal = self._record(journal, phase="source-off")
+                failpoints.point("failover-source-stopping")
+            if journal.phase == "source-off":
+                source = get_vm(self.conn, VMSelector(moref=source.moref))
+                _power_off(self.conn, source)
+                failpoints.point("failover-source-off")
+                final = self._cycle(source, replica_access, source_access)
+                journal = self._record(journal, phase="promoting", restore_point=self.state.latest.id)
+                failpoints.point("failover-synced")
+            point = find_restore_point(self.state, journal.restore_point)
+            result = self._promote(journal, point, "planned")
+        except ReplicatorError:
+            self._undo_planned(journal, source)
+            raise
+        return replace(result, final_cycle=final, resumed=resumed)
+
+    def _cycle(
+        self, source: VMInfo, replica_access: DiskAccess, source_access: DiskAccess | None
+    ) -> CycleResult:
+        result = run_cycle(
+            self.conn,
+            get_vm(self.conn, VMSelector(moref=source.moref)),
+            reread(self.conn, self.replica),
+            self.lease,
+            replica_access=replica_access,
+            source_access=source_access,
+            within_recovery=True,
+        )
+        self.replica = reread(self.conn, self.replica)
+        assert self.replica.state is not None
+        self.state = self.replica.state
+        return result
+
+    def _undo_planned(self, journal: RecoveryJournal, source: VMInfo) -> None:
+        """A fault before the replica runs: power the source on again; the replica stays a replica."""
+        replica = refresh(self.conn, self.replica)
+        if replica.power_state == "poweredOn":
+            return  # the replica runs: only going forward is safe; the journal says how
+        try:
+            if journal.source_was_on:
+                _power_on(self.conn, get_vm(self.conn, VMSelector(moref=source.moref)))
+            write_options(self.lease, clear_recovery=True)
+        except ReplicatorError as exc:
+            self.log.error("failover_not_undone", error=str(exc), phase=journal.phase)
+            return
+        self.log.warning("failover_undone", source_running=journal.source_was_on)
+
+    # -- unplanned ---------------------------------------------------------------------
+
+    def unplanned(self, restore_point: str | None, *, force: bool) -> FailoverResult:
+        journal = self._check("unplanned")
+        resumed = journal is not None
+        chosen = restore_point or (journal.restore_point if journal else None)
+        point = find_restore_point(self.state, chosen)
+        find_snapshot(self.replica.vm, moref=point.snapshot)  # it is there before anything changes
+        source = _source_vm(self.conn, self.state)
+        if journal is None and source is not None and source.power_state == "poweredOn" and not force:
+            raise InvalidInput(
+                f"{self.name} is running: an unplanned failover would run two copies of it at once; "
+                "use a planned failover, power it off, or force it",
+                vm=self.name,
+            )
+        if journal is None:
+            journal = self._record(None, kind="unplanned", phase="begun", restore_point=point.id)
+            failpoints.point("failover-begun")
+        else:
+            self.log.warning("failover_resumed", phase=journal.phase)
+        try:
+            result = self._promote(journal, point, "unplanned")
+        except ReplicatorError:
+            self._undo_unplanned(journal)
+            raise
+        return replace(result, resumed=resumed)
+
+    def _undo_unplanned(self, journal: RecoveryJournal) -> None:
+        """A fault before the replica runs: it stays a replica, back at its latest restore point."""
+        vm = refresh(self.conn, self.replica)
+        if vm.power_state == "poweredOn":
+            return
+        try:
+            latest = find_snapshot(vm, moref=self.state.latest.snapshot)
+            if vm.current_snapshot != latest.moref:
+                revert_replica(self.conn, self.lease, vm, latest)
+            write_options(self.lease, state=self.state, clear_journal=True, clear_recovery=True)
+        except ReplicatorError as exc:
+            self.log.error("failover_not_undone", error=str(exc), phase=journal.phase)
+            return
+        self.log.warning("failover_undone")
+
+    # -- promotion, shared ---------------------------------------------------------------
+
+    def _promote(self, journal: RecoveryJournal, point: RestorePoint, kind: str) -> FailoverResult:
+        """Bring the replica up holding `point`; commit "promoted"; then drop its restore-point snapshots."""
+        vm = refresh(self.conn, self.replica)
+        nics: tuple[NicChange, ...] = ()
+        if vm.power_state != "poweredOn":
+            at = find_snapshot(vm, moref=point.snapshot)
+            if (
+                vm.current_snapshot != at.moref
+                or point != self.state.latest
+                or self.replica.journal is not None
+            ):
+                # A revert brings back the options the snapshot saved: rewrite the truth at once.
+                vm = revert_replica(self.conn, self.lease, vm, at)
+                failpoints.point("failover-reverted")
+                self.state = adopt_newer_points(self.conn, self.lease, vm, self.state)
+                write_options(
+                    self.lease,
+                    state=self.state,
+                    clear_journal=True,
+                    recovery=replace(journal, phase="promoting", restore_point=point.id),
+                )
+            if journal.phase != "promoting":
+                journal = self._record(journal, phase="promoting", restore_point=point.id)
+            nics = remap_nics(self.conn, vm.moref, dict(self.state.target.networks))
+            failpoints.point("failover-nics-moved")
+            _power_on(self.conn, refresh(self.conn, self.replica))
+            failpoints.point("failover-powered-on")
+        vm = refresh(self.conn, self.replica)
+        ids = tuple((d.key, d.change_id) for d in vm.disks if d.change_id is not None)
+        # History ends at the point brought up: later points belong to a timeline that was left.
+        kept = self.state.restore_points[: self.state.restore_points.index(point) + 1]
+        promoted = replace(
+            self.state,
+            promoted=True,
+            promoted_point=point.id,
+            failback_ids=ids,
+            restore_points=kept,
+            last_error=None,
+        )
+        write_options(self.lease, state=promoted, clear_journal=True, clear_recovery=True)
+        self.state = promoted
+        failpoints.point("failover-committed")
+        self._drop_restore_points(vm)
+        self.log.warning("failed_over", kind=kind, restore_point=point.id)
+        return FailoverResult(vm=self.name, running=vm.name, kind=kind, restore_point=point.id, nics=nics)
+
+    def _drop_restore_points(self, vm: VMInfo) -> None:
+        """The running VM sheds the restore-point snapshots (production does not run on a chain)."""
+        for snap in list(vm.all_snapshots()):
+            if is_restore_point(snap):
+                vm = remove_snapshot(self.conn, vm, snap)
+        failpoints.point("failover-points-dropped")

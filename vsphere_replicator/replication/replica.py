@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound
+from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import SnapshotInfo, VMInfo, VMSelector, get_vm, vms_by_moref
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.lease import Lease, LeaseHolder
+from vsphere_replicator.replication.options import read_options, read_snapshot_options
 from vsphere_replicator.replication.state import (
+    POINT_ID,
     Journal,
+    RecoveryJournal,
     ReplicaState,
     SeedRecord,
     StateError,
     find_replicas,
+    record_from,
     write_options,
 )
-from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot
+from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot, revert_to_snapshot
 
 RESTORE_POINT_MARKER = "vsphere_replicator:restore-point:v1"
 CYCLE_SNAPSHOT = "cycle-"
@@ -26,12 +33,25 @@ TRANSIENT = tuple(NAME_PREFIX + n for n in (CYCLE_SNAPSHOT, SEED_SNAPSHOT, "cbt-
 
 @dataclass(frozen=True, slots=True)
 class Replica:
-    """A replica VM as found, with its state (None while its seed is unfinished)."""
+    """A replica VM as found, with its state (None while its seed is unfinished).
+
+    `error` is set when its options cannot be read: then only `source_uuid`
+    (when known) says whose replica it is, and nothing may act on it.
+    """
 
     vm: VMInfo
     state: ReplicaState | None
     journal: Journal | None
     seed: SeedRecord | None
+    source_uuid: str | None = None
+    error: StateError | None = None
+    recovery: RecoveryJournal | None = None
+    holder: LeaseHolder | None = None  # who held its lease when it was read (perhaps expired)
+
+    def require_readable(self) -> Replica:
+        if self.error is not None:
+            raise self.error
+        return self
 
 
 def _is_replica(vm: VMInfo, state: ReplicaState | None) -> bool:
@@ -40,6 +60,7 @@ def _is_replica(vm: VMInfo, state: ReplicaState | None) -> bool:
 
 
 def all_replicas(conn: Connection) -> tuple[Replica, ...]:
+    """Every replica, damaged ones included (with `error` set): one bad state hides no other."""
     records = find_replicas(conn)
     if not records:
         return ()
@@ -47,19 +68,42 @@ def all_replicas(conn: Connection) -> tuple[Replica, ...]:
     found = []
     for r in records:
         vm = vms.get(r.moref)
-        if vm is not None and _is_replica(vm, r.state):
-            found.append(Replica(vm=vm, state=r.state, journal=r.journal, seed=r.seed))
+        if vm is None or not _is_replica(vm, r.state):
+            continue
+        error = r.error
+        if error is not None and error.vm is None:
+            error = StateError(f"{vm.name}: {error}", vm=vm.name)
+        found.append(
+            Replica(
+                vm=vm,
+                state=r.state,
+                journal=r.journal,
+                seed=r.seed,
+                source_uuid=r.source_uuid,
+                error=error,
+                recovery=r.recovery,
+                holder=r.holder,
+            )
+        )
     return tuple(found)
 
 
+def _source_of(replica: Replica) -> str:
+    return (replica.source_uuid or "").lower()
+
+
 def find_replica(conn: Connection, source: VMInfo) -> Replica | None:
-    """The replica of `source` (by instance UUID), or None; StateError if there are several."""
+    """The replica of `source` (by instance UUID), or None; StateError if there are several.
+
+    A replica whose state is damaged is still returned (with `error` set)
+    when it is known to be this source's: callers must not take it for
+    "not protected" and seed a second one.
+    """
     uuid = (source.instance_uuid or "").lower()
     hits = [
         r
         for r in all_replicas(conn)
-        if (r.state is not None and r.state.source.instance_uuid.lower() == uuid and not r.state.promoted)
-        or (r.state is None and r.seed is not None and r.seed.source.instance_uuid.lower() == uuid)
+        if _source_of(r) == uuid and not (r.state is not None and r.state.promoted)
     ]
     if len(hits) > 1:
         raise StateError(
@@ -77,7 +121,7 @@ def require_replica(conn: Connection, source: VMInfo) -> Replica:
         promoted = [
             r.vm.name
             for r in all_replicas(conn)
-            if r.state is not None and r.state.promoted and r.state.source.instance_uuid.lower() == uuid
+            if r.state is not None and r.state.promoted and _source_of(r) == uuid
         ]
         if promoted:
             raise StateError(
@@ -85,7 +129,48 @@ def require_replica(conn: Connection, source: VMInfo) -> Replica:
                 vm=source.name,
             )
         raise NotFound(f"{source.name} is not protected: run protect first", vm=source.name)
-    return replica
+    return replica.require_readable()
+
+
+def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> Replica:
+    """The replica of the VM named `vm`, by the name its state records (the source may be gone).
+
+    `promoted` False: one still replicating; True: one failed over to; None: either.
+    """
+    if not isinstance(vm, str) or not vm:
+        raise InvalidInput(f"a VM name is a non-empty string, not {vm!r}")
+    replicas = all_replicas(conn)
+    hits = [
+        r
+        for r in replicas
+        if r.state is not None
+        and r.state.source.name == vm
+        and (promoted is None or r.state.promoted == promoted)
+    ]
+    if not hits:
+        broken = [r.vm.name for r in replicas if r.error is not None]
+        what = "failed-over replica" if promoted else "replica"
+        note = f" (the state of {', '.join(broken)} cannot be read: see status)" if broken else ""
+        raise NotFound(f"{vm} has no {what}{note}", vm=vm)
+    if len(hits) > 1:
+        raise InvalidInput(f"{vm} has {len(hits)} replicas: {', '.join(r.vm.name for r in hits)}", vm=vm)
+    return hits[0]
+
+
+def reread(conn: Connection, replica: Replica) -> Replica:
+    """The replica as it is now (state, journal, seed read again): after taking its lease."""
+    vm = refresh(conn, replica)
+    record = record_from(read_options(conn, vm.moref), vm.name)
+    return Replica(
+        vm=vm,
+        state=record.state,
+        journal=record.journal,
+        seed=record.seed,
+        source_uuid=record.source_uuid,
+        error=record.error,
+        recovery=record.recovery,
+        holder=record.holder,
+    ).require_readable()
 
 
 def refresh(conn: Connection, replica: Replica) -> VMInfo:
@@ -98,39 +183,101 @@ def restore_point_name(point_id: str) -> str:
 
 def replica_snapshot(vm: VMInfo, point_id: str) -> SnapshotInfo | None:
     name = restore_point_name(point_id)
-    return next((s for s in vm.all_snapshots() if s.name == name and _is_restore_point(s)), None)
+    return next((s for s in vm.all_snapshots() if s.name == name and is_restore_point(s)), None)
 
 
-def _is_restore_point(snapshot: SnapshotInfo) -> bool:
+def is_restore_point(snapshot: SnapshotInfo) -> bool:
     return snapshot.description.split(" ", 1)[0] == RESTORE_POINT_MARKER
 
 
-def sweep_source(conn: Connection, source: VMInfo, *, keep: str | None = None) -> VMInfo:
+def revert_replica(conn: Connection, lease: Lease, vm: VMInfo, snapshot: SnapshotInfo) -> VMInfo:
+    """Revert the replica (powered off) and take back the lease the revert rolled back with it."""
+    with lease.exclusive():
+        vm = revert_to_snapshot(conn, vm, snapshot, suppress_power_on=True)
+        failpoints.point("replica-reverted")
+        lease.reclaim_after_revert(snapshot.moref)
+    return vm
+
+
+def sweep_source(
+    conn: Connection, source: VMInfo, *, keep: str | None = None, protected: Iterable[str] = ()
+) -> VMInfo:
     """Remove the transient snapshots (cycle, seed, stun, ...) our earlier runs left on the source.
 
     Only snapshots carrying our marker and one of our transient names go,
-    never `keep`: a crash in the middle of any step leaves nothing behind
-    for long.
+    never `keep` nor those in `protected` (named by a journal or seed
+    record): a crash in the middle of any step leaves nothing behind for
+    long. Callers hold the lease of the source's replica.
     """
+    spared = {keep, *protected}
     log = get_logger(vm=source.name, operation="sweep")
     for snap in list(source.all_snapshots()):
-        if is_ours(snap) and snap.name.startswith(TRANSIENT) and snap.moref != keep:
+        if is_ours(snap) and snap.name.startswith(TRANSIENT) and snap.moref not in spared:
             log.warning("leftover_snapshot_removed", snapshot=snap.name)
             source = remove_snapshot(conn, source, snap)
     return source
 
 
+def _number(point: str) -> int:
+    match = POINT_ID.match(point)
+    return int(match.group(1)) if match else -1
+
+
+def _snapshot_point(snapshot: SnapshotInfo) -> str:
+    return snapshot.name.removeprefix(NAME_PREFIX)
+
+
+def adopt_newer_points(
+    conn: Connection, lease: Lease, vm: VMInfo, state: ReplicaState, *, pending: str | None = None
+) -> ReplicaState:
+    """Commit restore-point snapshots newer than the state's newest, from the journals they saved.
+
+    A restore-point snapshot is only ever taken once its cycle's data is
+    all on the replica (journal phase "copied"), so it is a sound point
+    whether or not its commit survived: a revert (failover to an older
+    point, a roll back) brings back the older state the snapshot saved, and
+    the newer points must then be recovered, never deleted. `pending` is
+    the point the cycle in flight will commit itself.
+    """
+    newest = max(_number(p.id) for p in state.restore_points)
+    newer = sorted(
+        (
+            s
+            for s in vm.all_snapshots()
+            if is_restore_point(s) and _number(_snapshot_point(s)) > newest and _snapshot_point(s) != pending
+        ),
+        key=lambda s: _number(_snapshot_point(s)),
+    )
+    adopted = state
+    log = get_logger(vm=vm.name, operation="reconcile")
+    for snap in newer:
+        saved = record_from(read_snapshot_options(conn, snap.moref), vm.name)
+        journal = saved.journal
+        if journal is None or journal.phase != "copied" or journal.restore_point != _snapshot_point(snap):
+            log.error("restore_point_not_adoptable", snapshot=snap.name, reason="its journal is not complete")
+            continue
+        point, disks = journal.committed_point(snap.moref, snap.created)
+        adopted = adopted.with_point(point, disks)
+        log.warning("restore_point_recovered", restore_point=point.id)
+    if adopted is not state:
+        write_options(lease, state=adopted)
+    return adopted
+
+
 def reconcile(
-    conn: Connection, replica: Replica, state: ReplicaState, journal: Journal | None
+    conn: Connection, lease: Lease, replica: Replica, state: ReplicaState, journal: Journal | None
 ) -> ReplicaState:
     """Make the recorded restore points and the replica's snapshots agree.
 
     A restore point whose snapshot is gone is dropped from the state; a
-    restore-point snapshot the state does not know (and no cycle in flight
-    claims) is what a crash during pruning left, and is removed.
+    restore-point snapshot newer than the state's newest is recovered
+    (adopt_newer_points); an older one the state does not know is what a
+    crash during pruning left, and is removed.
     """
     log = get_logger(vm=replica.vm.name, operation="reconcile")
     vm = replica.vm
+    pending = journal.restore_point if journal else None
+    state = adopt_newer_points(conn, lease, vm, state, pending=pending)
     existing = {s.moref for s in vm.all_snapshots()}
     kept = tuple(p for p in state.restore_points if p.snapshot in existing)
     if len(kept) != len(state.restore_points):
@@ -140,11 +287,16 @@ def reconcile(
             )
         log.warning("restore_points_lost", lost=[p.id for p in state.restore_points if p not in kept])
         state = replace(state, restore_points=kept)
-        write_options(conn, vm.moref, state=state)
+        write_options(lease, state=state)
     known = {p.snapshot for p in state.restore_points}
-    pending = restore_point_name(journal.restore_point) if journal and journal.restore_point else None
+    newest = max(_number(p.id) for p in state.restore_points)
     for snap in list(vm.all_snapshots()):
-        if _is_restore_point(snap) and snap.moref not in known and snap.name != pending:
+        if (
+            is_restore_point(snap)
+            and snap.moref not in known
+            and _snapshot_point(snap) != pending
+            and _number(_snapshot_point(snap)) < newest
+        ):
             log.warning("stray_restore_point_removed", snapshot=snap.name)
             vm = remove_snapshot(conn, vm, snap)
     return state

@@ -9,6 +9,7 @@ from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.settings import CycleSettings
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint, write_options
 from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
@@ -26,7 +27,9 @@ def expired(
     return tuple(p for p in points if p not in kept)
 
 
-def prune(conn: Connection, replica: VMInfo, state: ReplicaState, settings: CycleSettings) -> ReplicaState:
+def prune(
+    conn: Connection, lease: Lease, replica: VMInfo, state: ReplicaState, settings: CycleSettings
+) -> ReplicaState:
     """Drop expired restore points: the state first, then their snapshots.
 
     A crash between the two leaves a restore-point snapshot no state names,
@@ -37,7 +40,7 @@ def prune(conn: Connection, replica: VMInfo, state: ReplicaState, settings: Cycl
     if not drop:
         return state
     state = replace(state, restore_points=tuple(p for p in state.restore_points if p not in drop))
-    write_options(conn, replica.moref, state=state)
+    write_options(lease, state=state)
     failpoints.point("retention-recorded")
     log = get_logger(vm=replica.name, operation="prune")
     for point in drop:

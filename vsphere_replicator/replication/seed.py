@@ -19,9 +19,12 @@ from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.networks import check_networks
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
-from vsphere_replicator.replication.cycle import VerificationFailed
+from vsphere_replicator.replication.cycle import VerificationFailed, source_lease_live
+from vsphere_replicator.replication.lease import Lease
+from vsphere_replicator.replication.options import read_options
 from vsphere_replicator.replication.replica import (
     RESTORE_POINT_MARKER,
     SEED_SNAPSHOT,
@@ -37,12 +40,15 @@ from vsphere_replicator.replication.settings import (
     check_protect_arguments,
 )
 from vsphere_replicator.replication.state import (
+    CLONE_KEY,
+    TEST_KEY,
     DiskState,
     ReplicaState,
     RestorePoint,
     SeedRecord,
     SourceIdentity,
     cleared_options,
+    is_replica_options,
     seed_options,
     write_options,
 )
@@ -61,12 +67,19 @@ def protect(
     adopt: VMRef | None = None,
     replica_access: DiskAccess | None = None,
     source_access: DiskAccess | None = None,
+    allow_source_datastore: bool = False,
 ) -> CycleResult:
     """Make `vm`'s replica on `target` and its first restore point; finishes an interrupted seed.
 
     With `adopt`, an existing powered-off copy becomes the replica instead
     of a clone, after every disk is compared byte for byte with the seed
-    snapshot (through `source_access` and `replica_access`).
+    snapshot (through `source_access` and `replica_access`). Everything is
+    checked before anything changes: the source is not itself a replica or
+    one of our copies, the target datastore is not one the source lives on
+    (unless `allow_source_datastore`: a replica beside its source survives
+    no loss of that datastore), and the placement and recovery networks
+    exist. Runs under the source's lease, then the new replica's (Busy when
+    another operation holds one).
     """
     check_protect_arguments(
         target=target,
@@ -79,36 +92,103 @@ def protect(
     if chosen.verify and replica_access is None:
         raise InvalidInput("verify needs replica_access to read the replica's disks")
     source = resolve_vm(conn, vm)
+    _check_protectable(conn, source, target, allow_source_datastore=allow_source_datastore)
     log = get_logger(vm=source.name, operation="protect")
-    found = find_replica(conn, source)
-    if found is not None and found.state is not None:
-        raise InvalidInput(f"{source.name} is already protected by {found.vm.name}", vm=source.name)
-    if found is not None and found.seed is not None:
-        log.warning("seed_resumed", replica=found.vm.name)
-        replica, record = found.vm, found.seed
-        source = sweep_source(conn, source, keep=record.snapshot)
-    else:
-        copy = _adoptable(conn, adopt, replica_access) if adopt is not None else None
-        if copy is None:  # a typo in the target is refused before the source is touched
-            check_placement(conn, source, target.name, _placement(target))
-        source = sweep_source(conn, source)
-        if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
-            source = enable_cbt(conn, source)
-        record, snapshot = _seed_snapshot(conn, source, chosen)
-        try:
-            if copy is None:
-                replica = _clone(conn, source, target, snapshot, record)
-            else:
-                assert replica_access is not None
-                reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
-                replica = _adopt(conn, source, snapshot, copy, record, reader, replica_access)
-        except BaseException:
-            remove_snapshot(conn, source, snapshot)  # a failed seed leaves no snapshot of ours
-            raise
-        failpoints.point("seed-replica-made")
-    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
-    seeded = Replica(vm=replica, state=None, journal=None, seed=record)
-    return _finish(conn, source, seeded, target, chosen, started, reader, replica_access)
+    with Lease(conn, source.moref, operation="protect", vm=source.name):
+        found = find_replica(conn, source)
+        if found is not None:
+            found.require_readable()
+        if found is not None and found.state is not None:
+            return _already_protected(conn, source, found, target, started)
+        if found is not None and found.seed is not None:
+            log.warning("seed_resumed", replica=found.vm.name)
+            replica, record = found.vm, found.seed
+            source = sweep_source(conn, source, keep=record.snapshot)
+        else:
+            copy = _adoptable(conn, adopt, replica_access) if adopt is not None else None
+            source = sweep_source(conn, source)
+            if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
+                source = enable_cbt(conn, source)
+            record, snapshot = _seed_snapshot(conn, source, chosen)
+            try:
+                if copy is None:
+                    replica = _clone(conn, source, target, snapshot, record)
+                else:
+                    assert replica_access is not None
+                    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+                    replica = _adopt(conn, source, snapshot, copy, record, reader, replica_access)
+            except (
+                Exception
+            ):  # a failed seed leaves no snapshot of ours (a crash: the next protect sweeps it)
+                remove_snapshot(conn, source, snapshot)
+                raise
+            failpoints.point("seed-replica-made")
+        reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+        seeded = Replica(vm=replica, state=None, journal=None, seed=record)
+        with Lease(conn, replica.moref, operation="protect", vm=replica.name) as lease:
+            return _finish(conn, lease, source, seeded, target, chosen, started, reader, replica_access)
+
+
+def _already_protected(
+    conn: Connection, source: VMInfo, replica: Replica, target: ReplicaTarget, started: float
+) -> CycleResult:
+    """Protecting again what is protected as asked changes nothing but tidying what a crash left."""
+    state = replica.state
+    assert state is not None
+    if state.target.datastore != target.datastore:
+        raise InvalidInput(
+            f"{source.name} is already protected by {replica.vm.name} on {state.target.datastore}; "
+            "unprotect it first to protect it elsewhere",
+            vm=source.name,
+        )
+    if replica.journal is None and replica.recovery is None and not source_lease_live(conn, source, own=True):
+        sweep_source(conn, source)  # e.g. the seed snapshot of a protect killed after its commit
+    latest = state.latest
+    get_logger(vm=source.name, operation="protect").info("already_protected", replica=replica.vm.name)
+    return CycleResult(
+        vm=source.name,
+        replica=replica.vm.name,
+        restore_point=latest.id,
+        created=latest.created,
+        quiesced=latest.quiesced,
+        bytes_changed=0,
+        bytes_moved=0,
+        full_resync=(),
+        resumed=True,
+        seconds=time.monotonic() - started,
+        confirmed=True,
+    )
+
+
+def _check_protectable(
+    conn: Connection, source: VMInfo, target: ReplicaTarget, *, allow_source_datastore: bool
+) -> None:
+    """Refuse, before anything changes, a source or a target that cannot make a sound replica."""
+    if source.template:
+        raise InvalidInput(f"{source.name} is a template, not a VM to protect", vm=source.name)
+    marks = read_options(conn, source.moref).values
+    if is_replica_options(marks) or TEST_KEY in marks or CLONE_KEY in marks:
+        raise InvalidInput(
+            f"{source.name} is a replica or a copy made by vsphere_replicator: its writes bypass "
+            "Changed Block Tracking, so a replica of it would silently miss data; protect the original",
+            vm=source.name,
+        )
+    if target.datastore in source.datastores and not allow_source_datastore:
+        raise InvalidInput(
+            f"{target.datastore} holds {source.name} itself: a replica there is lost with its source; "
+            "choose another datastore (or allow it explicitly)",
+            vm=source.name,
+        )
+    check_placement(
+        conn,
+        ClonePlacement(
+            datastore=target.datastore,
+            host=target.host,
+            resource_pool=target.resource_pool,
+            folder=target.folder,
+        ),
+    )
+    check_networks(conn, (recovery for _, recovery in target.networks))
 
 
 def _seed_snapshot(
@@ -146,18 +226,15 @@ def _seed_snapshot(
 def _clone(
     conn: Connection, source: VMInfo, target: ReplicaTarget, snapshot: SnapshotInfo, record: SeedRecord
 ) -> VMInfo:
-    options = {**cleared_options(), **seed_options(record)}
-    return clone_vm(conn, source, target.name, _placement(target), snapshot=snapshot, options=options)
-
-
-def _placement(target: ReplicaTarget) -> ClonePlacement:
-    return ClonePlacement(
+    placement = ClonePlacement(
         datastore=target.datastore,
         host=target.host,
         resource_pool=target.resource_pool,
         folder=target.folder,
         provisioning=target.provisioning,
     )
+    options = {**cleared_options(), **seed_options(record)}
+    return clone_vm(conn, source, target.name, placement, snapshot=snapshot, options=options)
 
 
 def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
@@ -205,7 +282,8 @@ def _adopt(
                 f"at byte {mismatch.offset}; it cannot be adopted as the seed",
                 vm=copy.name,
             )
-    write_options(conn, copy.moref, extra={**cleared_options(), **seed_options(record)})
+    with Lease(conn, copy.moref, operation="adopt", vm=copy.name) as lease:
+        write_options(lease, extra={**cleared_options(), **seed_options(record)})
     return copy
 
 
@@ -240,6 +318,7 @@ def verify_seed(
 
 def _finish(
     conn: Connection,
+    lease: Lease,
     source: VMInfo,
     replica: Replica,
     target: ReplicaTarget,
@@ -276,7 +355,7 @@ def _finish(
         if not snapshot_alive:
             raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
         digests = verify_seed(conn, source, existing, pairs, reader, writer)
-    disks = tuple(DiskState.frozen(s, r.key, change_id=ids[s.key]) for s, r in pairs)
+    disks = tuple(DiskState.frozen(s, r, change_id=ids[s.key]) for s, r in pairs)
     created = next(
         (s.created for s in source.all_snapshots() if s.moref == record.snapshot), existing.created
     )
@@ -299,7 +378,7 @@ def _finish(
         restore_points=(point,),
         next_point=2,
     )
-    write_options(conn, vm.moref, state=state, clear_journal=True, clear_seed=True)
+    write_options(lease, state=state, clear_journal=True, clear_seed=True)
     failpoints.point("seed-committed")
     if snapshot_alive:
         remove_snapshot(conn, source, next(s for s in source.all_snapshots() if s.moref == record.snapshot))

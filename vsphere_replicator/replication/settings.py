@@ -7,8 +7,10 @@ before anything touches vCenter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from vsphere_replicator.checks import (
     check_callable,
@@ -109,6 +111,17 @@ class CycleSettings:
         check_type(self.verify, bool, "verify")
 
 
+def apply_overrides(settings: CycleSettings, overrides: Mapping[str, Any] | None) -> CycleSettings:
+    """`settings` with some values changed for one run; an unknown name is InvalidInput."""
+    if not overrides:
+        return settings
+    known = {f.name for f in fields(CycleSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInput(f"unknown cycle settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return replace(settings, **overrides)
+
+
 @dataclass(frozen=True, slots=True)
 class CycleResult:
     """What one cycle did: the restore point it made (or confirmed) and the bytes behind it."""
@@ -146,18 +159,25 @@ def check_cycle_arguments(
     settings: object,
     replica_access: object,
     source_access: object,
+    verify_access: object = None,
+    overrides: object = None,
     throttle: object = None,
     on_progress: object = None,
     replica_required: bool = True,
 ) -> None:
     """replicate's and protect's other arguments: the right types, or InvalidInput before any vCenter call."""
     check_type(settings, CycleSettings, "settings", optional=True)
+    if overrides is not None:
+        check_type(overrides, Mapping, "overrides")
+        assert isinstance(overrides, Mapping)
+        apply_overrides(CycleSettings(), overrides)  # names and values checked as for the recorded ones
     if replica_access is not None or replica_required:
         check_has(
             replica_access, _DISK_ACCESS, "replica_access", "DiskAccess (MountedDatastores, NBDDisks, ...)"
         )
-    if source_access is not None:
-        check_has(source_access, _DISK_ACCESS, "source_access", "DiskAccess (HTTPDatastores, NBDDisks, ...)")
+    for name, access in (("source_access", source_access), ("verify_access", verify_access)):
+        if access is not None:
+            check_has(access, _DISK_ACCESS, name, "DiskAccess (HTTPDatastores, NBDDisks, ...)")
     check_callable(throttle, "throttle", optional=True)
     check_callable(on_progress, "on_progress", optional=True)
 

@@ -1,61 +1,88 @@
 """The replication state, kept with the replica itself in its extraConfig.
 
-Two options: STATE_KEY is the committed state (source identity, per-disk
-change ids, restore points); JOURNAL_KEY is the cycle in flight, if any.
-A cycle commits by writing the new state and clearing the journal in one
-ReconfigVM_Task, so any machine can read where a replication stands and
-carry on. Both are JSON, small (a few KiB), and versioned.
+Options, all under `vsphere_replicator.`: `state` is the committed state
+(source identity, per-disk change ids, restore points); `journal` is the
+operation in flight, if any; `seed` marks a replica whose seed is
+unfinished; `source` is the source's instance UUID on its own, so a replica
+whose state is damaged is still known as that source's; `lease` is who may
+change the replica now (lease.py). A cycle commits by writing the new state
+and clearing the journal in one compare-and-swap reconfigure, so any
+machine can read where a replication stands and carry on.
+
+Everything read back is validated against the schema below (types, phases,
+and the invariants a committed state keeps); a damaged state is a
+StateError naming the replica and the offending key, for that replica only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from pyVmomi import vim
+import pydantic
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, ReplicatorError
-from vsphere_replicator.inventory import DiskInfo, vm_object, vm_options
+from vsphere_replicator.errors import ReplicatorError
+from vsphere_replicator.inventory import DiskInfo, vm_options
+from vsphere_replicator.replication.lease import LEASE_KEY, Lease, LeaseHolder
+from vsphere_replicator.replication.options import PREFIX, VMOptions
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
-from vsphere_replicator.tasks import run_task
 
-PREFIX = "vsphere_replicator."
 STATE_KEY = PREFIX + "state"
 JOURNAL_KEY = PREFIX + "journal"
 SEED_KEY = PREFIX + "seed"
+SOURCE_KEY = PREFIX + "source"
+RECOVERY_KEY = PREFIX + "recovery"  # a failover or failback in flight on this replica
+TEST_KEY = PREFIX + "test_failover_of"  # on a test-failover copy: whose, and which restore point
+CLONE_KEY = PREFIX + "clone_of"  # on a periodic clone made by the clone policy
 VERSION = 1
+POINT_ID = re.compile(r"^rp-(\d{6})$")
+Phase = Literal["snapshot", "copying", "copied"]
+RecoveryKind = Literal["planned", "unplanned", "failback"]
+RecoveryPhase = Literal["begun", "source-off", "promoting", "reversing", "switching", "reprotecting"]
 
 
 class StateError(ReplicatorError):
     """The replication state on a replica is missing, unreadable or contradicts vCenter."""
 
 
+def point_id(number: int) -> str:
+    """The id of the `number`-th restore point of a replica: rp-000001, rp-000002, ..."""
+    return f"rp-{number:06d}"
+
+
 @dataclass(frozen=True, slots=True)
 class DiskState:
-    """One source disk and the replica disk that mirrors it, as of the last restore point."""
+    """One source disk and the replica disk that mirrors it, as of the last restore point.
+
+    `replica_uuid` is the replica disk's backing UUID: device keys are
+    reused when disks come and go, a disk's UUID is not.
+    """
 
     source_key: int
     replica_key: int
     capacity: int
     change_id: str
     source_uuid: str | None
+    replica_uuid: str | None = None
 
     @classmethod
-    def frozen(cls, disk: DiskInfo, replica_key: int, change_id: str | None = None) -> DiskState:
-        """The state of `disk` as a source snapshot froze it, mirrored by replica disk `replica_key`."""
+    def frozen(cls, disk: DiskInfo, replica: DiskInfo | int, change_id: str | None = None) -> DiskState:
+        """The state of `disk` as a source snapshot froze it, mirrored by `replica` (a disk or its key)."""
         chosen = change_id or disk.change_id
         if chosen is None:
             raise StateError(f"disk {disk.key} carries no change id: CBT is not tracking it")
         return cls(
             source_key=disk.key,
-            replica_key=replica_key,
+            replica_key=replica if isinstance(replica, int) else replica.key,
             capacity=disk.capacity,
             change_id=chosen,
             source_uuid=disk.uuid,
+            replica_uuid=None if isinstance(replica, int) else replica.uuid,
         )
 
 
@@ -111,10 +138,26 @@ class ReplicaState:
     def disk(self, source_key: int) -> DiskState | None:
         return next((d for d in self.disks if d.source_key == source_key), None)
 
+    def with_point(self, point: RestorePoint, disks: tuple[DiskState, ...]) -> ReplicaState:
+        """This state with `point` committed as the newest restore point (numbered past it)."""
+        match = POINT_ID.match(point.id)
+        number = int(match.group(1)) if match else self.next_point
+        return replace(
+            self,
+            disks=disks,
+            restore_points=(*(p for p in self.restore_points if p.id != point.id), point),
+            next_point=max(self.next_point, number + 1),
+            last_error=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JournalDisk:
-    """A disk's part of the cycle in flight: what is read, where it goes, how far it got."""
+    """A disk's part of the cycle in flight: what is read, where it goes, how far it got.
+
+    `done` counts the bytes of the cycle's chunk plan (Journal.chunk) that
+    are copied and flushed; a resume follows that same plan.
+    """
 
     source_key: int
     replica_key: int
@@ -122,6 +165,23 @@ class JournalDisk:
     capacity: int
     done: int = 0
     resync_reason: str | None = None
+    replica_uuid: str | None = None
+    change_id: str | None = None  # the source disk's change id at the cycle's snapshot: `since` next time
+    source_uuid: str | None = None
+    changed: int = 0  # bytes CBT reported changed (what the plan reads, before alignment)
+
+    def committed(self) -> DiskState:
+        """The disk's state once this cycle's restore point is committed."""
+        if self.change_id is None:
+            raise StateError(f"the journal records no change id for disk {self.source_key}")
+        return DiskState(
+            source_key=self.source_key,
+            replica_key=self.replica_key,
+            capacity=self.capacity,
+            change_id=self.change_id,
+            source_uuid=self.source_uuid,
+            replica_uuid=self.replica_uuid,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,101 +189,62 @@ class Journal:
     """The cycle in flight. `phase` moves snapshot -> copying -> copied; commit deletes it."""
 
     cycle: str
-    phase: str
+    phase: Phase
     source_snapshot: str | None
     started: datetime
     disks: tuple[JournalDisk, ...] = ()
     quiesced: bool = False
     restore_point: str | None = None
     retired: tuple[int, ...] = field(default=())
+    chunk: int | None = None  # the read size the copy plan was cut with; a resume keeps it
+    source_created: datetime | None = None  # when the source snapshot was taken: the point's time
 
     def with_disk(self, disk: JournalDisk) -> Journal:
         others = tuple(d for d in self.disks if d.source_key != disk.source_key)
         return replace(self, disks=tuple(sorted((*others, disk), key=lambda d: d.source_key)))
 
+    def committed_point(
+        self, snapshot: str, created: datetime, digests: tuple[tuple[int, str], ...] = ()
+    ) -> tuple[RestorePoint, tuple[DiskState, ...]]:
+        """The restore point this copied cycle makes as replica snapshot `snapshot`, and the disks' state.
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "total_seconds"):
-        return value.total_seconds()
-    return value
-
-
-def encode_state(state: ReplicaState) -> str:
-    return json.dumps({"v": VERSION, **_plain(asdict(state))}, separators=(",", ":"), sort_keys=True)
-
-
-def encode_journal(journal: Journal) -> str:
-    return json.dumps({"v": VERSION, **_plain(asdict(journal))}, separators=(",", ":"), sort_keys=True)
-
-
-def _versioned(text: str, what: str) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StateError(f"the replica's {what} is not valid JSON: {exc}") from exc
-    if data.pop("v", None) != VERSION:
-        raise StateError(f"the replica's {what} has an unknown version; upgrade vsphere_replicator")
-    return data
-
-
-def decode_state(text: str) -> ReplicaState:
-    data = _versioned(text, "state")
-    try:
-        settings = dict(data["settings"])
-        for name in ("max_age", "target_rpo"):
-            if settings.get(name) is not None:
-                settings[name] = timedelta(seconds=settings[name])
-        target = dict(data["target"])
-        target["networks"] = tuple(tuple(pair) for pair in target.get("networks", ()))
-        return ReplicaState(
-            source=SourceIdentity(**data["source"]),
-            replica_uuid=data["replica_uuid"],
-            target=ReplicaTarget(**target),
-            settings=CycleSettings(**settings),
-            disks=tuple(DiskState(**d) for d in data["disks"]),
-            restore_points=tuple(
-                RestorePoint(
-                    **{
-                        **r,
-                        "created": datetime.fromisoformat(r["created"]),
-                        "digests": tuple((int(k), str(d)) for k, d in r.get("digests", ())),
-                        "change_ids": tuple((int(k), str(c)) for k, c in r.get("change_ids", ())),
-                        "confirmed": datetime.fromisoformat(r["confirmed"]) if r.get("confirmed") else None,
-                    }
-                )
-                for r in data["restore_points"]
-            ),
-            next_point=data["next_point"],
-            promoted=data.get("promoted", False),
-            last_error=data.get("last_error"),
-            promoted_point=data.get("promoted_point"),
-            failback_ids=tuple((int(k), str(c)) for k, c in data.get("failback_ids", ())),
+        Everything comes from the journal, so a cycle whose source snapshot
+        is gone still commits (and a point whose commit was lost to a
+        revert can be recovered from the journal its snapshot saved).
+        """
+        if self.phase != "copied" or self.restore_point is None:
+            raise StateError(
+                f"cycle {self.cycle} is in phase {self.phase}: it has no restore point to commit"
+            )
+        disks = tuple(d.committed() for d in self.disks)
+        point = RestorePoint(
+            id=self.restore_point,
+            snapshot=snapshot,
+            created=self.source_created or created,
+            quiesced=self.quiesced,
+            bytes_moved=sum(d.done for d in self.disks),
+            bytes_changed=sum(d.changed for d in self.disks),
+            digests=digests,
+            change_ids=tuple((d.source_key, d.change_id) for d in disks),
         )
-    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
-        raise StateError(f"the replica's state is incomplete or malformed: {exc}") from exc
+        return point, disks
 
 
-def decode_journal(text: str) -> Journal:
-    data = _versioned(text, "journal")
-    try:
-        return Journal(
-            cycle=data["cycle"],
-            phase=data["phase"],
-            source_snapshot=data["source_snapshot"],
-            started=datetime.fromisoformat(data["started"]),
-            disks=tuple(JournalDisk(**d) for d in data["disks"]),
-            quiesced=data["quiesced"],
-            restore_point=data["restore_point"],
-            retired=tuple(data.get("retired", ())),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"the replica's journal is incomplete or malformed: {exc}") from exc
+@dataclass(frozen=True, slots=True)
+class RecoveryJournal:
+    """A failover or failback in flight, kept on the replica it brings up (or reverses).
+
+    Phases: a planned failover moves begun -> source-off -> promoting; an
+    unplanned one begun -> promoting; a failback reversing -> switching ->
+    reprotecting. The step that finishes the operation deletes it.
+    """
+
+    kind: RecoveryKind
+    phase: RecoveryPhase
+    started: datetime
+    restore_point: str | None = None
+    source_was_on: bool = False  # planned: the source ran when we began (we power it back on if we undo)
+    snapshot: str | None = None  # failback: the promoted replica's snapshot the reverse copy reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,83 +258,261 @@ class SeedRecord:
     quiesced: bool
 
 
+# -- encoding and validation ----------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _encode(value: Any) -> str:
+    return json.dumps({"v": VERSION, **_plain(asdict(value))}, separators=(",", ":"), sort_keys=True)
+
+
+def encode_state(state: ReplicaState) -> str:
+    return _encode(validate_state(state))
+
+
+def encode_journal(journal: Journal) -> str:
+    return _encode(validate_journal(journal))
+
+
+T = TypeVar("T")
+_STRICT = pydantic.ConfigDict(extra="forbid")
+_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {}
+
+
+# An unknown key is damage (or a newer writer), never something to drop silently.
+for _kind in (
+    DiskState,
+    RestorePoint,
+    SourceIdentity,
+    ReplicaState,
+    JournalDisk,
+    Journal,
+    RecoveryJournal,
+    SeedRecord,
+    ReplicaTarget,
+    CycleSettings,
+):
+    setattr(_kind, "__pydantic_config__", _STRICT)  # noqa: B010 - a class attribute pydantic reads
+
+
+def _adapter(kind: type[T]) -> pydantic.TypeAdapter[T]:
+    if kind not in _ADAPTERS:
+        _ADAPTERS[kind] = pydantic.TypeAdapter(kind)
+    return _ADAPTERS[kind]
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _decode(text: str, kind: type[T], what: str, vm: str | None) -> T:
+    whose = f"{vm}'s {what}" if vm else f"the replica's {what}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{whose} is not valid JSON ({exc.msg} at character {exc.pos})", vm=vm) from exc
+    except RecursionError as exc:
+        raise StateError(f"{whose} is nested too deeply to be ours", vm=vm) from exc
+    if not isinstance(data, dict):
+        raise StateError(f"{whose} is not a JSON object but {type(data).__name__}", vm=vm)
+    if data.pop("v", None) != VERSION:
+        raise StateError(f"{whose} has an unknown version; upgrade vsphere_replicator", vm=vm)
+    try:
+        return _adapter(kind).validate_python(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise StateError(f"{whose} is malformed at key {_where(first['loc'])}: {message}", vm=vm) from exc
+
+
+def _invalid(vm: str | None, key: str, problem: str) -> StateError:
+    return StateError(f"{vm or 'the replica'}'s state is inconsistent at key {key}: {problem}", vm=vm)
+
+
+def validate_state(state: ReplicaState, vm: str | None = None) -> ReplicaState:
+    """The invariants every committed state keeps; StateError naming the key that breaks one."""
+    points = state.restore_points
+    if not points:
+        raise _invalid(vm, "restore_points", "a protected VM always has at least one restore point")
+    ids = [p.id for p in points]
+    for i, p in enumerate(points):
+        if not POINT_ID.match(p.id):
+            raise _invalid(vm, f"restore_points[{i}].id", f"{p.id!r} is not a restore point id")
+    if len(set(ids)) != len(ids):
+        raise _invalid(vm, "restore_points", f"restore point ids repeat: {', '.join(ids)}")
+    if len({p.snapshot for p in points}) != len(points):
+        raise _invalid(vm, "restore_points", "two restore points name the same snapshot")
+    newest = max(int(p.id[3:]) for p in points)
+    if state.next_point <= newest:
+        raise _invalid(vm, "next_point", f"{state.next_point} is not past the newest point rp-{newest:06d}")
+    if not state.disks:
+        raise _invalid(vm, "disks", "no disk is replicated")
+    for name in ("source_key", "replica_key"):
+        keys = [getattr(d, name) for d in state.disks]
+        if len(set(keys)) != len(keys):
+            raise _invalid(vm, "disks", f"{name} values repeat: {keys}")
+    if state.promoted_point is not None and state.promoted_point not in ids:
+        raise _invalid(vm, "promoted_point", f"{state.promoted_point} is not one of its restore points")
+    return state
+
+
+def validate_journal(journal: Journal, vm: str | None = None) -> Journal:
+    """A journal past its first phase names its snapshot, its disks and its restore point."""
+    if journal.phase != "snapshot":
+        if journal.source_snapshot is None:
+            raise _invalid(vm, "journal.source_snapshot", f"phase {journal.phase} without a source snapshot")
+        if not journal.disks:
+            raise _invalid(vm, "journal.disks", f"phase {journal.phase} without any disk")
+    if journal.restore_point is not None and not POINT_ID.match(journal.restore_point):
+        raise _invalid(vm, "journal.restore_point", f"{journal.restore_point!r} is not a restore point id")
+    keys = [d.source_key for d in journal.disks]
+    if len(set(keys)) != len(keys):
+        raise _invalid(vm, "journal.disks", f"source disks repeat: {keys}")
+    for d in journal.disks:
+        if not 0 <= d.done <= d.capacity:
+            raise _invalid(vm, "journal.disks.done", f"{d.done} bytes done of a {d.capacity}-byte disk")
+    return journal
+
+
+def decode_state(text: str, vm: str | None = None) -> ReplicaState:
+    return validate_state(_decode(text, ReplicaState, "state", vm), vm)
+
+
+def decode_journal(text: str, vm: str | None = None) -> Journal:
+    return validate_journal(_decode(text, Journal, "journal", vm), vm)
+
+
+def decode_seed(text: str, vm: str | None = None) -> SeedRecord:
+    return _decode(text, SeedRecord, "seed record", vm)
+
+
+def decode_recovery(text: str, vm: str | None = None) -> RecoveryJournal:
+    return _decode(text, RecoveryJournal, "failover journal", vm)
+
+
+def encode_recovery(journal: RecoveryJournal) -> str:
+    return _encode(journal)
+
+
 def seed_options(record: SeedRecord) -> dict[str, str]:
     """The options a seed clone is born with, so a crash mid-seed leaves a recognisable replica."""
-    return {SEED_KEY: json.dumps({"v": VERSION, **asdict(record)}, separators=(",", ":"), sort_keys=True)}
+    return {SEED_KEY: _encode(record), SOURCE_KEY: record.source.instance_uuid}
 
 
-def decode_seed(text: str) -> SeedRecord:
-    data = _versioned(text, "seed record")
-    try:
-        return SeedRecord(
-            source=SourceIdentity(**data["source"]),
-            snapshot=data["snapshot"],
-            cycle=data["cycle"],
-            change_ids=tuple((int(k), str(c)) for k, c in data["change_ids"]),
-            quiesced=bool(data["quiesced"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"the replica's seed record is malformed: {exc}") from exc
+# -- reading every replica ------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaRecord:
-    """A VM carrying replication options, with what they say."""
+    """A VM carrying replication options, with what they say.
+
+    `error` is set (and the parts it concerns are None) when the options
+    cannot be read; `source_uuid` still says whose replica it is when known.
+    """
 
     moref: str
     state: ReplicaState | None
     journal: Journal | None
     seed: SeedRecord | None
+    source_uuid: str | None = None
+    error: StateError | None = None
+    recovery: RecoveryJournal | None = None
+    holder: LeaseHolder | None = None
+
+
+def replica_record(moref: str, options: Mapping[str, str], vm: str | None = None) -> ReplicaRecord:
+    """What one VM's options say; a damaged option is recorded in `error`, never raised."""
+    state = journal = seed = recovery = None
+    error: StateError | None = None
+    try:
+        seed = decode_seed(options[SEED_KEY], vm) if SEED_KEY in options else None
+        state = decode_state(options[STATE_KEY], vm) if STATE_KEY in options else None
+        journal = decode_journal(options[JOURNAL_KEY], vm) if JOURNAL_KEY in options else None
+        recovery = decode_recovery(options[RECOVERY_KEY], vm) if RECOVERY_KEY in options else None
+    except StateError as exc:
+        error = exc
+    uuid = options.get(SOURCE_KEY) or (
+        state.source.instance_uuid if state else seed.source.instance_uuid if seed else None
+    )
+    return ReplicaRecord(
+        moref=moref,
+        state=state,
+        journal=journal,
+        seed=seed,
+        source_uuid=uuid,
+        error=error,
+        recovery=recovery,
+        holder=LeaseHolder.decode(options.get(LEASE_KEY)),
+    )
+
+
+def is_replica_options(options: Mapping[str, str]) -> bool:
+    """Options that make a VM a replica (our other marks — periodic clones, a lease — do not)."""
+    return any(key in options for key in (STATE_KEY, SEED_KEY))
 
 
 def find_replicas(conn: Connection) -> tuple[ReplicaRecord, ...]:
     """Every VM that carries replication options, in one inventory read."""
-    records = []
-    for moref, options in vm_options(conn, PREFIX).items():
-        if STATE_KEY not in options and SEED_KEY not in options:
-            continue  # our other marks (periodic clones) or a journal without a state: not a replica
-        records.append(
-            ReplicaRecord(
-                moref=moref,
-                state=decode_state(options[STATE_KEY]) if STATE_KEY in options else None,
-                journal=decode_journal(options[JOURNAL_KEY]) if JOURNAL_KEY in options else None,
-                seed=decode_seed(options[SEED_KEY]) if SEED_KEY in options else None,
-            )
-        )
-    return tuple(records)
+    return tuple(
+        replica_record(moref, options)
+        for moref, options in vm_options(conn, PREFIX).items()
+        if is_replica_options({k: v for k, v in options.items() if v})
+    )
+
+
+def record_from(options: VMOptions, vm: str | None = None) -> ReplicaRecord:
+    return replica_record(options.moref, options.values, vm)
 
 
 def cleared_options() -> dict[str, str]:
     """Options that, applied to a copy of a replica, strip every replication key from it."""
-    return dict.fromkeys((STATE_KEY, JOURNAL_KEY, SEED_KEY), "")
+    return dict.fromkeys((STATE_KEY, JOURNAL_KEY, SEED_KEY, SOURCE_KEY, LEASE_KEY, RECOVERY_KEY), "")
 
 
 def write_options(
-    conn: Connection,
-    replica_moref: str,
+    lease: Lease,
     *,
     state: ReplicaState | None = None,
     journal: Journal | None = None,
     clear_journal: bool = False,
     clear_seed: bool = False,
+    recovery: RecoveryJournal | None = None,
+    clear_recovery: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> None:
-    """Write state and/or journal (and `extra` raw options) in one reconfigure: atomic at vCenter."""
-    options = [vim.option.OptionValue(key=k, value=v) for k, v in (extra or {}).items()]
+    """Write state and/or journal (and `extra` raw options) in one reconfigure, under `lease`.
+
+    Atomic at vCenter, and a compare-and-swap: it happens only if nobody
+    changed the replica's configuration since we read it and the lease is
+    still ours (LeaseLost otherwise).
+    """
+    changes = dict(extra or {})
     if state is not None:
-        options.append(vim.option.OptionValue(key=STATE_KEY, value=encode_state(state)))
+        changes[STATE_KEY] = encode_state(state)
+        changes[SOURCE_KEY] = state.source.instance_uuid
     if journal is not None:
-        options.append(vim.option.OptionValue(key=JOURNAL_KEY, value=encode_journal(journal)))
+        changes[JOURNAL_KEY] = encode_journal(journal)
     elif clear_journal:
-        options.append(vim.option.OptionValue(key=JOURNAL_KEY, value=""))
+        changes[JOURNAL_KEY] = ""
     if clear_seed:
-        options.append(vim.option.OptionValue(key=SEED_KEY, value=""))
-    if not options:
-        return
-    handle = vm_object(conn, replica_moref)
-    run_task(
-        conn,
-        lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=options)),
-        what="record the replication state",
-        vm=replica_moref,
-    )
+        changes[SEED_KEY] = ""
+    if recovery is not None:
+        changes[RECOVERY_KEY] = encode_recovery(recovery)
+    elif clear_recovery:
+        changes[RECOVERY_KEY] = ""
+    if changes:
+        lease.write(changes)

@@ -7,12 +7,21 @@ from datetime import UTC, datetime, timedelta
 
 from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.replication.lease import is_live
 from vsphere_replicator.replication.replica import Replica, all_replicas
+
+FAILED_OVER = "failed over"
+UNREADABLE = "state unreadable"
 
 
 @dataclass(frozen=True, slots=True)
 class ProtectionStatus:
-    """One protected VM as plain data; `compliant` is None without a target RPO or once failed over."""
+    """One protected VM as plain data; `compliant` is None without a target RPO or once failed over.
+
+    `operation` names a failover or failback in flight (and its phase), with
+    `next_step` the command that continues it; `busy` names who holds the
+    replica's lease right now.
+    """
 
     vm: str
     replica: str
@@ -26,10 +35,47 @@ class ProtectionStatus:
     last_bytes_moved: int | None
     last_bytes_changed: int | None
     last_error: str | None
+    operation: str | None = None
+    next_step: str | None = None
+    busy: str | None = None
 
 
-def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> ProtectionStatus:
+def _continue_with(replica: Replica, vm: str) -> tuple[str | None, str | None]:
+    journal = replica.recovery
+    if journal is None:
+        return None, None
+    command = {
+        "planned": f"vsphere-replicator failover {vm} --planned",
+        "unplanned": f"vsphere-replicator failover {vm} --unplanned",
+        "failback": f"vsphere-replicator failback {vm}",
+    }[journal.kind]
+    return (
+        f"{journal.kind} {'failback' if journal.kind == 'failback' else 'failover'}: {journal.phase}",
+        command,
+    )
+
+
+def _status(
+    replica: Replica, now: datetime, target_rpo: timedelta | None, busy: str | None
+) -> ProtectionStatus:
     state = replica.state
+    rpo_seconds = target_rpo.total_seconds() if target_rpo else None
+    if replica.error is not None:
+        return ProtectionStatus(
+            vm=replica.seed.source.name if replica.seed else "?",
+            replica=replica.vm.name,
+            state=UNREADABLE,
+            restore_points=0,
+            latest_point=None,
+            latest_created=None,
+            age_seconds=None,
+            target_rpo_seconds=rpo_seconds,
+            compliant=False if target_rpo else None,
+            last_bytes_moved=None,
+            last_bytes_changed=None,
+            last_error=str(replica.error),
+            busy=busy,
+        )
     if state is None:
         source = replica.seed.source.name if replica.seed else "?"
         return ProtectionStatus(
@@ -40,17 +86,21 @@ def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> Pr
             latest_point=None,
             latest_created=None,
             age_seconds=None,
-            target_rpo_seconds=target_rpo.total_seconds() if target_rpo else None,
+            target_rpo_seconds=rpo_seconds,
             compliant=False if target_rpo else None,
             last_bytes_moved=None,
             last_bytes_changed=None,
-            last_error="protect was interrupted; run protect again",
+            last_error=None if busy else "protect was interrupted; run protect again",
+            busy=busy,
         )
     latest = state.latest
     rpo = target_rpo or state.settings.target_rpo
     age = (now - latest.current_as_of).total_seconds()
+    operation, next_step = _continue_with(replica, state.source.name)
     if state.promoted:
-        label = "failed over"
+        label = FAILED_OVER
+    elif operation is not None:
+        label = "failover in flight"
     elif replica.journal is not None:
         label = "cycle in flight"
     else:
@@ -68,15 +118,30 @@ def _status(replica: Replica, now: datetime, target_rpo: timedelta | None) -> Pr
         last_bytes_moved=latest.bytes_moved,
         last_bytes_changed=latest.bytes_changed,
         last_error=state.last_error,
+        operation=operation,
+        next_step=next_step,
+        busy=busy,
     )
+
+
+def _busy(replica: Replica, now: datetime) -> str | None:
+    holder = replica.holder
+    return holder.describe() if holder is not None and is_live(holder, now) else None
 
 
 def protection_status(
     conn: Connection, *, target_rpo: timedelta | None = None, now: datetime | None = None
 ) -> tuple[ProtectionStatus, ...]:
-    """Every protected VM, by name; `target_rpo` overrides the one each replication recorded."""
+    """Every protected VM, by name; `target_rpo` overrides the one each replication recorded.
+
+    A replica whose state cannot be read is listed (state "state unreadable",
+    the reason in `last_error`) without hiding the others.
+    """
     check_type(conn, Connection, "conn")
     check_duration(target_rpo, "target_rpo", optional=True)
     check_type(now, datetime, "now", optional=True)
     moment = now or datetime.now(UTC)
-    return tuple(sorted((_status(r, moment, target_rpo) for r in all_replicas(conn)), key=lambda s: s.vm))
+    found = []
+    for replica in all_replicas(conn):
+        found.append(_status(replica, moment, target_rpo, _busy(replica, moment)))
+    return tuple(sorted(found, key=lambda s: (s.vm, s.replica)))

@@ -48,7 +48,6 @@ class DatastoreHTTPSource:
         params = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
         self._path = f"/folder/{urllib.parse.quote(path)}?{params}"
         self._log = get_logger(file=file_name, operation="http_read")
-        self._renew_lock = threading.Lock()
         # http.client directly: a delta is many small range requests, and per request it costs
         # about half of what urllib3 does (a quarter of requests'). No proxy, no REQUESTS_CA_BUNDLE.
         self._tls = tls_context(settings)
@@ -61,6 +60,7 @@ class DatastoreHTTPSource:
         policy = self._conn.retry
         renewed = False
         for attempt in range(1, policy.attempts + 1):
+            generation = self._conn.session_generation
             try:
                 return self._get(offset, length)
             except _Expired:
@@ -68,8 +68,7 @@ class DatastoreHTTPSource:
                     raise TransportError(
                         f"the datastore refused the renewed session for {self._url}"
                     ) from None
-                with self._renew_lock:
-                    self._conn.renew_session()
+                self._conn.renew_session(seen=generation)  # once, however many readers saw it expire
                 renewed = True
             except ssl.SSLCertVerificationError as exc:  # a certificate that changed is no network hiccup
                 raise TLSVerificationFailed(
@@ -137,3 +136,38 @@ class _Expired(Exception):
 
 class _ShortRead(Exception):
     """The answer did not hold exactly the requested range."""
+
+
+def read_datastore_file(
+    conn: Connection, datastore: str, path: str, *, datacenter: str, limit: int = 1 << 16
+) -> bytes | None:
+    """A small file's bytes through vCenter's `/folder` endpoint; None when the file is not there.
+
+    Used to prove that a directory mounted here is the datastore vCenter
+    means: a marker written through the mount must be read back this way.
+    """
+    params = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
+    target = f"/folder/{urllib.parse.quote(path)}?{params}"
+    settings = conn.settings
+    for attempt in range(2):
+        generation = conn.session_generation
+        connection = http.client.HTTPSConnection(
+            settings.host, settings.port, timeout=60, context=tls_context(settings)
+        )
+        try:
+            connection.request("GET", target, headers={"Cookie": conn.session_cookie})
+            response = connection.getresponse()
+            body = response.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportError(f"GET /folder/{path} on {datastore}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            connection.close()
+        if response.status in (401, 403) and attempt == 0:
+            conn.renew_session(seen=generation)
+            continue
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise TransportError(f"GET /folder/{path} on {datastore} answered {response.status}")
+        return body[:limit]
+    raise TransportError(f"GET /folder/{path} on {datastore}: the session was refused twice")

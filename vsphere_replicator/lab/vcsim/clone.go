@@ -17,17 +17,22 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	spec := req.Spec
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var source types.VirtualMachineConfigInfo
 	var srcPool, srcHost *types.ManagedObjectReference
 	var fault *methodFault
+	var srcName string
 	simulator.Map.WithLock(vm, func() {
+		srcName = vm.Name
 		srcPool, srcHost = vm.ResourcePool, vm.Runtime.Host
 		if spec.Snapshot == nil {
 			source = deepCopy(*vm.Config)
 			return
 		}
 		snap, ok := simulator.Map.Get(*spec.Snapshot).(*simulator.VirtualMachineSnapshot)
-		if !ok || snap.Vm != vm.Self {
+		if !ok || snap.Vm != vm.Self || !hasSnapshot(vm, snap.Self) {
 			fault = newFault(&types.InvalidArgument{InvalidProperty: "spec.snapshot"}, "snapshot %s does not belong to %s", spec.Snapshot.Value, vm.Name)
 			return
 		}
@@ -60,7 +65,7 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		host = firstHostOfPool(*loc.Pool)
 	}
 	if pool == nil || host == nil {
-		return nil, newFault(&types.InvalidArgument{InvalidProperty: "spec.location.pool"}, "a resource pool is required to clone %s", vm.Name)
+		return nil, newFault(&types.InvalidArgument{InvalidProperty: "spec.location.pool"}, "a resource pool is required to clone %s", srcName)
 	}
 	var srcHome object.DatastorePath
 	srcHome.FromString(source.Files.VmPathName)
@@ -184,6 +189,9 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		if fault := waitInproc(pt, err); fault != nil {
 			return nil, fault
 		}
+	}
+	if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+		simulator.Map.WithLock(target, func() { l.newVMConfig(target) })
 	}
 	return ref, nil
 }

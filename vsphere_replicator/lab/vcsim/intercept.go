@@ -99,6 +99,9 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 	if l.serveExtended(w, method) {
 		return
 	}
+	if l.serveVcsimConfigChange(w, r, body, method, next) {
+		return
+	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	next.ServeHTTP(&sessionWatcher{ResponseWriter: w, book: l.sessions}, r)
 	if method.Name == "Logout" && cookie != "" {
@@ -184,17 +187,20 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 			return false
 		}
 		var current *simulator.VirtualMachineSnapshot
+		var name string
 		simulator.Map.WithLock(vm, func() {
+			name = vm.Name
 			if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
 				current, _ = simulator.Map.Get(*vm.Snapshot.CurrentSnapshot).(*simulator.VirtualMachineSnapshot)
 			}
 		})
 		if current == nil {
-			writeFault(w, newFault(&types.NotFound{}, "%s has no current snapshot", vm.Name))
+			writeFault(w, newFault(&types.NotFound{}, "%s has no current snapshot", name))
 			return true
 		}
 		suppress := req.SuppressPowerOn != nil && *req.SuppressPowerOn
-		runTask(vm, "revertToCurrentSnapshot", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(vm, current, suppress) })
+		// The current snapshot is looked up again when the task runs: another may have changed it.
+		runTask(vm, "revertToCurrentSnapshot", func(func(int32)) (types.AnyType, *methodFault) { return l.revert(vm, nil, suppress) })
 	case *types.RemoveAllSnapshots_Task:
 		if vm == nil {
 			return false

@@ -22,8 +22,12 @@ const (
 )
 
 // lab holds what vcsim does not: disk files, Changed Block Tracking state and
-// armed faults. One mutex guards it; vcsim's own locks are taken inside it,
-// never the other way round.
+// armed faults. One mutex guards it, and every lab operation that changes a
+// VM holds it throughout. vcsim's locks are taken inside it, never the other
+// way round, in this order: a VM's, then one of its snapshots' or a task's.
+// Under a VM's lock the lab changes only memory it owns (ownVM) and replaces
+// a snapshot's data whole, under that snapshot's lock: vcsim reads objects
+// under their own lock and serializes what it read after letting go.
 type lab struct {
 	cfg      config
 	inproc   *vim25.Client
@@ -38,6 +42,7 @@ type lab struct {
 	sessions    *sessionBook
 	stats       *requestStats
 	pages       *pager
+	versions    *versionClock // config.changeVersion, lab-wide
 	started     time.Time
 }
 
@@ -73,6 +78,7 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		sessions:    newSessionBook(),
 		stats:       newRequestStats(),
 		pages:       newPager(),
+		versions:    newVersionClock(time.Now),
 	}
 }
 
@@ -215,7 +221,12 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 	}
 	ref := res.Result.(types.ManagedObjectReference)
 	vm := simulator.Map.Get(ref).(*simulator.VirtualMachine)
-	for _, disk := range vmDisks(vm.Config.Hardware.Device) {
+	var disks []*types.VirtualDisk
+	simulator.Map.WithLock(vm, func() {
+		l.newVMConfig(vm)
+		disks = vmDisks(vm.Config.Hardware.Device)
+	})
+	for _, disk := range disks {
 		if err := l.createDiskFiles(disk); err != nil {
 			return err
 		}
@@ -244,13 +255,50 @@ func diskBacking(disk *types.VirtualDisk) *types.VirtualDiskFlatVer2BackingInfo 
 	return b
 }
 
-// findVM returns the VM of that name, or of that moref value.
+// findVM returns the VM of that name, or of that moref value. A VM's name
+// is read under its lock: a rename changes it under that lock.
 func findVM(nameOrRef string) *simulator.VirtualMachine {
 	for _, e := range simulator.Map.All("VirtualMachine") {
 		vm := e.(*simulator.VirtualMachine)
-		if vm.Name == nameOrRef || vm.Self.Value == nameOrRef {
+		if vm.Self.Value == nameOrRef {
 			return vm
 		}
+		var name string
+		simulator.Map.WithLock(vm, func() { name = vm.Name })
+		if name == nameOrRef {
+			return vm
+		}
+	}
+	return nil
+}
+
+// ownVM gives the VM fresh copies of its configuration, snapshot tree,
+// summary and guest info, to be changed in place. vcsim's property
+// collector copies references to a VM's data under the VM's lock but
+// serializes them after releasing it, and the updates queued for
+// WaitForUpdatesEx keep references too: changing memory a reader may still
+// hold races with it, lock or no lock (go test -race showed exactly that for
+// device backings, extraConfig and the snapshot tree). Every lab change to a
+// VM starts with ownVM, under the VM's lock; what was published before is
+// never written again.
+func ownVM(vm *simulator.VirtualMachine) {
+	config := deepCopy(*vm.Config)
+	vm.Config = &config
+	if vm.Snapshot != nil {
+		info := deepCopy(*vm.Snapshot)
+		vm.Snapshot = &info
+	}
+	vm.Summary = deepCopy(vm.Summary)
+	if vm.Guest != nil {
+		guest := deepCopy(*vm.Guest)
+		vm.Guest = &guest
+	}
+}
+
+// vmGone reports whether a VM was destroyed after a task on it was queued.
+func vmGone(vm *simulator.VirtualMachine) *methodFault {
+	if simulator.Map.Get(vm.Self) == nil {
+		return newFault(&types.ManagedObjectNotFound{Obj: vm.Self}, "The object has already been deleted or has not been completely created")
 	}
 	return nil
 }

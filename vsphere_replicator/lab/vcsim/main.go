@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -140,38 +141,19 @@ func run(cfg config) error {
 		return fmt.Errorf("tls: %w", err)
 	}
 
-	model := simulator.VPX()
-	model.Datacenter = 1
-	model.Cluster = 1
-	model.ClusterHost = cfg.hosts
-	model.Host = 0
-	model.Datastore = 0
-	model.Machine = 0
-	model.Portgroup = 1
-	if err := model.Create(); err != nil {
-		return fmt.Errorf("model: %w", err)
-	}
-	model.Service.Listen = &url.URL{Host: cfg.listen, User: url.UserPassword(cfg.user, cfg.password)}
-	model.Service.TLS = tlsConfig
-	model.Service.RegisterEndpoints = true // mounts vcsim's /rest handler, which /api is served through
-	server := model.Service.NewServer()
-	defer server.Close()
-
-	ctx := context.Background()
-	inproc, err := vim25.NewClient(ctx, model.Service)
+	l, server, err := newLabServer(cfg, tlsConfig)
 	if err != nil {
 		return err
 	}
-	l := newLab(cfg, inproc)
+	defer server.Close()
+
+	ctx := context.Background()
 	started := time.Now()
 	inv, err := l.buildInventory(ctx, dsRoot)
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
 	}
 	log.Printf("inventory of %d VMs ready in %s", cfg.vms, time.Since(started).Round(time.Millisecond))
-
-	// Route every request through the lab before vcsim sees it.
-	server.Config.Handler = l.handler(server.Config.Handler)
 
 	_, portText, _ := net.SplitHostPort(server.URL.Host)
 	port, _ := strconv.Atoi(portText)
@@ -191,7 +173,10 @@ func run(cfg config) error {
 	if err := writeJSONAtomic(infoPath, info); err != nil {
 		return err
 	}
-	line, _ := json.Marshal(info)
+	// stdout is lab.log: the password stays in lab.json (0600) and out of logs.
+	shown := info
+	shown.Password = "(in lab.json)"
+	line, _ := json.Marshal(shown)
 	fmt.Println(string(line))
 
 	sig := make(chan os.Signal, 1)
@@ -203,6 +188,34 @@ func run(cfg config) error {
 	_ = os.Remove(infoPath)
 	log.Printf("shutting down")
 	return nil
+}
+
+// newLabServer creates vcsim's model and server, with every request routed
+// through the lab before vcsim sees it. The Go tests start it the same way.
+func newLabServer(cfg config, tlsConfig *tls.Config) (*lab, *simulator.Server, error) {
+	model := simulator.VPX()
+	model.Datacenter = 1
+	model.Cluster = 1
+	model.ClusterHost = cfg.hosts
+	model.Host = 0
+	model.Datastore = 0
+	model.Machine = 0
+	model.Portgroup = 1
+	if err := model.Create(); err != nil {
+		return nil, nil, fmt.Errorf("model: %w", err)
+	}
+	model.Service.Listen = &url.URL{Host: cfg.listen, User: url.UserPassword(cfg.user, cfg.password)}
+	model.Service.TLS = tlsConfig
+	model.Service.RegisterEndpoints = true // mounts vcsim's /rest handler, which /api is served through
+	server := model.Service.NewServer()
+	inproc, err := vim25.NewClient(context.Background(), model.Service)
+	if err != nil {
+		server.Close()
+		return nil, nil, err
+	}
+	l := newLab(cfg, inproc)
+	server.Config.Handler = l.handler(server.Config.Handler)
+	return l, server, nil
 }
 
 func writeJSONAtomic(path string, v interface{}) error {

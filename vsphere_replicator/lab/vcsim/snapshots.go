@@ -87,6 +87,7 @@ func publishVM(vm *simulator.VirtualMachine) {
 		{Name: "snapshot", Val: snap},
 		{Name: "rootSnapshot", Val: roots},
 		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
+		{Name: "config.changeVersion", Val: vm.Config.ChangeVersion},
 		{Name: "network", Val: vmNetworks(vm.Config.Hardware.Device)},
 	}
 	if vm.Guest != nil {
@@ -126,6 +127,9 @@ func (l *lab) stun(vm *simulator.VirtualMachine) {
 func (l *lab) createSnapshot(vm *simulator.VirtualMachine, req *types.CreateSnapshot_Task) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var result types.AnyType
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
@@ -147,6 +151,7 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 	}
 	poweredOn := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 
+	ownVM(vm)
 	// Tracking switched on since the last stun starts now, with this snapshot.
 	l.activateTracking(vm)
 	frozenConfig := deepCopy(*vm.Config)
@@ -238,7 +243,10 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 		parentNode, _ := findTree(vm.Snapshot.RootSnapshotList, *cur)
 		parentNode.ChildSnapshotList = append(parentNode.ChildSnapshotList, node)
 		if p, ok := simulator.Map.Get(*cur).(*simulator.VirtualMachineSnapshot); ok {
-			p.ChildSnapshot = append(p.ChildSnapshot, snap.Self)
+			// A snapshot object is read under its own lock; its list is replaced, never appended to.
+			simulator.Map.WithLock(p, func() {
+				p.ChildSnapshot = append(append([]types.ManagedObjectReference(nil), p.ChildSnapshot...), snap.Self)
+			})
 		}
 	} else {
 		vm.Snapshot.RootSnapshotList = append(vm.Snapshot.RootSnapshotList, node)
@@ -246,6 +254,7 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 	current := snap.Self
 	vm.Snapshot.CurrentSnapshot = &current
 	l.snapshots[snap.Self.Value] = extra
+	l.configChanged(vm)
 	publishVM(vm)
 	return snap.Self, nil
 }
@@ -269,14 +278,39 @@ func allBackings(vm *simulator.VirtualMachine) []*types.VirtualDiskFlatVer2Backi
 		}
 	}
 	add(vm.Config.Hardware.Device)
-	if vm.Snapshot != nil {
-		for _, ref := range postOrder(vm.Snapshot.RootSnapshotList) {
-			if s, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot); ok {
-				add(s.Config.Hardware.Device)
-			}
+	for _, s := range vmSnapshots(vm) {
+		add(s.Config.Hardware.Device)
+	}
+	return out
+}
+
+// vmSnapshots lists the VM's snapshot objects, children before parents.
+func vmSnapshots(vm *simulator.VirtualMachine) []*simulator.VirtualMachineSnapshot {
+	if vm.Snapshot == nil {
+		return nil
+	}
+	var out []*simulator.VirtualMachineSnapshot
+	for _, ref := range postOrder(vm.Snapshot.RootSnapshotList) {
+		if s, ok := simulator.Map.Get(ref).(*simulator.VirtualMachineSnapshot); ok {
+			out = append(out, s)
 		}
 	}
 	return out
+}
+
+// hasSnapshot reports whether ref is still in the VM's snapshot tree: a
+// task queued against a snapshot may run after another removed it.
+func hasSnapshot(vm *simulator.VirtualMachine, ref types.ManagedObjectReference) bool {
+	if vm.Snapshot == nil {
+		return false
+	}
+	node, _ := findTree(vm.Snapshot.RootSnapshotList, ref)
+	return node != nil
+}
+
+// snapshotGone is vSphere's answer to a call on a snapshot that was removed.
+func snapshotGone(ref types.ManagedObjectReference) *methodFault {
+	return newFault(&types.ManagedObjectNotFound{Obj: ref}, "The object has already been deleted or has not been completely created")
 }
 
 // removeOne deletes one snapshot the way ESXi does: the delta that holds the
@@ -315,14 +349,15 @@ func (l *lab) removeOne(vm *simulator.VirtualMachine, ref types.ManagedObjectRef
 	parent := treeParent(vm.Snapshot.RootSnapshotList, ref)
 	if node, _ := findTree(vm.Snapshot.RootSnapshotList, ref); node != nil && parent != nil {
 		if p, ok := simulator.Map.Get(*parent).(*simulator.VirtualMachineSnapshot); ok {
-			var kids []types.ManagedObjectReference
-			for _, k := range p.ChildSnapshot {
-				if k != ref {
-					kids = append(kids, k)
+			simulator.Map.WithLock(p, func() {
+				var kids []types.ManagedObjectReference
+				for _, k := range p.ChildSnapshot {
+					if k != ref {
+						kids = append(kids, k)
+					}
 				}
-			}
-			kids = append(kids, snapshotRefs(node.ChildSnapshotList)...)
-			p.ChildSnapshot = kids
+				p.ChildSnapshot = append(kids, snapshotRefs(node.ChildSnapshotList)...)
+			})
 		}
 	}
 	vm.Snapshot.RootSnapshotList = detachFromTree(vm.Snapshot.RootSnapshotList, ref)
@@ -371,14 +406,13 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 	}
 	_ = os.Remove(yf.descriptor)
 	delete(l.deltas[vm.Self.Value], y)
-	for _, b := range allBackings(vm) {
-		if b.FileName == y {
-			b.FileName = x
-			b.Parent = nil
-			if xParent != nil {
-				p := deepCopy(*xParent)
-				b.Parent = &p
-			}
+	// The VM's devices are its own (ownVM); a snapshot's frozen config is
+	// read under the snapshot's lock, so it is replaced whole, never edited.
+	renameLayer(vm.Config.Hardware.Device, y, x, xParent)
+	for _, s := range vmSnapshots(vm) {
+		config := deepCopy(s.Config)
+		if renameLayer(config.Hardware.Device, y, x, xParent) {
+			simulator.Map.WithLock(s, func() { s.Config = config })
 		}
 	}
 	// Children of y now descend from x: point their descriptors at it.
@@ -391,6 +425,44 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 		}
 	}
 	return nil
+}
+
+// foldToBase merges what is left of each disk's chain into its base disk
+// once a VM has no snapshot: without snapshots an ESXi VM runs on its base
+// disks ("Delete All" consolidates into them). A chain can outlive the
+// snapshots when a removed snapshot's disk had two children (a revert
+// started a second branch): that removal keeps the disk as the branches'
+// shared parent, and nothing folded it afterwards.
+func (l *lab) foldToBase(vm *simulator.VirtualMachine) *methodFault {
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		for b := diskBacking(d); b != nil && b.Parent != nil; b = diskBacking(d) {
+			y, x := b.FileName, b.Parent.FileName
+			if err := l.foldInto(vm, y, x, d.CapacityInBytes); err != nil {
+				return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
+			}
+		}
+	}
+	return nil
+}
+
+// renameLayer makes every backing named y (at any depth of a chain) name x,
+// with x's parent, and reports whether there was one.
+func renameLayer(devices []types.BaseVirtualDevice, y, x string, xParent *types.VirtualDiskFlatVer2BackingInfo) bool {
+	renamed := false
+	for _, d := range vmDisks(devices) {
+		for b := diskBacking(d); b != nil; b = b.Parent {
+			if b.FileName != y {
+				continue
+			}
+			b.FileName, b.Parent = x, nil
+			if xParent != nil {
+				p := deepCopy(*xParent)
+				b.Parent = &p
+			}
+			renamed = true
+		}
+	}
+	return renamed
 }
 
 // collectGarbage deletes delta layers that nothing refers to any more.
@@ -414,17 +486,22 @@ func (l *lab) removeSnapshot(snap *simulator.VirtualMachineSnapshot, removeChild
 	if !ok {
 		return nil, newFault(&types.ManagedObjectNotFound{Obj: snap.Vm}, "VM of snapshot %s not found", snap.Self.Value)
 	}
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
+		// Another task may have removed it (or all snapshots) since this one was queued.
+		if !hasSnapshot(vm, snap.Self) {
+			fault = snapshotGone(snap.Self)
+			return
+		}
 		targets := []types.ManagedObjectReference{snap.Self}
 		if removeChildren {
 			node, _ := findTree(vm.Snapshot.RootSnapshotList, snap.Self)
-			if node == nil {
-				fault = newFault(&types.ManagedObjectNotFound{Obj: snap.Self}, "snapshot %s not found", snap.Self.Value)
-				return
-			}
 			targets = postOrder([]types.VirtualMachineSnapshotTree{*node})
 		}
+		ownVM(vm)
 		fault = l.removeMany(vm, targets)
 	})
 	return nil, fault
@@ -439,9 +516,13 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 	}
 	if len(vm.Snapshot.RootSnapshotList) == 0 {
 		vm.Snapshot = nil
+		if fault == nil {
+			fault = l.foldToBase(vm)
+		}
 	}
 	l.stun(vm)
 	l.collectGarbage(vm)
+	l.configChanged(vm)
 	publishVM(vm)
 	if fault == nil && l.faults.take(func(f *armedFault) bool { return f.Kind == faultConsolidation }) != nil {
 		// What a removal that could not merge every delta leaves behind.
@@ -454,11 +535,15 @@ func (l *lab) removeMany(vm *simulator.VirtualMachine, targets []types.ManagedOb
 func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
 		if vm.Snapshot == nil {
 			return
 		}
+		ownVM(vm)
 		fault = l.removeMany(vm, postOrder(vm.Snapshot.RootSnapshotList))
 	})
 	return nil, fault
@@ -466,12 +551,29 @@ func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *
 
 // revert discards the VM's current state and continues from the snapshot's:
 // a new delta on top of the snapshot's disks, the snapshot's hardware, and
-// powered off unless the snapshot holds memory.
+// powered off unless the snapshot holds memory. A nil snap is the VM's
+// current snapshot when the task runs (RevertToCurrentSnapshot_Task).
 func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachineSnapshot, suppressPowerOn bool) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	var fault *methodFault
 	simulator.Map.WithLock(vm, func() {
+		if snap == nil {
+			if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
+				snap, _ = simulator.Map.Get(*vm.Snapshot.CurrentSnapshot).(*simulator.VirtualMachineSnapshot)
+			}
+			if snap == nil {
+				fault = newFault(&types.NotFound{}, "%s has no current snapshot", vm.Name)
+				return
+			}
+		}
+		if !hasSnapshot(vm, snap.Self) {
+			fault = snapshotGone(snap.Self) // removed after this task was queued
+			return
+		}
 		extra := l.snapshots[snap.Self.Value]
 		config := deepCopy(snap.Config)
 		home := vmHome(vm)
@@ -506,6 +608,7 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 		for _, p := range created {
 			l.ownDelta(vm, p)
 		}
+		ownVM(vm)
 		vm.Config.Hardware.Device = config.Hardware.Device
 		vm.Config.ChangeTrackingEnabled = config.ChangeTrackingEnabled
 		vm.Config.Hardware.NumCPU = config.Hardware.NumCPU
@@ -546,6 +649,9 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 			{Name: "summary.runtime.powerState", Val: state},
 		})
 		l.collectGarbage(vm)
+		// The snapshot's configuration comes back under a new changeVersion:
+		// it is a change like any other, not a return to the old version.
+		l.configChanged(vm)
 		publishVM(vm)
 	})
 	return nil, fault

@@ -141,17 +141,24 @@ func writeFault(w http.ResponseWriter, f *methodFault) {
 // vCenter does: the caller gets the task at once and waits on its state.
 // method is the vim25 method name ("CloneVM_Task"): pyVmomi resolves
 // TaskInfo.name to a method, so it must be one; id is the descriptionId's tail.
+//
+// The task's info changes under the task's lock: the property collector
+// reads a task under it while a client waits on the task (WaitForUpdatesEx),
+// and the race detector caught the unlocked updates.
 func startTask(entity mo.Reference, method, id string, work func(progress func(int32)) (types.AnyType, *methodFault)) types.ManagedObjectReference {
 	task := simulator.CreateTask(entity, id, nil)
-	task.Info.Name = method
+	update := func(changes []types.PropertyChange) {
+		simulator.Map.WithLock(task, func() { simulator.Map.Update(task, changes) })
+	}
+	simulator.Map.WithLock(task, func() { task.Info.Name = method })
 	go func() {
-		simulator.Map.Update(task, []types.PropertyChange{
+		update([]types.PropertyChange{
 			{Name: "info.startTime", Val: time.Now()},
 			{Name: "info.state", Val: types.TaskInfoStateRunning},
 			{Name: "info.progress", Val: int32(0)},
 		})
 		progress := func(p int32) {
-			simulator.Map.Update(task, []types.PropertyChange{{Name: "info.progress", Val: p}})
+			update([]types.PropertyChange{{Name: "info.progress", Val: p}})
 		}
 		res, f := runGuarded(work, progress)
 		changes := []types.PropertyChange{
@@ -169,7 +176,7 @@ func startTask(entity mo.Reference, method, id string, work func(progress func(i
 				types.PropertyChange{Name: "info.result", Val: res},
 			)
 		}
-		simulator.Map.Update(task, changes)
+		update(changes)
 	}()
 	return task.Self
 }

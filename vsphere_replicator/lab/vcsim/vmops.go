@@ -11,6 +11,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/task"
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -122,44 +123,13 @@ func diskCapacity(d *types.VirtualDisk) int64 {
 func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachineConfigSpec) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	before := map[int32]*types.VirtualDisk{}
-	order := map[int32]int{}
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
+	// A stale changeVersion is refused before anything else is looked at;
+	// checked again below, with the change, under the same lock.
 	var fault *methodFault
-	simulator.Map.WithLock(vm, func() {
-		for i, d := range vm.Config.Hardware.Device {
-			order[d.GetVirtualDevice().Key] = i
-		}
-		hasSnapshots := vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
-		for _, d := range vmDisks(vm.Config.Hardware.Device) {
-			c := deepCopy(*d)
-			before[d.Key] = &c
-		}
-		for _, change := range spec.DeviceChange {
-			c := change.GetVirtualDeviceConfigSpec()
-			disk, ok := c.Device.(*types.VirtualDisk)
-			if !ok || c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
-				continue
-			}
-			old := before[disk.Key]
-			if old == nil {
-				fault = newFault(&types.InvalidDeviceSpec{InvalidVmConfig: types.InvalidVmConfig{Property: "deviceChange"}}, "no virtual disk with key %d", disk.Key)
-				return
-			}
-			newCap := diskCapacity(disk)
-			if disk.CapacityInBytes == old.CapacityInBytes && disk.CapacityInKB != old.CapacityInKB {
-				newCap = disk.CapacityInKB * 1024
-			}
-			switch {
-			case newCap < old.CapacityInBytes:
-				fault = newFault(&types.InvalidDeviceOperation{}, "disk %d cannot shrink from %d to %d bytes", disk.Key, old.CapacityInBytes, newCap)
-			case newCap > old.CapacityInBytes && hasSnapshots:
-				fault = newFault(&types.InvalidDeviceOperation{}, "disk %d cannot be extended while the VM has snapshots", disk.Key)
-			}
-			if fault != nil {
-				return
-			}
-		}
-	})
+	simulator.Map.WithLock(vm, func() { fault = checkChangeVersion(vm, &spec) })
 	if fault != nil {
 		return nil, fault
 	}
@@ -173,77 +143,153 @@ func (l *lab) reconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachin
 			spec.ExtraConfig = append(spec.ExtraConfig, o) // vcsim's own guest property shortcuts
 		}
 	}
-	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Reconfigure(context.Background(), spec)
-	if f := waitInproc(t, err); f != nil {
-		return nil, f
+	simulator.Map.WithLock(vm, func() { fault = l.reconfigureLocked(vm, spec, options) })
+	return nil, fault
+}
+
+// reconfigureLocked checks the spec, lets vcsim apply it and then does what
+// vcsim does not (disk files, extents, CBT, extraConfig as vSphere keeps it),
+// all under the VM's lock: the changeVersion check and the change are one
+// step for any other client.
+func (l *lab) reconfigureLocked(vm *simulator.VirtualMachine, spec types.VirtualMachineConfigSpec, options []types.BaseOptionValue) *methodFault {
+	if fault := checkChangeVersion(vm, &spec); fault != nil {
+		return fault
 	}
-	simulator.Map.WithLock(vm, func() {
-		vm.Config.ExtraConfig = mergeExtraConfig(vm.Config.ExtraConfig, options)
-		keepDeviceOrder(vm.Config.Hardware.Device, order)
-		for _, d := range vmDisks(vm.Config.Hardware.Device) {
-			old := before[d.Key]
-			capacity := diskCapacity(d)
-			if old != nil && d.CapacityInBytes == old.CapacityInBytes && d.CapacityInKB != old.CapacityInKB {
-				capacity = d.CapacityInKB * 1024
+	failpointAfterVersionCheck()
+	before := map[int32]*types.VirtualDisk{}
+	order := map[int32]int{}
+	for i, d := range vm.Config.Hardware.Device {
+		order[d.GetVirtualDevice().Key] = i
+	}
+	hasSnapshots := vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		c := deepCopy(*d)
+		before[d.Key] = &c
+	}
+	for _, change := range spec.DeviceChange {
+		c := change.GetVirtualDeviceConfigSpec()
+		disk, ok := c.Device.(*types.VirtualDisk)
+		if !ok || c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
+			continue
+		}
+		old := before[disk.Key]
+		if old == nil {
+			return newFault(&types.InvalidDeviceSpec{InvalidVmConfig: types.InvalidVmConfig{Property: "deviceChange"}}, "no virtual disk with key %d", disk.Key)
+		}
+		newCap := diskCapacity(disk)
+		if disk.CapacityInBytes == old.CapacityInBytes && disk.CapacityInKB != old.CapacityInKB {
+			newCap = disk.CapacityInKB * 1024
+		}
+		switch {
+		case newCap < old.CapacityInBytes:
+			return newFault(&types.InvalidDeviceOperation{}, "disk %d cannot shrink from %d to %d bytes", disk.Key, old.CapacityInBytes, newCap)
+		case newCap > old.CapacityInBytes && hasSnapshots:
+			return newFault(&types.InvalidDeviceOperation{}, "disk %d cannot be extended while the VM has snapshots", disk.Key)
+		}
+	}
+
+	name, config, summary := vm.Name, vm.Config, vm.Summary
+	ownVM(vm)
+	if fault := vcsimReconfigure(vm, spec); fault != nil {
+		// What vcsim applied before it failed is undone: a failed
+		// reconfigure changes nothing, as on vSphere.
+		vm.Name, vm.Config, vm.Summary = name, config, summary
+		publishVM(vm)
+		return fault
+	}
+	ownVM(vm) // vcsim published the device list it built: the lab's changes go to a copy
+
+	var fault *methodFault
+	vm.Config.ExtraConfig = mergeExtraConfig(vm.Config.ExtraConfig, options)
+	keepDeviceOrder(vm.Config.Hardware.Device, order)
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		old := before[d.Key]
+		capacity := diskCapacity(d)
+		if old != nil && d.CapacityInBytes == old.CapacityInBytes && d.CapacityInKB != old.CapacityInKB {
+			capacity = d.CapacityInKB * 1024
+		}
+		d.CapacityInBytes, d.CapacityInKB = capacity, capacity/1024
+		layer, err := resolveLayer(diskBacking(d).FileName)
+		if err != nil {
+			continue
+		}
+		switch {
+		case old == nil:
+			if st, err := os.Stat(layer.extent); err != nil || st.Size() == 0 {
+				if err := l.createDiskFiles(d); err != nil {
+					fault = newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: layer.datastorePath}}, "%v", err)
+				}
 			}
-			d.CapacityInBytes, d.CapacityInKB = capacity, capacity/1024
-			layer, err := resolveLayer(diskBacking(d).FileName)
-			if err != nil {
+		case capacity > old.CapacityInBytes:
+			if err := os.Truncate(layer.extent, capacity); err != nil {
+				fault = newFault(&types.FileFault{File: layer.datastorePath}, "cannot extend: %v", err)
 				continue
 			}
-			switch {
-			case old == nil:
-				if st, err := os.Stat(layer.extent); err != nil || st.Size() == 0 {
-					if err := l.createDiskFiles(d); err != nil {
-						fault = newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: layer.datastorePath}}, "%v", err)
-					}
-				}
-			case capacity > old.CapacityInBytes:
-				if err := os.Truncate(layer.extent, capacity); err != nil {
-					fault = newFault(&types.FileFault{File: layer.datastorePath}, "cannot extend: %v", err)
-					continue
-				}
-				_ = writeDescriptor(layer, capacity, descriptorCID(layer.descriptor), "ffffffff", "")
-				if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
-					t.resize(capacity)
-				}
-			}
+			_ = writeDescriptor(layer, capacity, descriptorCID(layer.descriptor), "ffffffff", "")
 			if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
-				diskBacking(d).ChangeId = t.changeID()
+				t.resize(capacity)
 			}
 		}
-		for key, old := range before {
-			still := false
-			for _, d := range vmDisks(vm.Config.Hardware.Device) {
-				still = still || d.Key == key
-			}
-			if !still {
-				delete(l.trackers, diskID{vm.Self.Value, key})
-				for _, change := range spec.DeviceChange {
-					c := change.GetVirtualDeviceConfigSpec()
-					if c.Device.GetVirtualDevice().Key == key && c.FileOperation == types.VirtualDeviceConfigSpecFileOperationDestroy {
-						removeLayer(diskBacking(old).FileName)
-					}
+		if t := l.trackers[diskID{vm.Self.Value, d.Key}]; t != nil {
+			diskBacking(d).ChangeId = t.changeID()
+		}
+	}
+	for key, old := range before {
+		still := false
+		for _, d := range vmDisks(vm.Config.Hardware.Device) {
+			still = still || d.Key == key
+		}
+		if !still {
+			delete(l.trackers, diskID{vm.Self.Value, key})
+			for _, change := range spec.DeviceChange {
+				c := change.GetVirtualDeviceConfigSpec()
+				if c.Device.GetVirtualDevice().Key == key && c.FileOperation == types.VirtualDeviceConfigSpecFileOperationDestroy {
+					removeLayer(diskBacking(old).FileName)
 				}
 			}
 		}
-		if spec.ChangeTrackingEnabled != nil && !*spec.ChangeTrackingEnabled {
-			l.activateTracking(vm) // switching off takes effect at once
-		}
-		publishVM(vm)
-	})
-	return nil, fault
+	}
+	if spec.ChangeTrackingEnabled != nil && !*spec.ChangeTrackingEnabled {
+		l.activateTracking(vm) // switching off takes effect at once
+	}
+	l.configChanged(vm)
+	publishVM(vm)
+	return fault
+}
+
+// labSession is who vcsim records as the user of the changes the lab has it make.
+var labSession = &simulator.Session{UserSession: types.UserSession{UserName: "vsphere_replicator-lab"}}
+
+// vcsimReconfigure runs vcsim's own ReconfigVM_Task on a VM whose lock the
+// caller holds, so the change cannot interleave with another client's (a
+// call through the in-process client would take the lock itself, after the
+// lab had let go of it). vcsim runs the task to its end before returning.
+func vcsimReconfigure(vm *simulator.VirtualMachine, spec types.VirtualMachineConfigSpec) *methodFault {
+	ctx := &simulator.Context{Context: context.Background(), Session: labSession, Caller: &vm.Self, Map: simulator.Map}
+	body, ok := vm.ReconfigVMTask(ctx, &types.ReconfigVM_Task{This: vm.Self, Spec: spec}).(*methods.ReconfigVM_TaskBody)
+	if !ok || body.Res == nil {
+		return newFault(&types.SystemError{Reason: "vcsim gave no reconfigure task"}, "vcsim gave no reconfigure task")
+	}
+	task, ok := simulator.Map.Get(body.Res.Returnval).(*simulator.Task)
+	if !ok {
+		return newFault(&types.SystemError{Reason: "vcsim's reconfigure task is gone"}, "vcsim's reconfigure task is gone")
+	}
+	if e := task.Info.Error; e != nil {
+		return &methodFault{fault: e.Fault, msg: e.LocalizedMessage}
+	}
+	return nil
 }
 
 // mergeExtraConfig applies options as vSphere does: a key set again is
 // replaced, a key set to an empty value is removed (vcsim only appends).
+// It returns a new list and leaves current as it was.
 func mergeExtraConfig(current []types.BaseOptionValue, options []types.BaseOptionValue) []types.BaseOptionValue {
 	for _, o := range options {
 		v := o.GetOptionValue()
 		if strings.HasPrefix(v.Key, "SET.") {
 			continue
 		}
-		kept := current[:0]
+		kept := make([]types.BaseOptionValue, 0, len(current)+1)
 		for _, c := range current {
 			if c.GetOptionValue().Key != v.Key {
 				kept = append(kept, c)
@@ -277,10 +323,24 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		return nil, f
 	}
 	simulator.Map.WithLock(vm, func() {
+		ownVM(vm)
+		before := changeIDs(vm)
 		l.stun(vm)
+		if changeIDs(vm) != before {
+			l.configChanged(vm) // the disks' change ids are part of the configuration
+		}
 		publishVM(vm)
 	})
 	return nil, nil
+}
+
+// changeIDs lists the change ids of a VM's disks, to tell whether a stun changed any.
+func changeIDs(vm *simulator.VirtualMachine) string {
+	var ids []string
+	for _, d := range vmDisks(vm.Config.Hardware.Device) {
+		ids = append(ids, diskBacking(d).ChangeId)
+	}
+	return strings.Join(ids, "\n")
 }
 
 func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
@@ -313,9 +373,20 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 	return nil, nil
 }
 
+// consolidate merges what a snapshot removal left behind. On ESXi that
+// rewrites the disks' backing chain in the VM's configuration, so it gets a
+// new changeVersion; the lab's removals leave no delta to merge.
 func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
 	simulator.Map.WithLock(vm, func() {
+		ownVM(vm)
 		vm.Runtime.ConsolidationNeeded = types.NewBool(false) // in place: *bool fields cannot go through Map.Update
+		l.configChanged(vm)
+		publishVM(vm)
 	})
 	return nil, nil
 }
@@ -382,7 +453,10 @@ func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error)
 	}
 	var out []map[string]interface{}
 	var err error
+	var name string
 	simulator.Map.WithLock(vm, func() {
+		name = vm.Name
+		ownVM(vm)
 		for i, disk := range vmDisks(vm.Config.Hardware.Device) {
 			if index >= 0 && i != index {
 				continue
@@ -399,7 +473,8 @@ func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error)
 			err = fmt.Errorf("changed block tracking is not active on %s", vm.Name)
 			return
 		}
+		l.configChanged(vm)
 		publishVM(vm)
 	})
-	return map[string]interface{}{"vm": vm.Name, "disks": out}, err
+	return map[string]interface{}{"vm": name, "disks": out}, err
 }

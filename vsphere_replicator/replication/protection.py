@@ -1,0 +1,129 @@
+"""Changing a protection after the fact: its recorded settings, or ending it (unprotect).
+
+Both run under the replica's lease. Settings given to one `replicate` apply
+to that run only; `update_settings` is the one way to change what `protect`
+recorded, and says what it was before. `unprotect` ends the protection and
+either deletes the replica or keeps it as an ordinary powered-off VM at its
+newest restore point (snapshots consolidated, our options removed); a crash
+part-way leaves the protection in place, and running it again finishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from vsphere_replicator.clone import destroy_vm
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.inventory import VMSelector, find_vms
+from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.lease import Lease
+from vsphere_replicator.replication.replica import (
+    is_restore_point,
+    refresh,
+    replica_of,
+    reread,
+    revert_replica,
+    sweep_source,
+)
+from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
+from vsphere_replicator.replication.state import StateError, cleared_options, write_options
+from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChange:
+    """A protection's recorded settings before and after a change, and which ones changed."""
+
+    vm: str
+    replica: str
+    before: CycleSettings
+    after: CycleSettings
+    changed: tuple[str, ...]
+
+
+def update_settings(conn: Connection, vm: str, **changes: Any) -> SettingsChange:
+    """Change the settings `protect` recorded for `vm` (keep, max_age, target_rpo, quiesce, ...).
+
+    Validated before anything is written (InvalidInput names the setting);
+    retention applies them at the next cycle, never here.
+    """
+    found = replica_of(conn, vm, promoted=None)
+    with Lease(conn, found.vm.moref, operation="update settings", vm=found.vm.name) as lease:
+        replica = reread(conn, found)
+        assert replica.state is not None
+        before = replica.state.settings
+        after = apply_overrides(before, changes)
+        changed = tuple(
+            f.name for f in fields(CycleSettings) if getattr(before, f.name) != getattr(after, f.name)
+        )
+        if changed:
+            write_options(lease, state=replace(replica.state, settings=after))
+            get_logger(vm=vm, operation="update_settings").warning("settings_changed", changed=list(changed))
+    return SettingsChange(vm=vm, replica=replica.vm.name, before=before, after=after, changed=changed)
+
+
+@dataclass(frozen=True, slots=True)
+class UnprotectResult:
+    """What ending a protection did to the replica."""
+
+    vm: str
+    replica: str
+    deleted: bool
+    snapshots_removed: int
+
+
+def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> UnprotectResult:
+    """End the protection of the VM named `vm`: delete its replica, or keep it as a plain VM.
+
+    Refused while a failover or failback is in flight. A replica that was
+    failed over to runs production: it can only be kept (its options are
+    removed), never deleted here.
+    """
+    found = replica_of(conn, vm, promoted=None)
+    log = get_logger(vm=vm, replica=found.vm.name, operation="unprotect")
+    with Lease(conn, found.vm.moref, operation="unprotect", vm=found.vm.name) as lease:
+        replica = reread(conn, found)
+        state = replica.state
+        assert state is not None
+        if replica.recovery is not None:
+            raise StateError(
+                f"a {replica.recovery.kind} of {vm} is in progress (phase {replica.recovery.phase}): "
+                "finish it before unprotecting",
+                vm=vm,
+            )
+        if state.promoted and delete_replica:
+            raise InvalidInput(
+                f"{replica.vm.name} runs as {vm} since its failover: it is not deleted by unprotect", vm=vm
+            )
+        sources = find_vms(conn, VMSelector(instance_uuid=state.source.instance_uuid))
+        if sources and not state.promoted:
+            sweep_source(conn, sources[0])  # a cycle in flight leaves its snapshot there
+            failpoints.point("unprotect-source-swept")
+        if delete_replica:
+            destroy_vm(conn, VMSelector(moref=replica.vm.moref))
+            failpoints.point("unprotect-replica-deleted")
+            log.warning("unprotected", replica_deleted=True)
+            return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=True, snapshots_removed=0)
+        current = refresh(conn, replica)
+        if not state.promoted and (
+            replica.journal is not None or current.current_snapshot != state.latest.snapshot
+        ):
+            # An unfinished cycle wrote into the replica: bring it back to its newest restore point.
+            current = revert_replica(
+                conn, lease, current, find_snapshot(current, moref=state.latest.snapshot)
+            )
+            write_options(lease, state=state, clear_journal=True)
+            failpoints.point("unprotect-reverted")
+        removed = 0
+        for snap in list(current.all_snapshots()):
+            if is_restore_point(snap):
+                current = remove_snapshot(conn, current, snap)
+                removed += 1
+        failpoints.point("unprotect-points-removed")
+        write_options(lease, extra=cleared_options())
+        failpoints.point("unprotect-cleared")
+    log.warning("unprotected", replica_deleted=False, snapshots_removed=removed)
+    return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=False, snapshots_removed=removed)
