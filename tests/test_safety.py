@@ -642,3 +642,23 @@ def test_failover_without_saying_which_is_refused(slab: LabInfo, sconn: Connecti
     assert ran.returncode == 2 and "--unplanned" in ran.stderr
     ran = cli(slab, "failover", name, "--unplanned")
     assert ran.returncode == 2 and "running" in ran.stderr  # two copies of production: only when forced
+
+
+def test_disks_sweep_finds_and_removes_what_nothing_references_and_nothing_else(
+    slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str
+) -> None:
+    protect(sconn, name, TARGET)
+    folder = Path(slab.datastores["secondary-ds"]) / f"{name}-replica"
+    real = sorted(p.name for p in folder.iterdir())
+    descriptor = next(p for p in folder.glob("*.vmdk") if not p.name.endswith("-flat.vmdk"))
+    (folder / "left-behind.vmdk").write_bytes(descriptor.read_bytes())
+    (folder / "left-behind-flat.vmdk").write_bytes(b"\0" * 4096)
+    listed = cli(slab, "disks", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    files = [d["file"] for d in json.loads(listed.stdout) if d["replica"] == f"{name}-replica"]
+    assert files == [f"[secondary-ds] {name}-replica/left-behind.vmdk"]
+    swept = cli(slab, "disks", "sweep", "--json")
+    assert swept.returncode == 0 and any(d["removed"] for d in json.loads(swept.stdout)), swept.stderr
+    assert sorted(p.name for p in folder.iterdir()) == real
+    write(scontrol, name, 90)
+    assert replicate(sconn, name, replica_access=access(slab, sconn)).restore_point == "rp-000002"
