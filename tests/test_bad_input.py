@@ -724,6 +724,7 @@ LEASE = {
     "ReconfigVM_Task",
     "CreatePropertyCollector",
     "CreateFilter",
+    "DestroyPropertyFilter",
     "WaitForUpdatesEx",
     "DestroyPropertyCollector",
 }

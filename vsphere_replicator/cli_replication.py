@@ -561,6 +561,31 @@ def cmd_failback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_disks(args: argparse.Namespace) -> int:
+    from vsphere_replicator.replication.leftovers import find_leftover_disks, remove_leftover_disks
+
+    with _session(args) as (conn, _):
+        if args.action == "sweep":
+            found = remove_leftover_disks(conn, dry_run=args.dry_run)
+        else:
+            found = find_leftover_disks(conn)
+
+    def table() -> str:
+        lines = []
+        for d in found:
+            if d.kept:
+                lines.append(f"kept {d.replica}: {d.file}: {d.kept}")
+            else:
+                verb = (
+                    "removed" if d.removed else "would remove" if args.action == "sweep" else "unreferenced"
+                )
+                lines.append(f"{verb} {d.replica}: {d.file}")
+        return "\n".join(lines) or "no disk in a replica's folders is unreferenced"
+
+    _emit(args, found, table)
+    return EXIT_OK
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from vsphere_replicator.policies.durations import format_duration
     from vsphere_replicator.replication.protection import update_settings
@@ -731,6 +756,10 @@ def add_commands(commands: Any) -> None:
         default=None,
         help="only snapshots at least this old (default: all for list, 1h for sweep)",
     )
+    p.add_argument("--dry-run", action="store_true")
+
+    p = command("disks", cmd_disks, "list or sweep disk files in replica folders that nothing references")
+    p.add_argument("action", choices=["list", "sweep"])
     p.add_argument("--dry-run", action="store_true")
 
     p = command("settings", cmd_settings, "show or change the settings protect recorded for a VM")

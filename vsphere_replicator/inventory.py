@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -330,18 +333,46 @@ def _details(conn: Connection, morefs: Sequence[str], names: _Names) -> tuple[VM
         ],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
     )
-    return tuple(sorted((_vm_info(o, names) for o in _retrieve(conn, [spec])), key=lambda i: i.name))
+    objects = _retrieve(conn, [spec])
+    if any(ref not in names.name for o in objects for ref in _referenced(o)):
+        names = _all_names(conn, fresh=True)  # a folder, host or datastore newer than the names map
+    return tuple(sorted((_vm_info(o, names) for o in objects), key=lambda i: i.name))
+
+
+_NAMES_TTL = 60.0  # seconds a names map is trusted (renames are rare; a moref it lacks reloads it)
+_names_cache: weakref.WeakKeyDictionary[Connection, tuple[float, _Names]] = weakref.WeakKeyDictionary()
+_names_lock = threading.Lock()
+
+
+def _all_names(conn: Connection, *, fresh: bool = False) -> _Names:
+    """Names and parents of every folder, datacenter, host, pool and datastore (cached a minute)."""
+    with _names_lock:
+        cached = _names_cache.get(conn)
+    if cached is not None and not fresh and time.monotonic() - cached[0] < _NAMES_TTL:
+        return cached[1]
+    with _View(conn, _NAMED_TYPES) as v:
+        objects = _retrieve(conn, [_view_spec(v.view, _NAME_PATHS)])
+    names = _Names()
+    for o in objects:
+        names.add(o)
+    with _names_lock:
+        _names_cache[conn] = (time.monotonic(), names)
+    return names
+
+
+def _referenced(obj: Any) -> set[str]:
+    """The morefs a VM's details name that must be in the names map to be turned into names."""
+    p = _props(obj)
+    refs = {r._moId for r in (p.get("parent"), p.get("runtime.host"), p.get("resourcePool")) if r is not None}
+    refs.update(ds._moId for ds in p.get("datastore", []))
+    return refs
 
 
 def vms_by_moref(conn: Connection, morefs: Sequence[str]) -> tuple[VMInfo, ...]:
     """The full picture of the VMs with these morefs (those that exist), without reading any other VM."""
     if not morefs:
         return ()
-    with _View(conn, _NAMED_TYPES) as v:
-        objects = _retrieve(conn, [_view_spec(v.view, _NAME_PATHS)])
-    names = _Names()
-    for o in objects:
-        names.add(o)
+    names = _all_names(conn)
     try:
         return _details(conn, morefs, names)
     except NotFound:  # a moref of a VM that no longer exists

@@ -1,15 +1,19 @@
 """Wait for vCenter tasks through the PropertyCollector (WaitForUpdatesEx).
 
-Each wait uses a private collector with one filter on the task's state,
-progress, result and error, so concurrent waits never see each other's
-updates and no `task.info` is polled in a loop.
+Each thread has a private collector per connection (made once, reused),
+and each wait puts one filter on it for the task's state, progress, result
+and error and removes it after: concurrent waits never see each other's
+updates, no `task.info` is polled in a loop, and a wait costs three round
+trips besides the updates themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +33,28 @@ class TaskTimedOut(ReplicatorError):
     """The task did not finish in time; it may still be running in vCenter."""
 
 
-def _collector(conn: Connection, task: Any) -> tuple[Any, Any]:
+_local = threading.local()
+
+
+def _thread_collectors() -> weakref.WeakKeyDictionary[Connection, Any]:
+    collectors: weakref.WeakKeyDictionary[Connection, Any] | None = getattr(_local, "collectors", None)
+    if collectors is None:
+        collectors = weakref.WeakKeyDictionary()
+        _local.collectors = collectors
+    return collectors
+
+
+def _collector(conn: Connection, task: Any, *, fresh: bool = False) -> tuple[Any, Any]:
+    """This thread's collector for `conn` and a new filter on it watching `task`."""
+    collectors = _thread_collectors()
+    if fresh:
+        collectors.pop(conn, None)
+
     def create() -> tuple[Any, Any]:
-        pc = conn.content.propertyCollector.CreatePropertyCollector()
+        pc = collectors.get(conn)
+        if pc is None:
+            pc = conn.content.propertyCollector.CreatePropertyCollector()
+            collectors[conn] = pc
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
             propSet=[
@@ -40,7 +63,11 @@ def _collector(conn: Connection, task: Any) -> tuple[Any, Any]:
         )
         return pc, pc.CreateFilter(spec, partialUpdates=False)
 
-    return conn.call("watch a task", create)
+    try:
+        return conn.call("watch a task", create)
+    except NotFound:  # the session was renewed and the collector went with the old one
+        collectors.pop(conn, None)
+        return conn.call("watch a task", create)
 
 
 def wait_for_task(
@@ -62,7 +89,7 @@ def wait_for_task(
     deadline = None if timeout is None else time.monotonic() + timeout
     info: dict[str, Any] = {}
     last_progress = -1
-    pc, _ = _collector(conn, task)
+    pc, watch = _collector(conn, task)
     version = ""
     try:
         while True:
@@ -77,7 +104,7 @@ def wait_for_task(
                 update = conn.call(what, functools.partial(pc.WaitForUpdatesEx, version, options))
             except NotFound:
                 # The session was renewed and its collector went with the old one.
-                pc, _ = _collector(conn, task)
+                pc, watch = _collector(conn, task, fresh=True)
                 version = ""
                 continue
             if update is None:
@@ -118,7 +145,7 @@ def wait_for_task(
                 raise TaskFailed(f"{what}: {message}", task=task._moId, vm=vm, fault=name)
     finally:
         with contextlib.suppress(ReplicatorError):  # it dies with its session anyway
-            conn.call("drop a task watch", pc.DestroyPropertyCollector)
+            conn.call("drop a task watch", watch.DestroyPropertyFilter)
 
 
 def run_task(

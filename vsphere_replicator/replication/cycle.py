@@ -620,6 +620,9 @@ class _Cycle:
         )
         failpoints.point("replica-disks-reshaped")
         after = refresh(self.conn, self.replica)
+        # A detached disk's newest layer (what came after its last restore point) is referenced
+        # by nothing now: delete it. Its older layers stay, held by the restore points.
+        remove_unreferenced_disks(self.conn, after, [d.file_name for d in vm.disks if _identity(d) in gone])
         new = [d for d in after.disks if _identity(d) not in before]
         if len(new) != len(resyncs):
             remove_unreferenced_disks(self.conn, after, [d.file_name for d in new], detach=True)

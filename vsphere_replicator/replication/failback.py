@@ -38,6 +38,7 @@ from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.options import read_options
 from vsphere_replicator.replication.replica import (
     RESTORE_POINT_MARKER,
+    TRANSIENT,
     Replica,
     all_replicas,
     is_restore_point,
@@ -58,7 +59,7 @@ from vsphere_replicator.replication.state import (
     record_from,
     write_options,
 )
-from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
+from vsphere_replicator.snapshots import create_snapshot, is_ours, remove_snapshot
 from vsphere_replicator.transport.base import copy_areas
 
 FAILBACK_SNAPSHOT = "failback-"
@@ -128,14 +129,26 @@ def _finished(conn: Connection, vm: str) -> FailoverResult:
         and not r.state.promoted
         and r.state.source.instance_uuid == original.instance_uuid
     ]
-    if record.state is not None and record.state.promoted and forward:
-        # Stage 3 wrote the replica's state but not yet cleared the original's reverse state.
-        with Lease(conn, original.moref, operation="failback", vm=original.name) as lease:
-            write_options(lease, extra=cleared_options())
     if not forward:
         raise NotFound(f"{vm} has not failed over: there is nothing to fail back", vm=vm)
     replica = forward[0]
     assert replica.state is not None
+    promoted_state = record.state is not None and record.state.promoted
+    leftovers = [s for s in original.all_snapshots() if is_ours(s) and s.name.startswith(TRANSIENT)]
+    if promoted_state or leftovers:
+        # Stage 3 wrote the replica's state, but a crash kept it from tidying the original.
+        with (
+            Lease(conn, replica.vm.moref, operation="failback", vm=replica.vm.name),
+            Lease(conn, original.moref, operation="failback", vm=original.name) as lease,
+        ):
+            if promoted_state:
+                write_options(lease, extra=cleared_options())
+            in_flight = (
+                [replica.journal.source_snapshot]
+                if replica.journal and replica.journal.source_snapshot
+                else []
+            )
+            sweep_source(conn, get_vm(conn, VMSelector(moref=original.moref)), protected=in_flight)
     return FailoverResult(
         vm=vm,
         running=original.name,
@@ -347,6 +360,9 @@ class _Failback:
             )
         reverse = mine.state  # O promoted: source R, failback ids = O's change ids at its promotion
         original = get_vm(self.conn, VMSelector(moref=self.original.moref))
+        for snap in list(original.all_snapshots()):  # its reverse restore point, if the switch left it
+            if is_restore_point(snap):
+                original = remove_snapshot(self.conn, original, snap)
         replica = sweep_source(self.conn, get_vm(self.conn, VMSelector(moref=self.running.vm.moref)))
         for snap in list(replica.all_snapshots()):  # a first point an earlier run took but never recorded
             if is_restore_point(snap):

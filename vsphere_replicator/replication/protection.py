@@ -108,13 +108,12 @@ def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> Unp
             log.warning("unprotected", replica_deleted=True)
             return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=True, snapshots_removed=0)
         current = refresh(conn, replica)
-        if not state.promoted and (
-            replica.journal is not None or current.current_snapshot != state.latest.snapshot
-        ):
+        latest = state.latest.snapshot
+        consolidated = not any(s.moref == latest for s in current.all_snapshots())  # by an earlier run
+        dirty = replica.journal is not None or current.current_snapshot != latest
+        if not state.promoted and not consolidated and dirty:
             # An unfinished cycle wrote into the replica: bring it back to its newest restore point.
-            current = revert_replica(
-                conn, lease, current, find_snapshot(current, moref=state.latest.snapshot)
-            )
+            current = revert_replica(conn, lease, current, find_snapshot(current, moref=latest))
             write_options(lease, state=state, clear_journal=True)
             failpoints.point("unprotect-reverted")
         removed = 0

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 )
 
@@ -34,6 +35,18 @@ type faultBox struct {
 }
 
 func newFaultBox() *faultBox { return &faultBox{} }
+
+// names tells whether a method fault applies to a call of method: its Method
+// is one name, or several separated by "|" ("the next of these calls, whichever
+// comes first", sharing one count).
+func (f *armedFault) names(method string) bool {
+	for _, name := range strings.Split(f.Method, "|") {
+		if name == method {
+			return true
+		}
+	}
+	return false
+}
 
 func (b *faultBox) arm(f armedFault) (armedFault, error) {
 	if f.Remaining < 1 || f.Remaining > maxCount {

@@ -88,7 +88,7 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 		// Logging in again must not be refused because of the dead cookie.
 		r.Header.Del("Cookie")
 	}
-	if f := l.faults.take(func(f *armedFault) bool { return f.Kind == faultMethod && f.Method == method.Name }); f != nil {
+	if f := l.faults.take(func(f *armedFault) bool { return f.Kind == faultMethod && f.names(method.Name) }); f != nil {
 		l.injectMethodFault(w, method, f)
 		return
 	}

@@ -204,6 +204,15 @@ func (l *lab) reconfigureLocked(vm *simulator.VirtualMachine, spec types.Virtual
 	keepDeviceOrder(vm.Config.Hardware.Device, order)
 	for _, d := range vmDisks(vm.Config.Hardware.Device) {
 		old := before[d.Key]
+		if old != nil && diskBacking(old) != nil && diskBacking(d) != nil && diskBacking(old).FileName != diskBacking(d).FileName {
+			// vCenter hands a removed disk's key to the next one added: a
+			// different file under the same key is a new disk, not the old one.
+			delete(l.trackers, diskID{vm.Self.Value, d.Key})
+			old = nil
+		}
+		if b := diskBacking(d); old == nil && b != nil && b.Uuid == "" {
+			b.Uuid = newDiskUUID() // every disk vSphere creates has one (VirtualDiskFlatVer2BackingInfo.uuid)
+		}
 		capacity := diskCapacity(d)
 		if old != nil && d.CapacityInBytes == old.CapacityInBytes && d.CapacityInKB != old.CapacityInKB {
 			capacity = d.CapacityInKB * 1024
@@ -237,7 +246,8 @@ func (l *lab) reconfigureLocked(vm *simulator.VirtualMachine, spec types.Virtual
 	for key, old := range before {
 		still := false
 		for _, d := range vmDisks(vm.Config.Hardware.Device) {
-			still = still || d.Key == key
+			still = still || (d.Key == key && diskBacking(d) != nil && diskBacking(old) != nil &&
+				diskBacking(d).FileName == diskBacking(old).FileName)
 		}
 		if !still {
 			delete(l.trackers, diskID{vm.Self.Value, key})
