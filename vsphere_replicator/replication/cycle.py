@@ -63,6 +63,7 @@ from vsphere_replicator.replication.replica import (
     require_replica,
     reread,
     revert_replica,
+    settle_seed,
     sweep_source,
 )
 from vsphere_replicator.replication.retention import prune
@@ -161,7 +162,7 @@ def replicate(
         return run_cycle(
             conn,
             source,
-            reread(conn, found),
+            settle_seed(conn, lease, reread(conn, found)),
             lease,
             replica_access=replica_access,
             source_access=source_access,

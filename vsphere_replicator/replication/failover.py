@@ -46,6 +46,7 @@ from vsphere_replicator.replication.replica import (
     replica_of,
     reread,
     revert_replica,
+    settle_seed,
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
 from vsphere_replicator.replication.settings import CycleResult
@@ -105,8 +106,8 @@ def start_test_failover(
     """
     found = replica_of(conn, vm)
     log = get_logger(vm=vm, operation="test_failover")
-    with Lease(conn, found.vm.moref, operation="test failover", vm=found.vm.name):
-        replica = reread(conn, found)
+    with Lease(conn, found.vm.moref, operation="test failover", vm=found.vm.name) as lease:
+        replica = _settled(conn, lease, found)
         assert replica.state is not None
         state = replica.state
         point = find_restore_point(state, restore_point)
@@ -189,7 +190,7 @@ def planned_failover(
     """
     found = replica_of(conn, vm, promoted=None)
     with Lease(conn, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, reread(conn, found))
+        run = _Failover(conn, lease, _settled(conn, lease, found))
         if run.state.promoted:
             return run.already("planned")
         return run.planned(replica_access, source_access)
@@ -205,10 +206,19 @@ def unplanned_failover(
     """
     found = replica_of(conn, vm, promoted=None)
     with Lease(conn, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, reread(conn, found))
+        run = _Failover(conn, lease, _settled(conn, lease, found))
         if run.state.promoted:
             return run.already("unplanned")
         return run.unplanned(restore_point, force=force)
+
+
+def _settled(conn: Connection, lease: Lease, found: Replica) -> Replica:
+    """The replica read again under its lease, its state rebuilt if a revert took it back to its seed."""
+    replica = settle_seed(conn, lease, reread(conn, found))
+    if replica.state is None:
+        name = replica.seed.source.name if replica.seed else replica.vm.name
+        raise StateError(f"protecting {name} is unfinished: run protect again first", vm=name)
+    return replica
 
 
 class _Failover:

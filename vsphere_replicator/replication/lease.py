@@ -197,6 +197,16 @@ class Lease:
     def acquire(self) -> Lease:
         """Take the lease, or raise Busy naming who holds it."""
         self._sync_clock()
+        # Known to be alive before it is written: another thread of this process must never
+        # read our fresh lease and judge its holder dead.
+        _live_tokens[self.token] = self
+        try:
+            return self._acquire()
+        except BaseException:
+            _live_tokens.pop(self.token, None)
+            raise
+
+    def _acquire(self) -> Lease:
         for _ in range(_ATTEMPTS):
             current = read_options(self.conn, self.moref)
             held = LeaseHolder.decode(current.values.get(LEASE_KEY))
@@ -218,7 +228,6 @@ class Lease:
             except ConcurrentChange:
                 continue
             self.holder = mine
-            _live_tokens[self.token] = self
             self._start_renewing()
             return self
         raise Busy(

@@ -21,11 +21,13 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.replica import (
+    Replica,
     is_restore_point,
     refresh,
     replica_of,
     reread,
     revert_replica,
+    settle_seed,
     sweep_source,
 )
 from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
@@ -52,8 +54,9 @@ def update_settings(conn: Connection, vm: str, **changes: Any) -> SettingsChange
     """
     found = replica_of(conn, vm, promoted=None)
     with Lease(conn, found.vm.moref, operation="update settings", vm=found.vm.name) as lease:
-        replica = reread(conn, found)
-        assert replica.state is not None
+        replica = settle_seed(conn, lease, reread(conn, found))
+        if replica.state is None:
+            raise StateError(f"protecting {vm} is unfinished: run protect again first", vm=vm)
         before = replica.state.settings
         after = apply_overrides(before, changes)
         changed = tuple(
@@ -85,9 +88,10 @@ def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> Unp
     found = replica_of(conn, vm, promoted=None)
     log = get_logger(vm=vm, replica=found.vm.name, operation="unprotect")
     with Lease(conn, found.vm.moref, operation="unprotect", vm=found.vm.name) as lease:
-        replica = reread(conn, found)
+        replica = settle_seed(conn, lease, reread(conn, found))
         state = replica.state
-        assert state is not None
+        if state is None:
+            return _abandon_seed(conn, lease, replica, vm, delete_replica=delete_replica)
         if replica.recovery is not None:
             raise StateError(
                 f"a {replica.recovery.kind} of {vm} is in progress (phase {replica.recovery.phase}): "
@@ -126,3 +130,21 @@ def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> Unp
         failpoints.point("unprotect-cleared")
     log.warning("unprotected", replica_deleted=False, snapshots_removed=removed)
     return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=False, snapshots_removed=removed)
+
+
+def _abandon_seed(
+    conn: Connection, lease: Lease, replica: Replica, vm: str, *, delete_replica: bool
+) -> UnprotectResult:
+    """Unprotect a VM whose protect never finished: its seed snapshot goes, and the copy too if asked."""
+    assert replica.seed is not None
+    sources = find_vms(conn, VMSelector(instance_uuid=replica.seed.source.instance_uuid))
+    if sources:
+        sweep_source(conn, sources[0])
+    if delete_replica:
+        destroy_vm(conn, VMSelector(moref=replica.vm.moref))
+    else:
+        write_options(lease, extra=cleared_options())
+    get_logger(vm=vm, operation="unprotect").warning(
+        "unfinished_seed_abandoned", replica_deleted=delete_replica
+    )
+    return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=delete_replica, snapshots_removed=0)

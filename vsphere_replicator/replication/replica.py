@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
-from vsphere_replicator.inventory import SnapshotInfo, VMInfo, VMSelector, get_vm, vms_by_moref
+from vsphere_replicator.inventory import (
+    SnapshotInfo,
+    VMInfo,
+    VMSelector,
+    get_vm,
+    snapshot_disks,
+    vms_by_moref,
+)
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.lease import Lease, LeaseHolder
@@ -20,6 +27,7 @@ from vsphere_replicator.replication.state import (
     SeedRecord,
     StateError,
     find_replicas,
+    point_id,
     record_from,
     write_options,
 )
@@ -143,9 +151,12 @@ def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> R
     hits = [
         r
         for r in replicas
-        if r.state is not None
-        and r.state.source.name == vm
-        and (promoted is None or r.state.promoted == promoted)
+        if (
+            r.state is not None
+            and r.state.source.name == vm
+            and (promoted is None or r.state.promoted == promoted)
+        )
+        or (r.state is None and r.seed is not None and r.seed.source.name == vm and not promoted)
     ]
     if not hits:
         broken = [r.vm.name for r in replicas if r.error is not None]
@@ -227,8 +238,40 @@ def _snapshot_point(snapshot: SnapshotInfo) -> str:
     return snapshot.name.removeprefix(NAME_PREFIX)
 
 
+def settle_seed(conn: Connection, lease: Lease, replica: Replica) -> Replica:
+    """A replica that says "seeding" but holds its first restore point gets its state back.
+
+    That is what a revert to the first point leaves (its snapshot saved the
+    seed record, taken before the state was committed), and what a protect
+    killed right after taking the point leaves: either way the seed record
+    rebuilds the state without the source, and newer points are adopted.
+    A replica still without a first point is returned as it is.
+    """
+    if replica.state is not None or replica.seed is None:
+        return replica
+    vm = refresh(conn, replica)
+    first = replica_snapshot(vm, point_id(1))
+    if first is None:
+        return replica
+    state = replica.seed.first_state(
+        vm.name, vm.instance_uuid or "", first.moref, snapshot_disks(conn, first.moref)
+    )
+    state = adopt_newer_points(conn, lease, vm, state, write=False)
+    write_options(lease, state=state, clear_seed=True, clear_journal=True)
+    get_logger(vm=vm.name, operation="reconcile").warning(
+        "state_rebuilt_from_seed", points=len(state.restore_points)
+    )
+    return reread(conn, replica)
+
+
 def adopt_newer_points(
-    conn: Connection, lease: Lease, vm: VMInfo, state: ReplicaState, *, pending: str | None = None
+    conn: Connection,
+    lease: Lease,
+    vm: VMInfo,
+    state: ReplicaState,
+    *,
+    pending: str | None = None,
+    write: bool = True,
 ) -> ReplicaState:
     """Commit restore-point snapshots newer than the state's newest, from the journals they saved.
 
@@ -259,7 +302,7 @@ def adopt_newer_points(
         point, disks = journal.committed_point(snap.moref, snap.created)
         adopted = adopted.with_point(point, disks)
         log.warning("restore_point_recovered", restore_point=point.id)
-    if adopted is not state:
+    if adopted is not state and write:
         write_options(lease, state=adopted)
     return adopted
 

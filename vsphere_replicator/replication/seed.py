@@ -109,7 +109,7 @@ def protect(
             source = sweep_source(conn, source)
             if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
                 source = enable_cbt(conn, source)
-            record, snapshot = _seed_snapshot(conn, source, chosen)
+            record, snapshot = _seed_snapshot(conn, source, chosen, target)
             try:
                 if copy is None:
                     replica = _clone(conn, source, target, snapshot, record)
@@ -192,7 +192,7 @@ def _check_protectable(
 
 
 def _seed_snapshot(
-    conn: Connection, source: VMInfo, settings: CycleSettings
+    conn: Connection, source: VMInfo, settings: CycleSettings, target: ReplicaTarget
 ) -> tuple[SeedRecord, SnapshotInfo]:
     cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     taken = create_snapshot(
@@ -219,6 +219,9 @@ def _seed_snapshot(
         cycle=cycle,
         change_ids=tuple((k, c) for k, c in sorted(ids.items()) if c is not None),
         quiesced=taken.quiesced,
+        target=target,
+        settings=settings,
+        created=taken.snapshot.created,
     )
     return record, taken.snapshot
 

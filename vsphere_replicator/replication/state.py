@@ -249,13 +249,63 @@ class RecoveryJournal:
 
 @dataclass(frozen=True, slots=True)
 class SeedRecord:
-    """What a seed clone is born with: enough to finish protecting after a crash."""
+    """What a seed clone is born with: enough to finish protecting after a crash.
+
+    With `target`, `settings` and `created` it also rebuilds the state of
+    the first restore point without the source: a revert of the replica to
+    that point brings back this record, not the state committed after it.
+    """
 
     source: SourceIdentity
     snapshot: str
     cycle: str
     change_ids: tuple[tuple[int, str], ...]
     quiesced: bool
+    target: ReplicaTarget | None = None
+    settings: CycleSettings | None = None
+    created: datetime | None = None
+
+    def first_state(
+        self, replica: str, replica_uuid: str, point_snapshot: str, disks: tuple[DiskInfo, ...]
+    ) -> ReplicaState:
+        """The state right after the first restore point (`point_snapshot`, holding replica `disks`)."""
+        if self.target is None or self.settings is None or self.created is None:
+            raise StateError(f"{replica}'s seed record is too old to rebuild its state from", vm=replica)
+        ids = dict(self.change_ids)
+        ordered = sorted(disks, key=lambda d: (d.controller_key, d.unit_number or 0, d.key))
+        if len(ordered) != len(ids):
+            raise StateError(
+                f"{replica} has {len(ordered)} disks where its seed recorded {len(ids)}", vm=replica
+            )
+        states = tuple(
+            DiskState(
+                source_key=key,
+                replica_key=disk.key,
+                capacity=disk.capacity,
+                change_id=ids[key],
+                source_uuid=None,
+                replica_uuid=disk.uuid,
+            )
+            for key, disk in zip(sorted(ids), ordered, strict=True)
+        )
+        point = RestorePoint(
+            id=point_id(1),
+            snapshot=point_snapshot,
+            created=self.created,
+            quiesced=self.quiesced,
+            bytes_moved=0,
+            bytes_changed=0,
+            change_ids=tuple((d.source_key, d.change_id) for d in states),
+        )
+        return ReplicaState(
+            source=self.source,
+            replica_uuid=replica_uuid,
+            target=self.target,
+            settings=self.settings,
+            disks=states,
+            restore_points=(point,),
+            next_point=2,
+        )
 
 
 # -- encoding and validation ----------------------------------------------------
