@@ -146,7 +146,7 @@ def changed_areas(
     conn: Connection,
     vm: VMInfo,
     snapshot: SnapshotInfo,
-    disk: int,
+    disk: int | DiskInfo,
     since: str,
     *,
     start: int = 0,
@@ -159,10 +159,13 @@ def changed_areas(
     must then read the disk in full. Raises CBTError when vCenter's answers
     are inconsistent (unsorted, overlapping, outside the disk, empty).
     `start` and `max_queries` limit the answer to the windows from `start`
-    that many queries cover (a sample, not the whole disk).
+    that many queries cover (a sample, not the whole disk). `disk` is a
+    device key, or the disk as `snapshot_disks(snapshot)` read it.
     """
+    # A disk given as the snapshot's own DiskInfo (what snapshot_disks read) spares the read.
+    at = disk if isinstance(disk, DiskInfo) else _disk_at(conn, snapshot, disk)
+    disk = at.key
     log = get_logger(vm=vm.name, disk=disk, operation="changed_areas")
-    at = _disk_at(conn, snapshot, disk)
     if at.change_id is None:
         raise CBTError(f"{vm.name} disk {disk} was not tracked when {snapshot.name} was taken", vm=vm.name)
     if since != ALL_ALLOCATED and change_id_uuid(since) != change_id_uuid(at.change_id):

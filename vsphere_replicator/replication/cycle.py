@@ -481,7 +481,7 @@ class _Cycle:
         known = self.state.disk(disk.key)
         assert known is not None
         try:
-            changes = changed_areas(self.conn, self.source, snapshot, disk.key, known.change_id)
+            changes = changed_areas(self.conn, self.source, snapshot, disk, known.change_id)
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
         spans = tuple((a.start, a.length) for a in changes.areas)
@@ -523,7 +523,7 @@ class _Cycle:
                 break
             start = rng.randrange(disk.capacity // SAMPLE_LENGTH or 1) * SAMPLE_LENGTH
             window = changed_areas(
-                self.conn, self.source, snapshot, disk.key, ALL_ALLOCATED, start=start, max_queries=1
+                self.conn, self.source, snapshot, disk, ALL_ALLOCATED, start=start, max_queries=1
             ).areas
             picks.update(
                 _sample_blocks(_unchanged_blocks(window, changed, SAMPLE_LENGTH), 1, rng, SAMPLE_LENGTH)
