@@ -7,7 +7,8 @@ ruff check .
 ruff format --check .
 mypy
 status=0
-python3 -m pytest -q "$@" || status=$?
+# Two processes (one per core here), each with its own labs: the suite's time is mostly waiting on them.
+python3 -m pytest -q -n auto "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure" >&2
     exit 1

@@ -147,7 +147,9 @@ def _report() -> None:
     """With VR_RELIABILITY_REPORT=FILE, the cases and their outcomes as JSON (docs/reliability.md)."""
     target = os.environ.get("VR_RELIABILITY_REPORT")
     if target:
-        Path(target).write_text(json.dumps(RESULTS, indent=1, sort_keys=True))
+        worker = os.environ.get("PYTEST_XDIST_WORKER")  # each process writes its own part
+        path = Path(target if worker is None else f"{target}.{worker}")
+        path.write_text(json.dumps(RESULTS, indent=1, sort_keys=True))
 
 
 def arm(world: World, fault: str) -> Callable[[], None]:
