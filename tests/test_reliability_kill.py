@@ -111,7 +111,7 @@ def test_unprotect_killed_then_run_again_keeps_a_plain_replica(
     assert option(replica, STATE_KEY) is None and option(replica, JOURNAL_KEY) is None
     assert snapshots(replica) == [] and source_hashes(lab, replica) == content
     gone = run(lab, "unprotect", vm)
-    assert gone.returncode == 1 and "has no replica" in gone.stderr
+    assert gone.returncode == 1 and "is not protected" in gone.stderr
 
 
 def test_test_failover_killed_after_its_clone_then_run_again_runs_the_copy(

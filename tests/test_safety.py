@@ -26,7 +26,7 @@ from pyVmomi import vim
 from tests import labutil
 from tests.replication_util import JOURNAL_KEY, STATE_KEY, option, point_hashes, snapshots, source_hashes
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
-from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
+from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.replication import (
     MountedDatastores,
@@ -603,7 +603,7 @@ def test_a_mount_that_is_not_the_datastore_is_refused_before_anything_changes(
 def test_protect_refuses_unknown_recovery_networks_a_replica_and_the_source_datastore(
     slab: LabInfo, ssi: Any, sconn: Connection, name: str
 ) -> None:
-    with pytest.raises(NotFound, match="No Such Net"):
+    with pytest.raises(InvalidInput, match="No Such Net"):
         protect(
             sconn, name, ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "No Such Net"),))
         )

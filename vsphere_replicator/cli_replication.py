@@ -70,6 +70,13 @@ def parse_duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def age_option(text: str) -> timedelta:
+    """A duration that may also be zero ("0s": any age), for --older-than."""
+    if text.strip() in ("0", "0s", "0m", "0h", "0d"):
+        return timedelta(0)
+    return parse_duration(text)
+
+
 def int_option(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in [low, high], or a one-line error naming the range."""
 
@@ -440,6 +447,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         for r in rows:
             what = f"{r['vm']}: {r['snapshot']} ({r['age_seconds']:.0f}s old)"
             lines.append(f"kept {what}: {r['kept']}" if r["kept"] else f"{verb} {what}".strip())
+        if not older_than:
+            return "\n".join(lines) or "no snapshots of ours"
         return "\n".join(lines) or f"no snapshots of ours older than {format_duration(older_than)}"
 
     _emit(args, rows, table)
@@ -493,18 +502,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _nics(result: Any) -> str:
+    if result.resumed:
+        return ""  # the NICs were moved (or not) by the run that was interrupted
     if not result.nics:
         return ", NICs left on their networks (none was on a port group the target maps)"
     return "".join(f", {n.label} {n.old} -> {n.new}" for n in result.nics)
 
 
 def _failover_line(result: Any, vm: str | None = None, what: str | None = None) -> str:
+    name = vm or result.vm
+    if result.already_done and result.kind == "failback":
+        newest = result.restore_point
+        return f"{name}: nothing to fail back: {result.running} runs, protected (newest point {newest})"
+    if result.already_done:
+        return f"{name}: already failed over; {result.running} runs at {result.restore_point}"
     final = ""
     if result.final_cycle is not None:
         final = f" (final sync moved {_size(result.final_cycle.bytes_moved)})"
+    again = " (continued an interrupted run)" if result.resumed else ""
     return (
-        f"{vm or result.vm}: {what or result.kind + ' failover'}, {result.running} running at "
-        f"{result.restore_point}{final}{_nics(result)}"
+        f"{name}: {what or result.kind + ' failover'}, {result.running} running at "
+        f"{result.restore_point}{final}{again}{_nics(result)}"
     )
 
 
@@ -513,13 +531,15 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
     if not (args.test or args.planned or args.unplanned or args.cleanup):
         raise InvalidInput(
-            "say which failover: --test (an isolated copy), --planned (sync, source off, replica on) "
-            "or --unplanned (the replica at a restore point, the source left as it is)"
+            "say which failover: --test (an isolated copy), --planned (sync, source off, replica on), "
+            "--unplanned (the replica at a restore point, the source left as it is) or --cleanup"
         )
     if args.force and not args.unplanned:
         raise InvalidInput("--force only applies to --unplanned")
-    if args.restore_point and (args.planned or args.cleanup):
+    if args.restore_point and args.planned:
         raise InvalidInput("a planned failover always brings up the newest data: drop --restore-point")
+    if args.restore_point and args.cleanup:
+        raise InvalidInput("--cleanup removes every test copy: drop --restore-point")
     with _session(args) as (conn, env):
         if args.cleanup:
             removed = failover.cleanup_test_failover(conn, args.vm)
@@ -553,7 +573,7 @@ def cmd_failback(args: argparse.Namespace) -> int:
             {"vm": args.vm, "reversed": True, "source": running, "replica": args.vm},
             lambda: (
                 f"{args.vm}: replication reversed ({running} -> {args.vm}), not switched; "
-                f"switch with: vsphere-replicator failover {running} --planned"
+                f"finish with: vsphere-replicator failback {args.vm}"
             ),
         )
     else:
@@ -591,6 +611,15 @@ def cmd_settings(args: argparse.Namespace) -> int:
     from vsphere_replicator.replication.protection import update_settings
 
     given = _given_settings(args)
+    for on, off in (
+        ("max_age", "no_max_age"),
+        ("rpo", "no_rpo"),
+        ("max_change_share", "no_max_change_share"),
+        ("verify", "no_verify"),
+    ):
+        if getattr(args, on) and getattr(args, off):
+            flag = on.replace("_", "-")
+            raise InvalidInput(f"--{flag} and --no-{flag} contradict each other: give one")
     if args.no_max_age:
         given["max_age"] = None
     if args.no_rpo:
@@ -627,6 +656,8 @@ def cmd_unprotect(args: argparse.Namespace) -> int:
     def line() -> str:
         if result.deleted:
             return f"{result.vm}: protection ended, replica {result.replica} deleted"
+        if result.failed_over:
+            return f"{result.vm}: protection ended; {result.replica} runs on as its production VM"
         return (
             f"{result.vm}: protection ended, {result.replica} kept as a plain VM at its newest restore "
             f"point ({result.snapshots_removed} restore-point snapshots consolidated)"
@@ -646,7 +677,7 @@ def add_commands(commands: Any) -> None:
         p.add_argument("--json", action="store_true", help="print JSON for machines")
         return p
 
-    def cycle_options(p: argparse.ArgumentParser) -> None:
+    def cycle_options(p: argparse.ArgumentParser, *, mount: bool = True) -> None:
         p.add_argument(
             "--keep",
             type=int_option(1, MAX_KEEP),
@@ -662,7 +693,8 @@ def add_commands(commands: Any) -> None:
         )
         p.add_argument("--verify", action="store_true", help="compare and digest every restore point")
         p.add_argument("--rpo", type=parse_duration, default=None, help="target RPO for status")
-        p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
+        if mount:
+            p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
     p = command("protect", cmd_protect, "seed a VM's replica on the secondary datastore")
     p.add_argument("vm")
@@ -717,7 +749,11 @@ def add_commands(commands: Any) -> None:
     )
     p.add_argument("--mount", action="append", help="DATASTORE=DIR where a datastore is mounted here")
 
-    p = command("failover", cmd_failover, "bring a replica up: --test copy, --planned, or unplanned")
+    p = command(
+        "failover",
+        cmd_failover,
+        "bring a replica up: --test copy, --planned, --unplanned; --cleanup test copies",
+    )
     p.add_argument("vm", help="the protected (source) VM's name")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--test", action="store_true", help="run an isolated copy; touch nothing else")
@@ -752,7 +788,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("action", choices=["list", "sweep"])
     p.add_argument(
         "--older-than",
-        type=parse_duration,
+        type=age_option,
         default=None,
         help="only snapshots at least this old (default: all for list, 1h for sweep)",
     )
@@ -764,7 +800,7 @@ def add_commands(commands: Any) -> None:
 
     p = command("settings", cmd_settings, "show or change the settings protect recorded for a VM")
     p.add_argument("vm")
-    cycle_options(p)
+    cycle_options(p, mount=False)
     p.add_argument("--no-max-age", action="store_true", help="keep restore points whatever their age")
     p.add_argument("--no-rpo", action="store_true", help="drop the target RPO")
     p.add_argument("--no-max-change-share", action="store_true", help="never refuse an incremental")

@@ -10,7 +10,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound
+from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import vm_object
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.tasks import run_task
@@ -97,14 +97,21 @@ def _current_network(nic: Any, networks: Mapping[str, _Network]) -> str:
     return str(getattr(backing, "deviceName", ""))
 
 
-def check_networks(conn: Connection, names: Iterable[str]) -> None:
-    """Raise NotFound naming every port group in `names` that does not exist."""
+def check_networks(conn: Connection, names: Iterable[str], *, what: str | None = None) -> None:
+    """Raise NotFound naming every port group in `names` that does not exist.
+
+    With `what` (the option the names came from), a missing one is the
+    caller's input: InvalidInput naming the option.
+    """
     wanted = set(names)
     if not wanted:
         return
     missing = sorted(wanted - set(_networks(conn)))
     if missing:
-        raise NotFound(f"no port group named {', '.join(missing)}")
+        listed = ", ".join(repr(m) for m in missing)
+        if what is not None:
+            raise InvalidInput(f"{what}: no port group named {listed}")
+        raise NotFound(f"no port group named {listed}")
 
 
 def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> tuple[NicChange, ...]:

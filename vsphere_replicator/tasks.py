@@ -78,6 +78,7 @@ def wait_for_task(
     vm: str | None = None,
     timeout: float | None = None,
     on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
 ) -> Any:
     """The task's result once it succeeds.
 
@@ -141,7 +142,10 @@ def wait_for_task(
                 fault = error if isinstance(error, vmodl.MethodFault) else getattr(error, "fault", None)
                 message = fault_message(fault) if fault is not None else "the task failed"
                 name = fault_name(fault) if fault is not None else None
-                log.warning("task_failed", fault=name, message=message)
+                if name in expected_faults:  # the caller handles it: not worth a warning
+                    log.debug("task_failed", fault=name, message=message)
+                else:
+                    log.warning("task_failed", fault=name, message=message)
                 raise TaskFailed(f"{what}: {message}", task=task._moId, vm=vm, fault=name)
     finally:
         with contextlib.suppress(ReplicatorError):  # it dies with its session anyway
@@ -156,7 +160,19 @@ def run_task(
     vm: str | None = None,
     timeout: float | None = None,
     on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
 ) -> Any:
-    """Start a task (never repeated on a network error: it may have started) and wait for it."""
+    """Start a task (never repeated on a network error: it may have started) and wait for it.
+
+    A failure whose fault is in `expected_faults` is raised as always but not logged as a warning.
+    """
     task = conn.call(what, start, idempotent=False, vm=vm)
-    return wait_for_task(conn, task, what=what, vm=vm, timeout=timeout, on_progress=on_progress)
+    return wait_for_task(
+        conn,
+        task,
+        what=what,
+        vm=vm,
+        timeout=timeout,
+        on_progress=on_progress,
+        expected_faults=expected_faults,
+    )

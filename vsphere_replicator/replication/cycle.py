@@ -198,9 +198,8 @@ def run_cycle(
     """One cycle of `replica`, whose lease the caller holds (replicate, planned failover)."""
     started = time.monotonic()
     if replica.recovery is not None and not within_recovery:
-        kind = replica.recovery.kind
         raise StateError(
-            f"a {kind} {'failback' if kind == 'failback' else 'failover'} of {source.name} is in progress "
+            f"a {replica.recovery.operation} of {source.name} is in progress "
             f"(phase {replica.recovery.phase}): run it again to finish it before replicating",
             vm=source.name,
         )

@@ -16,8 +16,17 @@ from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import NotFound, ReplicatorError
-from vsphere_replicator.inventory import VMInfo, named_objects, snapshot_disks, vm_object
+from vsphere_replicator.inventory import (
+    SnapshotInfo,
+    VMInfo,
+    VMSelector,
+    get_vm,
+    named_objects,
+    snapshot_disks,
+    vm_object,
+)
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.snapshots import remove_snapshot
 from vsphere_replicator.tasks import run_task
 
 
@@ -91,6 +100,7 @@ def remove_unreferenced_disks(
                     functools.partial(manager.DeleteVirtualDisk_Task, name=name, datacenter=datacenter),
                     what=f"delete the unused disk {name}",
                     vm=vm.name,
+                    expected_faults=("FileNotFound", "NotFound"),
                 )
             except NotFound:
                 continue  # already gone (a revert deletes the redo logs it discards)
@@ -102,3 +112,18 @@ def remove_unreferenced_disks(
     for name in removed:
         log.warning("unused_disk_removed", file=name)
     return removed
+
+
+def remove_point_snapshot(conn: Connection, vm: VMInfo, snapshot: SnapshotInfo) -> VMInfo:
+    """Remove a restore-point snapshot and any disk file that only it still referenced.
+
+    A disk a full resync retired is detached from the replica but kept for
+    the restore points that hold it; once the last of them goes, its files
+    would stay on the datastore for good.
+    """
+    held = [d.file_name for d in snapshot_disks(conn, snapshot.moref)]
+    held += [d.parent_file for d in snapshot_disks(conn, snapshot.moref) if d.parent_file]
+    vm = remove_snapshot(conn, vm, snapshot)
+    if remove_unreferenced_disks(conn, vm, held):
+        vm = get_vm(conn, VMSelector(moref=vm.moref))
+    return vm

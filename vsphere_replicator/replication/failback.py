@@ -33,6 +33,7 @@ from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMSelec
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.failover import FailoverResult, _Failover
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.options import read_options
@@ -130,7 +131,7 @@ def _finished(conn: Connection, vm: str) -> FailoverResult:
         and r.state.source.instance_uuid == original.instance_uuid
     ]
     if not forward:
-        raise NotFound(f"{vm} has not failed over: there is nothing to fail back", vm=vm)
+        raise NotFound(f"{vm} is not protected and has not failed over: there is nothing to fail back", vm=vm)
     replica = forward[0]
     assert replica.state is not None
     promoted_state = record.state is not None and record.state.promoted
@@ -155,7 +156,8 @@ def _finished(conn: Connection, vm: str) -> FailoverResult:
         kind="failback",
         restore_point=replica.state.latest.id,
         nics=(),
-        resumed=True,
+        resumed=promoted_state or bool(leftovers),
+        already_done=True,  # nothing was failed over: it runs, protected by `replica` (again, or still)
     )
 
 
@@ -248,7 +250,7 @@ class _Failback:
         original = sweep_source(self.conn, self.original)  # a divergence check an earlier run left
         for snap in list(original.all_snapshots()):  # a first point an earlier run took but never recorded
             if is_restore_point(snap):
-                original = remove_snapshot(self.conn, original, snap)
+                original = remove_point_snapshot(self.conn, original, snap)
         snap = self._running_snapshot(running, journal)
         state = self.state
         promoted_at = find_restore_point(state, state.promoted_point)
@@ -362,11 +364,11 @@ class _Failback:
         original = get_vm(self.conn, VMSelector(moref=self.original.moref))
         for snap in list(original.all_snapshots()):  # its reverse restore point, if the switch left it
             if is_restore_point(snap):
-                original = remove_snapshot(self.conn, original, snap)
+                original = remove_point_snapshot(self.conn, original, snap)
         replica = sweep_source(self.conn, get_vm(self.conn, VMSelector(moref=self.running.vm.moref)))
         for snap in list(replica.all_snapshots()):  # a first point an earlier run took but never recorded
             if is_restore_point(snap):
-                replica = remove_snapshot(self.conn, replica, snap)
+                replica = remove_point_snapshot(self.conn, replica, snap)
         if replica.power_state != "poweredOff":
             raise StateError(
                 f"{replica.name} runs again: power it off and run failback again", vm=replica.name

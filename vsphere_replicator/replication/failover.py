@@ -37,6 +37,7 @@ from vsphere_replicator.networks import NicChange, check_networks, remap_nics
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.cycle import run_cycle
+from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.replica import (
     Replica,
@@ -59,7 +60,7 @@ from vsphere_replicator.replication.state import (
     cleared_options,
     write_options,
 )
-from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
+from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import run_task
 
 
@@ -73,7 +74,8 @@ class FailoverResult:
     restore_point: str
     nics: tuple[NicChange, ...]
     final_cycle: CycleResult | None = None
-    resumed: bool = False  # an interrupted failover was carried on
+    resumed: bool = False  # an interrupted operation (or a test copy already made) was carried on
+    already_done: bool = False  # it had been done before: nothing changed but tidying
 
 
 def _source_vm(conn: Connection, state: ReplicaState) -> VMInfo | None:
@@ -144,7 +146,9 @@ def start_test_failover(
             raise
         failpoints.point("test-copy-running")
     log.info("test_copy_running", copy=copy.name, restore_point=point.id)
-    return FailoverResult(vm=vm, running=copy.name, kind="test", restore_point=point.id, nics=nics)
+    return FailoverResult(
+        vm=vm, running=copy.name, kind="test", restore_point=point.id, nics=nics, resumed=not made
+    )
 
 
 def _test_copies(conn: Connection, state: ReplicaState) -> list[tuple[str, dict[str, str]]]:
@@ -244,7 +248,13 @@ class _Failover:
         point = self.state.promoted_point or self.state.latest.id
         self.log.info("already_failed_over", restore_point=point)
         return FailoverResult(
-            vm=self.name, running=vm.name, kind=kind, restore_point=point, nics=(), resumed=True
+            vm=self.name,
+            running=vm.name,
+            kind=kind,
+            restore_point=point,
+            nics=(),
+            resumed=True,
+            already_done=True,
         )
 
     # -- checks before anything changes --------------------------------------------
@@ -254,8 +264,8 @@ class _Failover:
         journal = self.replica.recovery
         if journal is not None and journal.kind != kind:
             raise StateError(
-                f"a {journal.kind} {'failback' if journal.kind == 'failback' else 'failover'} of {self.name} "
-                f"is in progress (phase {journal.phase}); run it again to finish it",
+                f"a {journal.operation} of {self.name} is in progress (phase {journal.phase}); "
+                "run it again to finish it",
                 vm=self.name,
             )
         if self.state.promoted:
@@ -358,7 +368,7 @@ class _Failover:
         if journal is None and source is not None and source.power_state == "poweredOn" and not force:
             raise InvalidInput(
                 f"{self.name} is running: an unplanned failover would run two copies of it at once; "
-                "use a planned failover, power it off, or force it",
+                "use a planned failover, power it off, or force it (force=True, --force)",
                 vm=self.name,
             )
         if journal is None:
@@ -440,5 +450,5 @@ class _Failover:
         """The running VM sheds the restore-point snapshots (production does not run on a chain)."""
         for snap in list(vm.all_snapshots()):
             if is_restore_point(snap):
-                vm = remove_snapshot(self.conn, vm, snap)
+                vm = remove_point_snapshot(self.conn, vm, snap)
         failpoints.point("failover-points-dropped")

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, ReplicatorError
+from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.options import (
@@ -219,7 +219,10 @@ class Lease:
                         holder=held,
                         vm=self.vm,
                     )
-                self._log.warning("lease_taken_over", previous=held.describe(), expired=held.expires)
+                why = "its holder process is gone" if held.expires > self.now() else "it expired"
+                self._log.warning(
+                    "lease_taken_over", previous=held.describe(), reason=why, expires=held.expires.isoformat()
+                )
             mine = self._holder()
             try:
                 write_options_if_unchanged(
@@ -256,6 +259,8 @@ class Lease:
             return
         try:
             self.write({LEASE_KEY: ""}, renew=False)
+        except NotFound:
+            pass  # the VM is gone (deleted under the lease): there is nothing to give back
         except ReplicatorError as exc:
             self._log.warning("lease_not_released", error=str(exc))
         self.holder = None

@@ -20,7 +20,6 @@ from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm, named_objects
-from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.disks import referenced_files, remove_unreferenced_disks
 from vsphere_replicator.replication.lease import Busy, Lease
 from vsphere_replicator.replication.replica import all_replicas
@@ -97,11 +96,14 @@ def find_leftover_disks(conn: Connection) -> tuple[LeftoverDisk, ...]:
 
 def remove_leftover_disks(conn: Connection, *, dry_run: bool = False) -> tuple[LeftoverDisk, ...]:
     """Delete the unreferenced disks of every replica, each replica under its lease (busy ones skipped)."""
-    log = get_logger(operation="remove_leftover_disks")
     browsers = _browsers(conn)
     done: list[LeftoverDisk] = []
     for replica in all_replicas(conn):
-        if not _leftovers_of(conn, replica.vm, browsers):
+        found = _leftovers_of(conn, replica.vm, browsers)
+        if not found:
+            continue
+        if dry_run:  # a dry run changes nothing, not even a lease
+            done += [LeftoverDisk(replica.vm.name, f) for f in found]
             continue
         try:
             lease = Lease(conn, replica.vm.moref, operation="disk sweep", vm=replica.vm.name).acquire()
@@ -114,12 +116,7 @@ def remove_leftover_disks(conn: Connection, *, dry_run: bool = False) -> tuple[L
         try:
             vm = get_vm(conn, VMSelector(moref=replica.vm.moref))
             found = _leftovers_of(conn, vm, browsers)  # again, now that nobody changes it
-            if dry_run:
-                done += [LeftoverDisk(vm.name, f) for f in found]
-                continue
-            removed = set(remove_unreferenced_disks(conn, vm, found))
-            for file in found:
-                log.warning("leftover_disk", replica=vm.name, file=file, removed=file in removed)
+            removed = set(remove_unreferenced_disks(conn, vm, found))  # each logged as it goes
             done += [LeftoverDisk(vm.name, f, removed=f in removed) for f in found]
         finally:
             lease.release()

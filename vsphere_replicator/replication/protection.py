@@ -19,6 +19,7 @@ from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import VMSelector, find_vms
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.replica import (
     Replica,
@@ -32,7 +33,7 @@ from vsphere_replicator.replication.replica import (
 )
 from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
 from vsphere_replicator.replication.state import StateError, cleared_options, write_options
-from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
+from vsphere_replicator.snapshots import find_snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class UnprotectResult:
     replica: str
     deleted: bool
     snapshots_removed: int
+    failed_over: bool = False  # the replica ran as production: it was kept running, only our options went
 
 
 def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> UnprotectResult:
@@ -94,7 +96,7 @@ def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> Unp
             return _abandon_seed(conn, lease, replica, vm, delete_replica=delete_replica)
         if replica.recovery is not None:
             raise StateError(
-                f"a {replica.recovery.kind} of {vm} is in progress (phase {replica.recovery.phase}): "
+                f"a {replica.recovery.operation} of {vm} is in progress (phase {replica.recovery.phase}): "
                 "finish it before unprotecting",
                 vm=vm,
             )
@@ -123,13 +125,15 @@ def unprotect(conn: Connection, vm: str, *, delete_replica: bool = False) -> Unp
         removed = 0
         for snap in list(current.all_snapshots()):
             if is_restore_point(snap):
-                current = remove_snapshot(conn, current, snap)
+                current = remove_point_snapshot(conn, current, snap)
                 removed += 1
         failpoints.point("unprotect-points-removed")
         write_options(lease, extra=cleared_options())
         failpoints.point("unprotect-cleared")
     log.warning("unprotected", replica_deleted=False, snapshots_removed=removed)
-    return UnprotectResult(vm=vm, replica=replica.vm.name, deleted=False, snapshots_removed=removed)
+    return UnprotectResult(
+        vm=vm, replica=replica.vm.name, deleted=False, snapshots_removed=removed, failed_over=state.promoted
+    )
 
 
 def _abandon_seed(

@@ -17,6 +17,7 @@ from vsphere_replicator.inventory import (
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease, LeaseHolder
 from vsphere_replicator.replication.options import read_options, read_snapshot_options
 from vsphere_replicator.replication.state import (
@@ -160,9 +161,9 @@ def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> R
     ]
     if not hits:
         broken = [r.vm.name for r in replicas if r.error is not None]
-        what = "failed-over replica" if promoted else "replica"
-        note = f" (the state of {', '.join(broken)} cannot be read: see status)" if broken else ""
-        raise NotFound(f"{vm} has no {what}{note}", vm=vm)
+        what = "has not failed over" if promoted else "is not protected (no replica names it as its source)"
+        note = f"; the state of {', '.join(broken)} cannot be read: see status" if broken else ""
+        raise NotFound(f"{vm} {what}{note}", vm=vm)
     if len(hits) > 1:
         raise InvalidInput(f"{vm} has {len(hits)} replicas: {', '.join(r.vm.name for r in hits)}", vm=vm)
     return hits[0]
@@ -341,5 +342,5 @@ def reconcile(
             and _number(_snapshot_point(snap)) < newest
         ):
             log.warning("stray_restore_point_removed", snapshot=snap.name)
-            vm = remove_snapshot(conn, vm, snap)
+            vm = remove_point_snapshot(conn, vm, snap)
     return state

@@ -9,10 +9,11 @@ from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.settings import CycleSettings
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint, write_options
-from vsphere_replicator.snapshots import find_snapshot, remove_snapshot
+from vsphere_replicator.snapshots import find_snapshot
 
 
 def expired(
@@ -45,7 +46,7 @@ def prune(
     log = get_logger(vm=replica.name, operation="prune")
     for point in drop:
         vm = get_vm(conn, VMSelector(moref=replica.moref))
-        remove_snapshot(conn, vm, find_snapshot(vm, moref=point.snapshot))
+        remove_point_snapshot(conn, vm, find_snapshot(vm, moref=point.snapshot))
         log.info("restore_point_pruned", restore_point=point.id)
         failpoints.point("restore-point-pruned")
     return state

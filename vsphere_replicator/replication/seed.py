@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import fields
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
@@ -99,7 +100,7 @@ def protect(
         if found is not None:
             found.require_readable()
         if found is not None and found.state is not None:
-            return _already_protected(conn, source, found, target, started)
+            return _already_protected(conn, source, found, target, started, settings)
         if found is not None and found.seed is not None:
             log.warning("seed_resumed", replica=found.vm.name)
             replica, record = found.vm, found.seed
@@ -130,7 +131,12 @@ def protect(
 
 
 def _already_protected(
-    conn: Connection, source: VMInfo, replica: Replica, target: ReplicaTarget, started: float
+    conn: Connection,
+    source: VMInfo,
+    replica: Replica,
+    target: ReplicaTarget,
+    started: float,
+    settings: CycleSettings | None,
 ) -> CycleResult:
     """Protecting again what is protected as asked changes nothing but tidying what a crash left."""
     state = replica.state
@@ -140,6 +146,17 @@ def _already_protected(
             f"{source.name} is already protected by {replica.vm.name} on {state.target.datastore}; "
             "unprotect it first to protect it elsewhere",
             vm=source.name,
+        )
+    if settings is not None and settings != state.settings:
+        different = [
+            f.name
+            for f in fields(CycleSettings)
+            if getattr(settings, f.name) != getattr(state.settings, f.name)
+        ]
+        get_logger(vm=source.name, operation="protect").warning(
+            "settings_not_changed",
+            asked=different,
+            hint=f"protect records them once; change them with: vsphere-replicator settings {source.name}",
         )
     if replica.journal is None and replica.recovery is None and not source_lease_live(conn, source, own=True):
         sweep_source(conn, source)  # e.g. the seed snapshot of a protect killed after its commit
@@ -176,7 +193,7 @@ def _check_protectable(
     if target.datastore in source.datastores and not allow_source_datastore:
         raise InvalidInput(
             f"{target.datastore} holds {source.name} itself: a replica there is lost with its source; "
-            "choose another datastore (or allow it explicitly)",
+            "choose another datastore, or allow it (allow_source_datastore, --allow-source-datastore)",
             vm=source.name,
         )
     check_placement(
@@ -188,7 +205,7 @@ def _check_protectable(
             folder=target.folder,
         ),
     )
-    check_networks(conn, (recovery for _, recovery in target.networks))
+    check_networks(conn, (name for pair in target.networks for name in pair), what="--network / networks")
 
 
 def _seed_snapshot(

@@ -246,6 +246,11 @@ class RecoveryJournal:
     source_was_on: bool = False  # planned: the source ran when we began (we power it back on if we undo)
     snapshot: str | None = None  # failback: the promoted replica's snapshot the reverse copy reads
 
+    @property
+    def operation(self) -> str:
+        """'planned failover', 'unplanned failover' or 'failback': for messages."""
+        return "failback" if self.kind == "failback" else f"{self.kind} failover"
+
 
 @dataclass(frozen=True, slots=True)
 class SeedRecord:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.inventory import VMSelector, find_vms
 from vsphere_replicator.replication.lease import is_live
 from vsphere_replicator.replication.replica import Replica, all_replicas
 
@@ -49,20 +51,21 @@ def _continue_with(replica: Replica, vm: str) -> tuple[str | None, str | None]:
         "unplanned": f"vsphere-replicator failover {vm} --unplanned",
         "failback": f"vsphere-replicator failback {vm}",
     }[journal.kind]
-    return (
-        f"{journal.kind} {'failback' if journal.kind == 'failback' else 'failover'}: {journal.phase}",
-        command,
-    )
+    return f"{journal.operation}: {journal.phase}", command
 
 
 def _status(
-    replica: Replica, now: datetime, target_rpo: timedelta | None, busy: str | None
+    replica: Replica,
+    now: datetime,
+    target_rpo: timedelta | None,
+    busy: str | None,
+    names: Mapping[str, str],
 ) -> ProtectionStatus:
     state = replica.state
     rpo_seconds = target_rpo.total_seconds() if target_rpo else None
     if replica.error is not None:
         return ProtectionStatus(
-            vm=replica.seed.source.name if replica.seed else "?",
+            vm=replica.seed.source.name if replica.seed else names.get(replica.source_uuid or "", "?"),
             replica=replica.vm.name,
             state=UNREADABLE,
             restore_points=0,
@@ -141,7 +144,12 @@ def protection_status(
     check_duration(target_rpo, "target_rpo", optional=True)
     check_type(now, datetime, "now", optional=True)
     moment = now or datetime.now(UTC)
-    found = []
-    for replica in all_replicas(conn):
-        found.append(_status(replica, moment, target_rpo, _busy(replica, moment)))
+    replicas = all_replicas(conn)
+    names: dict[str, str] = {}
+    for replica in replicas:
+        if replica.error is not None and replica.source_uuid:  # whose it is, though its state is damaged
+            found_vms = find_vms(conn, VMSelector(instance_uuid=replica.source_uuid))
+            if found_vms:
+                names[replica.source_uuid] = found_vms[0].name
+    found = [_status(r, moment, target_rpo, _busy(r, moment), names) for r in replicas]
     return tuple(sorted(found, key=lambda s: (s.vm, s.replica)))
