@@ -31,6 +31,7 @@ from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound
 from vsphere_replicator.extents import merge_extents
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMSelector, get_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.networks import NicChange
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
 from vsphere_replicator.replication.disks import remove_point_snapshot
@@ -213,6 +214,7 @@ class _Failback:
             self.log.warning("replication_reversed", now_source=self.running.vm.name)
             return None
         final = None
+        nics: tuple[NicChange, ...] = ()
         if not switched:
             if journal.phase != "switching":
                 journal = replace(journal, phase="switching")
@@ -224,7 +226,7 @@ class _Failback:
                 if switch_run.state.promoted
                 else switch_run.planned(replica_access, source_access)
             )
-            final = result.final_cycle
+            final, nics = result.final_cycle, result.nics
             failpoints.point("failback-switched")
         if journal.phase != "reprotecting":
             journal = replace(journal, phase="reprotecting", snapshot=None)
@@ -236,7 +238,7 @@ class _Failback:
             running=self.original.name,
             kind="failback",
             restore_point=point,
-            nics=(),
+            nics=nics,
             final_cycle=final,
             resumed=self.running.recovery is not None,
         )
