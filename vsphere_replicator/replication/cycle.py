@@ -22,9 +22,7 @@ the next run does first.
 
 from __future__ import annotations
 
-import bisect
 import os
-import random
 import socket
 import time
 import uuid
@@ -32,8 +30,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-
-from pyVmomi import vim
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, change_id_uuid, changed_areas
 from vsphere_replicator.connection import Connection
@@ -45,12 +41,17 @@ from vsphere_replicator.inventory import (
     VMRef,
     resolve_vm,
     snapshot_disks,
-    vm_object,
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
-from vsphere_replicator.replication.disks import remove_unreferenced_disks
+from vsphere_replicator.replication.cbt_trust import CBT_LIED, lie_reason, sample_unchanged
+from vsphere_replicator.replication.disks import (
+    disk_identity,
+    remove_unreferenced_disks,
+    replica_disk,
+    reshape_replica,
+)
 from vsphere_replicator.replication.lease import Lease, LeaseLost, is_live, lease_holder
 from vsphere_replicator.replication.options import read_options
 from vsphere_replicator.replication.replica import (
@@ -92,14 +93,11 @@ from vsphere_replicator.snapshots import (
     find_snapshot,
     remove_snapshot,
 )
-from vsphere_replicator.tasks import run_task
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, plan_chunks, read_chunks
 from vsphere_replicator.verify import checksum
 
 DEFAULT_CHECKPOINT = 256 << 20
 WHOLE_DISK = "whole-disk"  # a JournalDisk.since that reads every byte: CBT's answers are not trusted
-SAMPLE_LENGTH = 64 << 10
-CBT_LIED = "CBT reported"
 Progress = Callable[[int, int], None]
 Throttle = Callable[[int], None]
 
@@ -364,8 +362,8 @@ class _Cycle:
         """
         vm = refresh(self.conn, self.replica)
         latest = find_snapshot(vm, moref=self.state.latest.snapshot)
-        expected = {_identity(d) for d in snapshot_disks(self.conn, latest.moref)}
-        if written or vm.current_snapshot != latest.moref or {_identity(d) for d in vm.disks} != expected:
+        expected = {disk_identity(d) for d in snapshot_disks(self.conn, latest.moref)}
+        if written or vm.current_snapshot != latest.moref or {disk_identity(d) for d in vm.disks} != expected:
             attached = [d.file_name for d in vm.disks]
             after = revert_replica(self.conn, self.lease, vm, latest)
             failpoints.point("rolled-back")
@@ -484,15 +482,15 @@ class _Cycle:
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
         spans = tuple((a.start, a.length) for a in changes.areas)
-        replica_disk = _replica_disk(replica_now, known.replica_key, known.replica_uuid)
-        lie = self._sample_unchanged(disk, replica_disk, snapshot, changes.areas)
+        mirror = replica_disk(replica_now, known.replica_key, known.replica_uuid)
+        lie = self._sample_unchanged(disk, mirror, snapshot, changes.areas)
         if lie is not None:
             return lie
         return _Plan(
             disk=JournalDisk(
                 source_key=disk.key,
-                replica_key=replica_disk.key,
-                replica_uuid=replica_disk.uuid,
+                replica_key=mirror.key,
+                replica_uuid=mirror.uuid,
                 since=known.change_id,
                 capacity=disk.capacity,
                 change_id=disk.change_id,
@@ -504,50 +502,27 @@ class _Cycle:
         )
 
     def _sample_unchanged(
-        self, disk: DiskInfo, replica_disk: DiskInfo, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
+        self, disk: DiskInfo, mirror: DiskInfo, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
     ) -> str | None:
-        """Compare a seeded sample of allocated areas CBT calls unchanged; a difference means CBT lied.
-
-        Samples come from a few query windows at random offsets (at most four
-        per area wanted), not from a map of the whole disk: the check costs a
-        handful of calls whatever the disk's size.
-        """
-        wanted = self.settings.sample_areas
-        if wanted == 0:
+        """Why CBT cannot be trusted on this disk (a sampled unchanged area differs), or None."""
+        differs = sample_unchanged(
+            self.conn,
+            self.source,
+            snapshot,
+            disk,
+            changed,
+            self.settings.sample_areas,
+            lambda: (self.reader.source(disk), self.writer.source(mirror)),
+        )
+        if differs is None:
             return None
-        rng = random.Random(f"{self.source.instance_uuid}:{disk.key}:{snapshot.moref}")
-        picks: set[int] = set()
-        for _ in range(4 * wanted):
-            if len(picks) >= wanted:
-                break
-            start = rng.randrange(disk.capacity // SAMPLE_LENGTH or 1) * SAMPLE_LENGTH
-            window = changed_areas(
-                self.conn, self.source, snapshot, disk, ALL_ALLOCATED, start=start, max_queries=1
-            ).areas
-            picks.update(
-                _sample_blocks(_unchanged_blocks(window, changed, SAMPLE_LENGTH), 1, rng, SAMPLE_LENGTH)
-            )
-        if not picks:
-            return None
-        src, dst = self.reader.source(disk), self.writer.source(replica_disk)
-        try:
-            for offset in sorted(picks):
-                length = min(SAMPLE_LENGTH, disk.capacity - offset)
-                if src.read(offset, length) != dst.read(offset, length):
-                    self.log.error(
-                        "cbt_missed_changes",
-                        disk=disk.key,
-                        offset=offset,
-                        hint="Changed Block Tracking reported this area unchanged (see VMware KB 2090639)",
-                    )
-                    return (
-                        f"{CBT_LIED} bytes {offset}-{offset + length} unchanged, but they differ from the "
-                        "replica: tracking cannot be trusted (VMware KB 2090639)"
-                    )
-        finally:
-            src.close()
-            dst.close()
-        return None
+        self.log.error(
+            "cbt_missed_changes",
+            disk=disk.key,
+            offset=differs[0],
+            hint="Changed Block Tracking reported this area unchanged (see VMware KB 2090639)",
+        )
+        return lie_reason(*differs)
 
     def _refuse_if_too_large(self, plans: list[_Plan], snapshot: SnapshotInfo) -> None:
         share = self.settings.max_change_share
@@ -567,73 +542,16 @@ class _Cycle:
     def _reshape_replica(
         self, resyncs: list[tuple[DiskInfo, str]], retiring: tuple[DiskState, ...]
     ) -> dict[int, DiskInfo]:
-        """Add a fresh disk per resynced source disk and detach retired ones; the new disks by source key.
-
-        New disks are told apart by identity (backing UUID, else file), never
-        by device key: vCenter hands a detached disk's key to the next one.
-        A reshape that fails removes the disks it made.
-        """
+        """A fresh replica disk per resynced source disk, retired ones detached; new disks by source key."""
         if not resyncs and not retiring:
             return {}
-        vm = refresh(self.conn, self.replica)
-        before = {_identity(d) for d in vm.disks}
-        changes = []
-        gone: set[str] = set()
-        for known in retiring:
-            current = _find_disk(vm, known.replica_key, known.replica_uuid)
-            if current is not None:
-                gone.add(_identity(current))
-                device = vim.vm.device.VirtualDisk(
-                    key=current.key,
-                    controllerKey=current.controller_key,
-                    unitNumber=current.unit_number,
-                    capacityInBytes=current.capacity,
-                )
-                # Detach only: the restore points still hold the old disk's data.
-                changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
-        controller = vm.disks[0].controller_key if vm.disks else 1000
-        used = {
-            d.unit_number for d in vm.disks if d.controller_key == controller and _identity(d) not in gone
-        }
-        free_units = (u for u in range(16) if u != 7 and u not in used)
-        for index, (disk, _) in enumerate(resyncs):
-            backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-                fileName=f"[{self.state.target.datastore}]", diskMode="persistent", thinProvisioned=True
-            )
-            device = vim.vm.device.VirtualDisk(
-                key=-(index + 1),
-                controllerKey=controller,
-                unitNumber=next(free_units),
-                backing=backing,
-                capacityInBytes=disk.capacity,
-                capacityInKB=disk.capacity // 1024,
-            )
-            changes.append(
-                vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=device)
-            )
-        handle = vm_object(self.conn, vm.moref)
-        run_task(
+        return reshape_replica(
             self.conn,
-            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)),
-            what=f"prepare the disks of {vm.name} for a full resync",
-            vm=vm.name,
+            refresh(self.conn, self.replica),
+            [disk for disk, _ in resyncs],
+            [(d.replica_key, d.replica_uuid) for d in retiring],
+            self.state.target.datastore,
         )
-        failpoints.point("replica-disks-reshaped")
-        after = refresh(self.conn, self.replica)
-        # A detached disk's newest layer (what came after its last restore point) is referenced
-        # by nothing now: delete it. Its older layers stay, held by the restore points.
-        remove_unreferenced_disks(self.conn, after, [d.file_name for d in vm.disks if _identity(d) in gone])
-        new = [d for d in after.disks if _identity(d) not in before]
-        if len(new) != len(resyncs):
-            remove_unreferenced_disks(self.conn, after, [d.file_name for d in new], detach=True)
-            raise StateError(
-                f"{vm.name} got {len(new)} new disks where {len(resyncs)} were asked for; "
-                "the ones it got were removed",
-                vm=vm.name,
-            )
-        # Disks come back in unit order, as asked.
-        by_unit = sorted(new, key=lambda d: (d.controller_key, d.unit_number or 0))
-        return {disk.key: d for (disk, _), d in zip(resyncs, by_unit, strict=True)}
 
     def _replan(self, journal: Journal, snapshot: SnapshotInfo) -> list[_Plan]:
         """The same plan an interrupted cycle was following (CBT answers are fixed per snapshot)."""
@@ -670,7 +588,7 @@ class _Cycle:
             if plan.disk.done:
                 self.log.info("disk_resumed", disk=plan.disk.source_key, from_byte=plan.disk.done)
             src = self.reader.source(snapshot_disk[plan.disk.source_key])
-            dst = self.writer.sink(_replica_disk(replica_vm, plan.disk.replica_key, plan.disk.replica_uuid))
+            dst = self.writer.sink(replica_disk(replica_vm, plan.disk.replica_key, plan.disk.replica_uuid))
             fresh = plan.disk.resync_reason is not None
             progress, since_checkpoint = plan.disk.done, 0
             try:
@@ -823,26 +741,6 @@ def _digest(access: DiskAccess, disk: DiskInfo) -> str:
         device.close()
 
 
-def _identity(disk: DiskInfo) -> str:
-    """What tells a disk apart for good: its backing UUID, else its file (device keys are reused)."""
-    return disk.uuid or disk.file_name
-
-
-def _find_disk(vm: VMInfo, key: int, uuid: str | None) -> DiskInfo | None:
-    """The VM's disk with backing `uuid` (by `key` only when no UUID was recorded)."""
-    if uuid:
-        return next((d for d in vm.disks if d.uuid == uuid), None)
-    return next((d for d in vm.disks if d.key == key), None)
-
-
-def _replica_disk(vm: VMInfo, key: int, uuid: str | None = None) -> DiskInfo:
-    found = _find_disk(vm, key, uuid)
-    if found is None:
-        which = f"backing UUID {uuid}" if uuid else f"key {key}"
-        raise StateError(f"replica {vm.name} has no disk with {which}", vm=vm.name)
-    return found
-
-
 def _skip(chunks: list[tuple[int, int]], done: int) -> Iterable[tuple[int, int]]:
     """The chunks left once `done` bytes of the plan are copied (checkpoints fall on chunk ends)."""
     seen = 0
@@ -850,40 +748,3 @@ def _skip(chunks: list[tuple[int, int]], done: int) -> Iterable[tuple[int, int]]
         if seen >= done:
             yield offset, length
         seen += length
-
-
-def _unchanged_blocks(
-    allocated: tuple[ChangedArea, ...], changed: tuple[ChangedArea, ...], block: int
-) -> list[tuple[int, int]]:
-    """[first, last) block ranges inside allocated areas that no changed area touches (both sorted)."""
-    busy = [(a.start // block, (a.end - 1) // block + 1) for a in changed]
-    spans: list[tuple[int, int]] = []
-    i = 0
-    for area in allocated:
-        lo, hi = area.start // block, (area.end - 1) // block + 1
-        while i < len(busy) and busy[i][1] <= lo:
-            i += 1
-        j = i
-        while lo < hi:
-            if j < len(busy) and busy[j][0] < hi:
-                if busy[j][0] > lo:
-                    spans.append((lo, busy[j][0]))
-                lo = max(lo, busy[j][1])
-                j += 1
-            else:
-                spans.append((lo, hi))
-                break
-    return spans
-
-
-def _sample_blocks(spans: list[tuple[int, int]], count: int, rng: random.Random, block: int) -> list[int]:
-    """`count` distinct block offsets drawn evenly from `spans`, sorted."""
-    starts, total = [], 0
-    for lo, hi in spans:
-        starts.append(total)
-        total += hi - lo
-    picks = []
-    for n in sorted(rng.sample(range(total), min(count, total))):
-        k = bisect.bisect_right(starts, n) - 1
-        picks.append((spans[k][0] + n - starts[k]) * block)
-    return picks

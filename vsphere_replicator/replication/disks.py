@@ -10,13 +10,14 @@ VM's or a snapshot's) references is ours to delete.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import NotFound, ReplicatorError
 from vsphere_replicator.inventory import (
+    DiskInfo,
     SnapshotInfo,
     VMInfo,
     VMSelector,
@@ -26,6 +27,8 @@ from vsphere_replicator.inventory import (
     vm_object,
 )
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.replication import failpoints
+from vsphere_replicator.replication.state import StateError
 from vsphere_replicator.snapshots import remove_snapshot
 from vsphere_replicator.tasks import run_task
 
@@ -127,3 +130,96 @@ def remove_point_snapshot(conn: Connection, vm: VMInfo, snapshot: SnapshotInfo) 
     if remove_unreferenced_disks(conn, vm, held):
         vm = get_vm(conn, VMSelector(moref=vm.moref))
     return vm
+
+
+def disk_identity(disk: DiskInfo) -> str:
+    """What tells a disk apart for good: its backing UUID, else its file (device keys are reused)."""
+    return disk.uuid or disk.file_name
+
+
+def find_disk(vm: VMInfo, key: int, uuid: str | None) -> DiskInfo | None:
+    """The VM's disk with backing `uuid` (by `key` only when no UUID was recorded)."""
+    if uuid:
+        return next((d for d in vm.disks if d.uuid == uuid), None)
+    return next((d for d in vm.disks if d.key == key), None)
+
+
+def replica_disk(vm: VMInfo, key: int, uuid: str | None = None) -> DiskInfo:
+    """The replica's disk recorded as `key`/`uuid`; StateError when it is gone."""
+    found = find_disk(vm, key, uuid)
+    if found is None:
+        which = f"backing UUID {uuid}" if uuid else f"key {key}"
+        raise StateError(f"replica {vm.name} has no disk with {which}", vm=vm.name)
+    return found
+
+
+def reshape_replica(
+    conn: Connection,
+    vm: VMInfo,
+    fresh: Sequence[DiskInfo],
+    retiring: Sequence[tuple[int, str | None]],
+    datastore: str,
+) -> dict[int, DiskInfo]:
+    """Add an empty disk for each source disk in `fresh` and detach the `retiring` ones (key, uuid).
+
+    Returns the new disks by source disk key. New disks are told apart by
+    identity, never by device key: vCenter hands a detached disk's key to
+    the next one added. A detached disk's newest layer (written after its
+    last restore point) is deleted; its older layers stay with the restore
+    points that hold them. A reshape that does not give what was asked
+    removes what it made.
+    """
+    before = {disk_identity(d) for d in vm.disks}
+    changes = []
+    gone: set[str] = set()
+    for key, uuid in retiring:
+        current = find_disk(vm, key, uuid)
+        if current is not None:
+            gone.add(disk_identity(current))
+            device = vim.vm.device.VirtualDisk(
+                key=current.key,
+                controllerKey=current.controller_key,
+                unitNumber=current.unit_number,
+                capacityInBytes=current.capacity,
+            )
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
+    controller = vm.disks[0].controller_key if vm.disks else 1000
+    used = {
+        d.unit_number for d in vm.disks if d.controller_key == controller and disk_identity(d) not in gone
+    }
+    free_units = (u for u in range(16) if u != 7 and u not in used)
+    for index, disk in enumerate(fresh):
+        backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=True
+        )
+        device = vim.vm.device.VirtualDisk(
+            key=-(index + 1),
+            controllerKey=controller,
+            unitNumber=next(free_units),
+            backing=backing,
+            capacityInBytes=disk.capacity,
+            capacityInKB=disk.capacity // 1024,
+        )
+        changes.append(
+            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=device)
+        )
+    handle = vm_object(conn, vm.moref)
+    run_task(
+        conn,
+        lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)),
+        what=f"prepare the disks of {vm.name} for a full resync",
+        vm=vm.name,
+    )
+    failpoints.point("replica-disks-reshaped")
+    after = get_vm(conn, VMSelector(moref=vm.moref))
+    remove_unreferenced_disks(conn, after, [d.file_name for d in vm.disks if disk_identity(d) in gone])
+    new = [d for d in after.disks if disk_identity(d) not in before]
+    if len(new) != len(fresh):
+        remove_unreferenced_disks(conn, after, [d.file_name for d in new], detach=True)
+        raise StateError(
+            f"{vm.name} got {len(new)} new disks where {len(fresh)} were asked for; "
+            "the ones it got were removed",
+            vm=vm.name,
+        )
+    by_unit = sorted(new, key=lambda d: (d.controller_key, d.unit_number or 0))  # as asked: in unit order
+    return {disk.key: d for disk, d in zip(fresh, by_unit, strict=True)}
