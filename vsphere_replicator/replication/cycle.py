@@ -83,9 +83,8 @@ from vsphere_replicator.replication.state import (
     RestorePoint,
     StateError,
     point_id,
-    record_from,
-    write_options,
 )
+from vsphere_replicator.replication.store import record_from, write_options
 from vsphere_replicator.snapshots import (
     NAME_PREFIX,
     QuiesceFallback,

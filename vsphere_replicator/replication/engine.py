@@ -16,7 +16,7 @@ from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.replica import all_replicas, find_replica
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
-from vsphere_replicator.replication.state import CLONE_KEY, cleared_options
+from vsphere_replicator.replication.store import CLONE_KEY, cleared_options
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
 
 

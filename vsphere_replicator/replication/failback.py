@@ -57,10 +57,8 @@ from vsphere_replicator.replication.state import (
     RestorePoint,
     SourceIdentity,
     StateError,
-    cleared_options,
-    record_from,
-    write_options,
 )
+from vsphere_replicator.replication.store import cleared_options, record_from, write_options
 from vsphere_replicator.snapshots import create_snapshot, is_ours, remove_snapshot
 from vsphere_replicator.transport.base import copy_areas
 

@@ -51,15 +51,8 @@ from vsphere_replicator.replication.replica import (
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
 from vsphere_replicator.replication.settings import CycleResult
-from vsphere_replicator.replication.state import (
-    TEST_KEY,
-    RecoveryJournal,
-    ReplicaState,
-    RestorePoint,
-    StateError,
-    cleared_options,
-    write_options,
-)
+from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint, StateError
+from vsphere_replicator.replication.store import TEST_KEY, cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import run_task
 

@@ -32,7 +32,8 @@ from vsphere_replicator.replication.replica import (
     sweep_source,
 )
 from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
-from vsphere_replicator.replication.state import StateError, cleared_options, write_options
+from vsphere_replicator.replication.state import StateError
+from vsphere_replicator.replication.store import cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
 
 

@@ -27,11 +27,9 @@ from vsphere_replicator.replication.state import (
     ReplicaState,
     SeedRecord,
     StateError,
-    find_replicas,
     point_id,
-    record_from,
-    write_options,
 )
+from vsphere_replicator.replication.store import find_replicas, record_from, write_options
 from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot, revert_to_snapshot
 
 RESTORE_POINT_MARKER = "vsphere_replicator:restore-point:v1"

@@ -12,7 +12,8 @@ from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.settings import CycleSettings
-from vsphere_replicator.replication.state import ReplicaState, RestorePoint, write_options
+from vsphere_replicator.replication.state import ReplicaState, RestorePoint
+from vsphere_replicator.replication.store import write_options
 from vsphere_replicator.snapshots import find_snapshot
 
 

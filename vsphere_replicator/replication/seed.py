@@ -41,13 +41,15 @@ from vsphere_replicator.replication.settings import (
     check_protect_arguments,
 )
 from vsphere_replicator.replication.state import (
-    CLONE_KEY,
-    TEST_KEY,
     DiskState,
     ReplicaState,
     RestorePoint,
     SeedRecord,
     SourceIdentity,
+)
+from vsphere_replicator.replication.store import (
+    CLONE_KEY,
+    TEST_KEY,
     cleared_options,
     is_replica_options,
     seed_options,

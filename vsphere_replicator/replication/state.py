@@ -1,45 +1,22 @@
-"""The replication state, kept with the replica itself in its extraConfig.
+"""The replication state: what a replica mirrors, its restore points, the operations in flight.
 
-Options, all under `vsphere_replicator.`: `state` is the committed state
-(source identity, per-disk change ids, restore points); `journal` is the
-operation in flight, if any; `seed` marks a replica whose seed is
-unfinished; `source` is the source's instance UUID on its own, so a replica
-whose state is damaged is still known as that source's; `lease` is who may
-change the replica now (lease.py). A cycle commits by writing the new state
-and clearing the journal in one compare-and-swap reconfigure, so any
-machine can read where a replication stands and carry on.
-
-Everything read back is validated against the schema below (types, phases,
-and the invariants a committed state keeps); a damaged state is a
-StateError naming the replica and the offending key, for that replica only.
+Plain frozen dataclasses, and the invariants a committed state keeps
+(`validate_state`, `validate_journal`). How they are written to and read
+from a replica's extraConfig is codec.py (JSON, validated on read) and
+store.py (the option keys, compare-and-swap writes under the lease).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
 
-import pydantic
-
-from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import ReplicatorError
-from vsphere_replicator.inventory import DiskInfo, vm_options
-from vsphere_replicator.replication.lease import LEASE_KEY, Lease, LeaseHolder
-from vsphere_replicator.replication.options import PREFIX, VMOptions
+from vsphere_replicator.inventory import DiskInfo
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
 
-STATE_KEY = PREFIX + "state"
-JOURNAL_KEY = PREFIX + "journal"
-SEED_KEY = PREFIX + "seed"
-SOURCE_KEY = PREFIX + "source"
-RECOVERY_KEY = PREFIX + "recovery"  # a failover or failback in flight on this replica
-TEST_KEY = PREFIX + "test_failover_of"  # on a test-failover copy: whose, and which restore point
-CLONE_KEY = PREFIX + "clone_of"  # on a periodic clone made by the clone policy
-VERSION = 1
 POINT_ID = re.compile(r"^rp-(\d{6})$")
 Phase = Literal["snapshot", "copying", "copied"]
 RecoveryKind = Literal["planned", "unplanned", "failback"]
@@ -313,85 +290,7 @@ class SeedRecord:
         )
 
 
-# -- encoding and validation ----------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return value
-
-
-def _encode(value: Any) -> str:
-    return json.dumps({"v": VERSION, **_plain(asdict(value))}, separators=(",", ":"), sort_keys=True)
-
-
-def encode_state(state: ReplicaState) -> str:
-    return _encode(validate_state(state))
-
-
-def encode_journal(journal: Journal) -> str:
-    return _encode(validate_journal(journal))
-
-
-T = TypeVar("T")
-_STRICT = pydantic.ConfigDict(extra="forbid")
-_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {}
-
-
-# An unknown key is damage (or a newer writer), never something to drop silently.
-for _kind in (
-    DiskState,
-    RestorePoint,
-    SourceIdentity,
-    ReplicaState,
-    JournalDisk,
-    Journal,
-    RecoveryJournal,
-    SeedRecord,
-    ReplicaTarget,
-    CycleSettings,
-):
-    setattr(_kind, "__pydantic_config__", _STRICT)  # noqa: B010 - a class attribute pydantic reads
-
-
-def _adapter(kind: type[T]) -> pydantic.TypeAdapter[T]:
-    if kind not in _ADAPTERS:
-        _ADAPTERS[kind] = pydantic.TypeAdapter(kind)
-    return _ADAPTERS[kind]
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _decode(text: str, kind: type[T], what: str, vm: str | None) -> T:
-    whose = f"{vm}'s {what}" if vm else f"the replica's {what}"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StateError(f"{whose} is not valid JSON ({exc.msg} at character {exc.pos})", vm=vm) from exc
-    except RecursionError as exc:
-        raise StateError(f"{whose} is nested too deeply to be ours", vm=vm) from exc
-    if not isinstance(data, dict):
-        raise StateError(f"{whose} is not a JSON object but {type(data).__name__}", vm=vm)
-    if data.pop("v", None) != VERSION:
-        raise StateError(f"{whose} has an unknown version; upgrade vsphere_replicator", vm=vm)
-    try:
-        return _adapter(kind).validate_python(data)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise StateError(f"{whose} is malformed at key {_where(first['loc'])}: {message}", vm=vm) from exc
+# -- invariants -------------------------------------------------------------------
 
 
 def _invalid(vm: str | None, key: str, problem: str) -> StateError:
@@ -441,133 +340,3 @@ def validate_journal(journal: Journal, vm: str | None = None) -> Journal:
         if not 0 <= d.done <= d.capacity:
             raise _invalid(vm, "journal.disks.done", f"{d.done} bytes done of a {d.capacity}-byte disk")
     return journal
-
-
-def decode_state(text: str, vm: str | None = None) -> ReplicaState:
-    return validate_state(_decode(text, ReplicaState, "state", vm), vm)
-
-
-def decode_journal(text: str, vm: str | None = None) -> Journal:
-    return validate_journal(_decode(text, Journal, "journal", vm), vm)
-
-
-def decode_seed(text: str, vm: str | None = None) -> SeedRecord:
-    return _decode(text, SeedRecord, "seed record", vm)
-
-
-def decode_recovery(text: str, vm: str | None = None) -> RecoveryJournal:
-    return _decode(text, RecoveryJournal, "failover journal", vm)
-
-
-def encode_recovery(journal: RecoveryJournal) -> str:
-    return _encode(journal)
-
-
-def seed_options(record: SeedRecord) -> dict[str, str]:
-    """The options a seed clone is born with, so a crash mid-seed leaves a recognisable replica."""
-    return {SEED_KEY: _encode(record), SOURCE_KEY: record.source.instance_uuid}
-
-
-# -- reading every replica ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaRecord:
-    """A VM carrying replication options, with what they say.
-
-    `error` is set (and the parts it concerns are None) when the options
-    cannot be read; `source_uuid` still says whose replica it is when known.
-    """
-
-    moref: str
-    state: ReplicaState | None
-    journal: Journal | None
-    seed: SeedRecord | None
-    source_uuid: str | None = None
-    error: StateError | None = None
-    recovery: RecoveryJournal | None = None
-    holder: LeaseHolder | None = None
-
-
-def replica_record(moref: str, options: Mapping[str, str], vm: str | None = None) -> ReplicaRecord:
-    """What one VM's options say; a damaged option is recorded in `error`, never raised."""
-    state = journal = seed = recovery = None
-    error: StateError | None = None
-    try:
-        seed = decode_seed(options[SEED_KEY], vm) if SEED_KEY in options else None
-        state = decode_state(options[STATE_KEY], vm) if STATE_KEY in options else None
-        journal = decode_journal(options[JOURNAL_KEY], vm) if JOURNAL_KEY in options else None
-        recovery = decode_recovery(options[RECOVERY_KEY], vm) if RECOVERY_KEY in options else None
-    except StateError as exc:
-        error = exc
-    uuid = options.get(SOURCE_KEY) or (
-        state.source.instance_uuid if state else seed.source.instance_uuid if seed else None
-    )
-    return ReplicaRecord(
-        moref=moref,
-        state=state,
-        journal=journal,
-        seed=seed,
-        source_uuid=uuid,
-        error=error,
-        recovery=recovery,
-        holder=LeaseHolder.decode(options.get(LEASE_KEY)),
-    )
-
-
-def is_replica_options(options: Mapping[str, str]) -> bool:
-    """Options that make a VM a replica (our other marks — periodic clones, a lease — do not)."""
-    return any(key in options for key in (STATE_KEY, SEED_KEY))
-
-
-def find_replicas(conn: Connection) -> tuple[ReplicaRecord, ...]:
-    """Every VM that carries replication options, in one inventory read."""
-    return tuple(
-        replica_record(moref, options)
-        for moref, options in vm_options(conn, PREFIX).items()
-        if is_replica_options({k: v for k, v in options.items() if v})
-    )
-
-
-def record_from(options: VMOptions, vm: str | None = None) -> ReplicaRecord:
-    return replica_record(options.moref, options.values, vm)
-
-
-def cleared_options() -> dict[str, str]:
-    """Options that, applied to a copy of a replica, strip every replication key from it."""
-    return dict.fromkeys((STATE_KEY, JOURNAL_KEY, SEED_KEY, SOURCE_KEY, LEASE_KEY, RECOVERY_KEY), "")
-
-
-def write_options(
-    lease: Lease,
-    *,
-    state: ReplicaState | None = None,
-    journal: Journal | None = None,
-    clear_journal: bool = False,
-    clear_seed: bool = False,
-    recovery: RecoveryJournal | None = None,
-    clear_recovery: bool = False,
-    extra: Mapping[str, str] | None = None,
-) -> None:
-    """Write state and/or journal (and `extra` raw options) in one reconfigure, under `lease`.
-
-    Atomic at vCenter, and a compare-and-swap: it happens only if nobody
-    changed the replica's configuration since we read it and the lease is
-    still ours (LeaseLost otherwise).
-    """
-    changes = dict(extra or {})
-    if state is not None:
-        changes[STATE_KEY] = encode_state(state)
-        changes[SOURCE_KEY] = state.source.instance_uuid
-    if journal is not None:
-        changes[JOURNAL_KEY] = encode_journal(journal)
-    elif clear_journal:
-        changes[JOURNAL_KEY] = ""
-    if clear_seed:
-        changes[SEED_KEY] = ""
-    if recovery is not None:
-        changes[RECOVERY_KEY] = encode_recovery(recovery)
-    elif clear_recovery:
-        changes[RECOVERY_KEY] = ""
-    if changes:
-        lease.write(changes)

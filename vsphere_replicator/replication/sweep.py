@@ -19,7 +19,7 @@ from vsphere_replicator.inventory import VMSelector, vm_options
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.lease import Busy, Lease, is_live, lease_holder
 from vsphere_replicator.replication.options import PREFIX
-from vsphere_replicator.replication.state import find_replicas
+from vsphere_replicator.replication.store import find_replicas
 from vsphere_replicator.snapshots import OrphanSnapshot, find_orphans, remove_snapshot
 
 
