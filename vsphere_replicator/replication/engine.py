@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from vsphere_replicator.clone import ClonePlacement, clone_vm, destroy_vm
+from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMSelector, find_vms, get_vm, vm_options
 from vsphere_replicator.logs import get_logger
@@ -80,13 +80,7 @@ class LiveEngine:
         source = get_vm(self.conn, vm)
         taken = create_snapshot(self.conn, source, f"clone-{name}", description="periodic clone").snapshot
         try:
-            placement = ClonePlacement(
-                datastore=target.datastore,
-                host=target.host,
-                resource_pool=target.resource_pool,
-                folder=target.folder,
-                provisioning=target.provisioning,
-            )
+            placement = target.placement()
             stamp = json.dumps({"source": source.instance_uuid, "created": datetime.now(UTC).isoformat()})
             made = clone_vm(
                 self.conn,

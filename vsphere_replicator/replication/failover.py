@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from vsphere_replicator.clone import ClonePlacement, clone_vm, destroy_vm
+from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
 from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
@@ -117,12 +117,7 @@ def start_test_failover(
                 conn,
                 replica.vm,
                 name.replace("{vm}", vm),
-                ClonePlacement(
-                    datastore=target.datastore,
-                    host=target.host,
-                    resource_pool=target.resource_pool,
-                    folder=target.folder,
-                ),
+                target.placement(provisioning=False),
                 snapshot=snapshot,
                 options={**cleared_options(), TEST_KEY: stamp},
             )

@@ -15,7 +15,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
-from vsphere_replicator.clone import ClonePlacement, check_placement, clone_vm
+from vsphere_replicator.clone import check_placement, clone_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
@@ -46,6 +46,7 @@ from vsphere_replicator.replication.state import (
     RestorePoint,
     SeedRecord,
     SourceIdentity,
+    point_id,
 )
 from vsphere_replicator.replication.store import (
     CLONE_KEY,
@@ -58,7 +59,7 @@ from vsphere_replicator.replication.store import (
 from vsphere_replicator.snapshots import QuiesceFallback, create_snapshot, remove_snapshot
 from vsphere_replicator.verify import checksum, first_mismatch
 
-FIRST_POINT = "rp-000001"
+FIRST_POINT = point_id(1)
 
 
 def protect(
@@ -198,15 +199,7 @@ def _check_protectable(
             "choose another datastore, or allow it (allow_source_datastore, --allow-source-datastore)",
             vm=source.name,
         )
-    check_placement(
-        conn,
-        ClonePlacement(
-            datastore=target.datastore,
-            host=target.host,
-            resource_pool=target.resource_pool,
-            folder=target.folder,
-        ),
-    )
+    check_placement(conn, target.placement())
     check_networks(conn, (name for pair in target.networks for name in pair), what="--network / networks")
 
 
@@ -248,15 +241,8 @@ def _seed_snapshot(
 def _clone(
     conn: Connection, source: VMInfo, target: ReplicaTarget, snapshot: SnapshotInfo, record: SeedRecord
 ) -> VMInfo:
-    placement = ClonePlacement(
-        datastore=target.datastore,
-        host=target.host,
-        resource_pool=target.resource_pool,
-        folder=target.folder,
-        provisioning=target.provisioning,
-    )
     options = {**cleared_options(), **seed_options(record)}
-    return clone_vm(conn, source, target.name, placement, snapshot=snapshot, options=options)
+    return clone_vm(conn, source, target.name, target.placement(), snapshot=snapshot, options=options)
 
 
 def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:

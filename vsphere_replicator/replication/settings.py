@@ -22,10 +22,10 @@ from vsphere_replicator.checks import (
     check_type,
     shown,
 )
+from vsphere_replicator.clone import PROVISIONING, ClonePlacement
 from vsphere_replicator.errors import InvalidInput
 
 QUIESCE_MODES = ("never", "try", "require")
-PROVISIONING = ("thin", "thick-lazy", "thick-eager")
 MAX_KEEP = 24  # restore points are replica snapshots: stay well inside vSphere's 32-level chain
 # Bytes per read: whole CBT blocks (64 KiB, the granularity vCenter reports changes in) and no more
 # than plan_chunks accepts; a checkpoint covers at least one chunk; reads in flight per disk.
@@ -51,6 +51,16 @@ class ReplicaTarget:
     provisioning: str = "thin"
     name: str = "{vm}-replica"
     networks: tuple[tuple[str, str], ...] = ()
+
+    def placement(self, *, provisioning: bool = True) -> ClonePlacement:
+        """Where a clone for this target goes (a test copy keeps the source's provisioning)."""
+        return ClonePlacement(
+            datastore=self.datastore,
+            host=self.host,
+            resource_pool=self.resource_pool,
+            folder=self.folder,
+            provisioning=self.provisioning if provisioning else None,
+        )
 
     def __post_init__(self) -> None:
         if self.datastore is None or self.datastore == "":
