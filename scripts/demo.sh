@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-vsphere-replicator demo
+"${VSPHERE_REPLICATOR_VENV:-.venv}/bin/vsphere-replicator" demo
