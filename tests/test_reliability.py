@@ -10,7 +10,8 @@ with one fault armed at exactly that step:
 - task-fault: the next mutating vSphere task (reconfigure, snapshot,
   power, clone, destroy, disk delete) fails with a vSphere fault;
 - session-expired: vCenter forgets every session there;
-- connection-dropped: the next SOAP response is cut half-way.
+- connection-dropped: the response to the next mutating call is cut half-way
+  (vCenter runs the task; the client cannot know it did).
 
 Then, where production is concerned, the state right after the fault must be
 where the operation started or fully done (never both VMs off, never both
@@ -162,8 +163,8 @@ def arm(world: World, fault: str) -> Callable[[], None]:
             )
         elif fault == "session-expired":
             world.control.expire_sessions()
-        elif fault == "connection-dropped":
-            world.control.drop_connections(count=1, path="sdk")
+        elif fault == "connection-dropped":  # the task runs in vCenter; the client sees the line break
+            world.control.drop_connections(count=1, path="sdk", method=MUTATING)
 
     return action
 

@@ -29,6 +29,7 @@ from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.replication import (
+    CycleSettings,
     MountedDatastores,
     ReplicaTarget,
     StateError,
@@ -662,3 +663,43 @@ def test_disks_sweep_finds_and_removes_what_nothing_references_and_nothing_else(
     assert sorted(p.name for p in folder.iterdir()) == real
     write(scontrol, name, 90)
     assert replicate(sconn, name, replica_access=access(slab, sconn)).restore_point == "rp-000002"
+
+
+def test_verify_reads_the_replica_through_vcenter_not_through_the_writers_mount(
+    slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str, tmp_path: Path
+) -> None:
+    """A writer pointed at a copy (no proof asked) writes there; verify, reading through vCenter, sees it."""
+    from vsphere_replicator.replication import VerificationFailed
+
+    protect(sconn, name, TARGET)
+    stale = tmp_path / "stale"
+    subprocess.run(["cp", "-a", slab.datastores["secondary-ds"], str(stale)], check=True)
+    unproven = MountedDatastores({**slab.datastores, "secondary-ds": str(stale)})  # no conn: not proven
+    write(scontrol, name, 91)
+    with pytest.raises(VerificationFailed):
+        replicate(sconn, name, replica_access=unproven, settings=CycleSettings(verify=True))
+    assert replica_points(ssi, name) == ["rp-000001"]  # the cycle was undone, nothing recorded
+    assert our_transient(labutil.find_vm(ssi, name)) == []
+
+
+def test_a_power_on_fault_in_failbacks_switch_leaves_one_vm_running_and_a_rerun_finishes(
+    slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str
+) -> None:
+    from vsphere_replicator.replication.failback import failback
+
+    protect(sconn, name, TARGET)
+    planned_failover(sconn, name, replica_access=access(slab, sconn))
+    write(scontrol, f"{name}-replica", 92)
+    content = source_hashes(slab, labutil.find_vm(ssi, f"{name}-replica"))
+    fail = lambda: scontrol.fail_method("PowerOnVM_Task", "InvalidState", count=1)  # noqa: E731
+    with failpoints.armed("failback-reversed:1", fail), pytest.raises(ReplicatorError):
+        failback(sconn, name, replica_access=access(slab, sconn))
+    scontrol.clear_faults()
+    running = [
+        v for v in (name, f"{name}-replica") if labutil.find_vm(ssi, v).runtime.powerState == "poweredOn"
+    ]
+    assert running == [f"{name}-replica"], running  # production stayed where it was
+    failback(sconn, name, replica_access=access(slab, sconn))
+    original = labutil.find_vm(ssi, name)
+    assert original.runtime.powerState == "poweredOn" and source_hashes(slab, original) == content
+    assert labutil.find_vm(ssi, f"{name}-replica").runtime.powerState == "poweredOff"

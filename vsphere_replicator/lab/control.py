@@ -207,10 +207,16 @@ class LabControl:
         """Expire every session: the next call of each gets NotAuthenticated."""
         return self.inject_fault("expire-sessions")
 
-    def drop_connections(self, count: int = 1, path: str = "any") -> dict[str, Any]:
-        """Cut the next `count` responses (on `sdk`, `folder` or `any`) half-way."""
+    def drop_connections(self, count: int = 1, path: str = "any", method: str | None = None) -> dict[str, Any]:
+        """Cut the next `count` responses (on `sdk`, `folder` or `any`) half-way.
+
+        With `method` ("A|B|…"), only responses to those SOAP methods: for a
+        task method the task runs while the client sees the connection break.
+        """
         check_int(count, "count", 1, MAX_FAULT_COUNT)
-        return self.inject_fault("drop-connection", count=count, path=path)
+        if method is None:
+            return self.inject_fault("drop-connection", count=count, path=path)
+        return self.inject_fault("drop-connection", count=count, path=path, method=method)
 
     def slow_reads(self, delay_ms: int, count: int = 1) -> dict[str, Any]:
         """Delay the next `count` datastore reads by `delay_ms`."""

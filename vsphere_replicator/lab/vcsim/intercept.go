@@ -48,9 +48,12 @@ func (l *lab) handler(next http.Handler) http.Handler {
 	})
 }
 
-func (l *lab) dropFor(path string) bool {
+// dropFor tells whether to cut this response: a drop fault for its path and,
+// if the fault names methods, for this method. A cut response of a task
+// method is the hard case: vCenter started the task, the client cannot know.
+func (l *lab) dropFor(path, method string) bool {
 	return l.faults.take(func(f *armedFault) bool {
-		return f.Kind == faultDrop && (f.Path == "any" || f.Path == path)
+		return f.Kind == faultDrop && (f.Path == "any" || f.Path == path) && (f.Method == "" || f.names(method))
 	}) != nil
 }
 
@@ -64,12 +67,16 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 		w.WriteHeader(http.StatusBadRequest)
 		return
 	}
-	if l.dropFor("sdk") {
+	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
+	name := ""
+	if err == nil {
+		name = method.Name
+	}
+	if l.dropFor("sdk", name) {
 		cw := &cuttingWriter{ResponseWriter: w}
 		defer cw.finish()
 		w = cw
 	}
-	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
 	if err != nil {
 		l.stats.soap("?")
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -359,7 +366,7 @@ func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Hand
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		serve = http.HandlerFunc(serveDatastoreFile)
 	}
-	if l.dropFor("folder") {
+	if l.dropFor("folder", "") {
 		cw := &cuttingWriter{ResponseWriter: w}
 		serve.ServeHTTP(cw, r)
 		cw.finish()
