@@ -164,3 +164,17 @@ def nbd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     for process in started:
         process.terminate()
         process.wait(timeout=10)
+
+
+# Tests that use any of these need a running lab (a vcsim process): they get the `lab` marker,
+# so `pytest -m "not lab"` is the quick loop of everything that runs without one.
+LAB_FIXTURES = frozenset(
+    {"lab", "control", "si", "_shared_si", "conn", "vm", "world", "slab", "ssi", "sconn", "scontrol", "ctx"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & LAB_FIXTURES or item.get_closest_marker("reliability"):
+            item.add_marker(pytest.mark.lab)

@@ -207,7 +207,9 @@ class LabControl:
         """Expire every session: the next call of each gets NotAuthenticated."""
         return self.inject_fault("expire-sessions")
 
-    def drop_connections(self, count: int = 1, path: str = "any", method: str | None = None) -> dict[str, Any]:
+    def drop_connections(
+        self, count: int = 1, path: str = "any", method: str | None = None
+    ) -> dict[str, Any]:
         """Cut the next `count` responses (on `sdk`, `folder` or `any`) half-way.
 
         With `method` ("A|B|…"), only responses to those SOAP methods: for a
