@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vsphere_replicator.checks import shown
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.policies.throttle import Throttle
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = ["Engine", "Policy", "PolicyError", "Selection"]
 

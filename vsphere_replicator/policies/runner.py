@@ -26,7 +26,7 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy, PolicyError
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
 from vsphere_replicator.policies.registry import get_policy
-from vsphere_replicator.policies.throttle import Throttle
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = ["RunRecord", "run_policies"]
 
