@@ -75,7 +75,7 @@ class Selection:
 
 
 class Engine(Protocol):
-    """What policies and the runner need from the replication engine; the real one speaks to vCenter.
+    """What policies and the runner need from the replication engine; `LiveEngine` is the one over vCenter.
 
     Every method raises a `ReplicatorError` subclass on failure. `select`
     answers VM names; `placement` answers the VM's (host, source datastores)
