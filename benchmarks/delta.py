@@ -31,10 +31,11 @@ from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.connection import connect, tls_context
 from vsphere_replicator.delta import DeltaPlan, http_sources, plan_delta, read_delta
 from vsphere_replicator.inventory import snapshot_disks
-from vsphere_replicator.lab import LabControl, LabInfo, parse_size, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
 from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice, NBDEndpoint
 from vsphere_replicator.transport.http import flat_extent_path
+from vsphere_replicator.units import parse_size
 
 MiB = 1 << 20
 

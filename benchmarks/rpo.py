@@ -40,20 +40,13 @@ from pathlib import Path
 
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.inventory import VMSelector, get_vm, snapshot_disks
-from vsphere_replicator.lab import LabControl, LabInfo, parse_size, running_lab
-from vsphere_replicator.policies import (
-    RunRecord,
-    format_duration,
-    parse_duration,
-    parse_policy_file,
-    parse_rate,
-    run_policies,
-)
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.policies import LiveEngine, RunRecord, parse_policy_file, run_policies
 from vsphere_replicator.replication import MountedDatastores
-from vsphere_replicator.replication.engine import LiveEngine
 from vsphere_replicator.replication.restore_points import list_restore_points, replica_state
 from vsphere_replicator.replication.state import RestorePoint
 from vsphere_replicator.snapshots import find_orphans
+from vsphere_replicator.units import format_duration, parse_duration, parse_rate, parse_size
 
 KiB, MiB = 1 << 10, 1 << 20
 

@@ -53,11 +53,9 @@ from vsphere_replicator import (
 from vsphere_replicator.lab import LabControl, LabInfo, start_lab
 from vsphere_replicator.policies import (
     Limits,
-    PolicyError,
     PolicyFileError,
     Selection,
     load_policy_file,
-    parse_duration,
     parse_policy_file,
     run_policies,
 )
@@ -69,7 +67,7 @@ from vsphere_replicator.replication import (
     replicate,
 )
 from vsphere_replicator.replication.status import protection_status
-from vsphere_replicator.sizes import parse_size
+from vsphere_replicator.units import parse_duration, parse_size
 
 OURS = "vsphere_replicator."
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ \[")  # a structured warning (a retry), not the error
@@ -570,7 +568,7 @@ CALLS = [
     Call(
         'parse_duration("99999999999999d")',
         lambda c: parse_duration("99999999999999d"),
-        PolicyError,
+        InvalidInput,
         "a duration must be at most 36500d (100 years)",
     ),
     Call(

@@ -1,4 +1,4 @@
-"""Behaviour that needs no lab: sizes, lab descriptions, the control client, the CLI."""
+"""Behaviour that needs no lab: lab descriptions, the control client, the CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import vsphere_replicator
 import vsphere_replicator.lab
 from vsphere_replicator.cli import build_parser, main
-from vsphere_replicator.lab import LabControl, LabInfo, parse_size
+from vsphere_replicator.lab import LabControl, LabInfo
 
 INFO = LabInfo(
     url="https://127.0.0.1:1234/sdk",
@@ -25,26 +25,6 @@ INFO = LabInfo(
     pid=1,
     state_dir="/tmp/state",
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("4096", 4096), ("64M", 64 << 20), ("1g", 1 << 30), ("512k", 512 << 10), ("2MiB", 2 << 20), (7, 7)],
-)
-def test_sizes_are_binary(text: str | int, expected: int) -> None:
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "12Q", "-1", "1.5G", "M"])
-def test_a_bad_size_names_the_text(text: str) -> None:
-    with pytest.raises(ValueError, match="not a size"):
-        parse_size(text)
-
-
-@pytest.mark.parametrize("text", ["1025T", "99999999999999999999T", "9" * 5000])
-def test_a_size_beyond_1024t_is_refused_naming_it(text: str) -> None:
-    with pytest.raises(ValueError, match="size too large: '"):
-        parse_size(text)
 
 
 def test_lab_info_round_trips_and_hides_the_password_from_repr() -> None:

@@ -28,6 +28,7 @@ from vsphere_replicator.cli_replication import (
     int_option,
     size_option,
 )
+from vsphere_replicator.demo import run_demo
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, lab_status, start_lab, stop_lab
 from vsphere_replicator.lab.control import MAX_DELAY_MS, MAX_FAULT_COUNT, MAX_WRITE
@@ -41,7 +42,7 @@ from vsphere_replicator.lab.process import (
 )
 from vsphere_replicator.logs import configure_logging
 from vsphere_replicator.replication.lease import Busy
-from vsphere_replicator.sizes import MAX_SIZE
+from vsphere_replicator.units import MAX_SIZE
 
 
 class UsageError(ReplicatorError):
@@ -159,8 +160,6 @@ def cmd_lab_fault(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vsphere_replicator.demo import run_demo  # pyVmomi is only needed here
-
     report = run_demo()
     ok = report.all_points_verified and report.test_copy_removed
     print("demo succeeded" if ok else "demo FAILED: a restore point did not match its source")

@@ -24,6 +24,7 @@ from vsphere_replicator.checks import check_fraction, shown
 from vsphere_replicator.connection import Connection, connect, profile_prefix
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.lab import lab_status
+from vsphere_replicator.policies import LiveEngine, PolicyFileError, load_policy_file, run_policies
 from vsphere_replicator.replication.access import MountedDatastores, parse_mounts
 from vsphere_replicator.replication.cycle import IncrementalRefused, replicate
 from vsphere_replicator.replication.restore_points import list_restore_points, verify_restore_point
@@ -39,7 +40,8 @@ from vsphere_replicator.replication.settings import (
 )
 from vsphere_replicator.replication.status import FAILED_OVER, UNREADABLE, protection_status
 from vsphere_replicator.replication.sweep import sweep_snapshots
-from vsphere_replicator.sizes import format_size, parse_size
+from vsphere_replicator.units import format_duration, format_size, parse_size
+from vsphere_replicator.units import parse_duration as parse_duration_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RPO_MISSED, EXIT_REFUSED, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE
@@ -61,12 +63,9 @@ MAX_CYCLES = 1_000_000
 
 def parse_duration(text: str) -> timedelta:
     """'90s', '15m', '1h30m', '7d': the durations a policy file takes, so the two never disagree."""
-    from vsphere_replicator.policies.base import PolicyError
-    from vsphere_replicator.policies.durations import parse_duration as parse  # loaded when used
-
     try:
-        return parse(text)
-    except PolicyError as exc:
+        return parse_duration_text(text)
+    except InvalidInput as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
@@ -421,8 +420,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    from vsphere_replicator.policies.durations import format_duration
-
     older_than = args.older_than
     if older_than is None:
         older_than = timedelta(hours=1) if args.action == "sweep" else timedelta(0)
@@ -472,9 +469,6 @@ def _stop_once(stop: threading.Event) -> Callable[[int, Any], None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vsphere_replicator.policies import PolicyFileError, load_policy_file, run_policies
-    from vsphere_replicator.replication.engine import LiveEngine
-
     try:
         policy_file = load_policy_file(args.policy_file)
     except PolicyFileError as exc:
@@ -607,7 +601,6 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from vsphere_replicator.policies.durations import format_duration
     from vsphere_replicator.replication.protection import update_settings
 
     given = _given_settings(args)

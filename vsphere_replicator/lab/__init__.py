@@ -4,7 +4,6 @@ from vsphere_replicator.errors import LabError
 from vsphere_replicator.lab.build import ensure_lab_binary
 from vsphere_replicator.lab.control import LabControl
 from vsphere_replicator.lab.process import LabInfo, lab_status, running_lab, start_lab, stop_lab
-from vsphere_replicator.sizes import parse_size
 
 __all__ = [
     "LabControl",
@@ -12,7 +11,6 @@ __all__ = [
     "LabInfo",
     "ensure_lab_binary",
     "lab_status",
-    "parse_size",
     "running_lab",
     "start_lab",
     "stop_lab",

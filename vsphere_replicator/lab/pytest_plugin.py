@@ -9,7 +9,7 @@ import pytest
 
 from vsphere_replicator.lab.control import LabControl
 from vsphere_replicator.lab.process import LabInfo, running_lab
-from vsphere_replicator.sizes import parse_size
+from vsphere_replicator.units import parse_size
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 Policies are plugins found through the entry-point group
 `vsphere_replicator.policies`; the built-in `point-in-time`, `continuous`
 and `clone` register there like any third-party package would. Nothing here
-talks to vCenter: everything goes through the `Engine` protocol.
+talks to vCenter but `LiveEngine` (live.py): policies and the runner see only
+the `Engine` protocol. The layer sits above `replication` and may import it;
+nothing below imports this package (tests/test_architecture.py).
 """
 
 from vsphere_replicator.policies.base import Engine, Policy, PolicyError, Selection
@@ -17,7 +19,7 @@ from vsphere_replicator.policies.builtin import (
     Schedule,
     SettingsReader,
 )
-from vsphere_replicator.policies.durations import format_duration, parse_duration, parse_rate
+from vsphere_replicator.policies.live import LiveEngine
 from vsphere_replicator.policies.policyfile import (
     Limits,
     Located,
@@ -34,7 +36,7 @@ from vsphere_replicator.policies.registry import (
     policy_names,
 )
 from vsphere_replicator.policies.runner import RunRecord, run_policies
-from vsphere_replicator.policies.throttle import Throttle
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = [
     "ClonePolicy",
@@ -43,6 +45,7 @@ __all__ = [
     "ContinuousSettings",
     "Engine",
     "Limits",
+    "LiveEngine",
     "Located",
     "PointInTimePolicy",
     "PointInTimeSettings",
@@ -58,12 +61,9 @@ __all__ = [
     "SettingsReader",
     "Throttle",
     "available_policies",
-    "format_duration",
     "get_policy",
     "load_policy_file",
-    "parse_duration",
     "parse_policy_file",
-    "parse_rate",
     "policy_names",
     "run_policies",
 ]

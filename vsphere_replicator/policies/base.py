@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vsphere_replicator.checks import shown
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.policies.throttle import Throttle
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = ["Engine", "Policy", "PolicyError", "Selection"]
 
@@ -75,7 +75,7 @@ class Selection:
 
 
 class Engine(Protocol):
-    """What policies and the runner need from the replication engine; the real one speaks to vCenter.
+    """What policies and the runner need from the replication engine; `LiveEngine` is the one over vCenter.
 
     Every method raises a `ReplicatorError` subclass on failure. `select`
     answers VM names; `placement` answers the VM's (host, source datastores)

@@ -25,8 +25,6 @@ from croniter import croniter  # type: ignore[import-untyped]  # croniter ships 
 
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.policies.base import Engine, PolicyError
-from vsphere_replicator.policies.durations import format_duration, parse_duration
-from vsphere_replicator.policies.throttle import Throttle
 from vsphere_replicator.replication.settings import (
     MAX_KEEP,
     QUIESCE_MODES,
@@ -34,6 +32,8 @@ from vsphere_replicator.replication.settings import (
     CycleSettings,
     ReplicaTarget,
 )
+from vsphere_replicator.transport.throttle import Throttle
+from vsphere_replicator.units import format_duration, parse_duration
 
 __all__ = [
     "MAX_CLONES",
@@ -121,7 +121,7 @@ class SettingsReader:
             return None
         try:
             return parse_duration(value)
-        except PolicyError as exc:
+        except InvalidInput as exc:
             self.problem(key, f"{key}: {exc}")
             return None
 

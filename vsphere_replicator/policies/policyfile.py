@@ -47,10 +47,9 @@ from vsphere_replicator.checks import check_int, shown
 from vsphere_replicator.clone import PROVISIONING
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.policies.base import Policy, PolicyError, Selection
-from vsphere_replicator.policies.durations import parse_rate
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.settings import ReplicaTarget
-from vsphere_replicator.sizes import MAX_SIZE
+from vsphere_replicator.units import MAX_SIZE, parse_rate
 
 __all__ = [
     "MAX_CONCURRENCY",
@@ -399,7 +398,7 @@ class _Checker:
         if "bandwidth" in entries and not self.is_null(bandwidth := entries["bandwidth"][1]):
             try:
                 values["bandwidth"] = parse_rate(self.plain(bandwidth))
-            except PolicyError as exc:
+            except InvalidInput as exc:
                 self.error(bandwidth, f"limits.bandwidth: {exc}")
         if len(self.errors) > before:
             return None

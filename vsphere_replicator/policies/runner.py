@@ -26,7 +26,7 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy, PolicyError
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
 from vsphere_replicator.policies.registry import get_policy
-from vsphere_replicator.policies.throttle import Throttle
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = ["RunRecord", "run_policies"]
 
@@ -128,6 +128,190 @@ def _resolve(policy_file: PolicyFile, engine: Engine, now: datetime) -> list[_Jo
     return jobs
 
 
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A cycle submitted to the pool, with the slots it holds until it finishes."""
+
+    job: _Job
+    began: datetime
+    host: str
+    datastores: frozenset[str]
+
+
+class _Scheduler:
+    """One run of a policy file; every method but `_cycle` runs on the scheduler thread alone.
+
+    `_cycle` runs on pool threads and touches only the engine, the throttle
+    (thread-safe) and `now`; the jobs, slots and records are the scheduler
+    thread's, so they need no lock. See `run_policies` for the arguments.
+    """
+
+    def __init__(
+        self,
+        policy_file: PolicyFile,
+        engine: Engine,
+        *,
+        once: bool,
+        now: Callable[[], datetime],
+        sleep: Callable[[float], None] | None,
+        clock: Callable[[], float],
+        stop: threading.Event | None,
+        max_cycles: int | None,
+        max_sleep: float,
+        retry_after: timedelta,
+        on_record: Callable[[RunRecord], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.once = once
+        self.now = now
+        self.sleep = sleep
+        self.stop = stop
+        self.max_cycles = max_cycles
+        self.max_sleep = max_sleep
+        self.retry_after = retry_after
+        self.on_record = on_record
+        self.jobs = _resolve(policy_file, engine, now())
+        self.limits = policy_file.limits
+        self.throttle = (
+            Throttle(self.limits.bandwidth, clock=clock, sleep=sleep or time.sleep)
+            if self.limits.bandwidth is not None
+            else None
+        )
+        self.slots = _Slots(self.limits)
+        self.records: list[RunRecord] = []
+        self.running: dict[Future[_Outcome], _InFlight] = {}
+        self.started = 0  # cycles started, counting placements that failed
+
+    def run(self) -> list[RunRecord]:
+        """Start what is due, wait for what runs, until done (once) or stopped; records in finishing order."""
+        with ThreadPoolExecutor(max_workers=self.limits.total, thread_name_prefix="vr-policy") as pool:
+            while True:
+                stopping = self._stopping()
+                if not stopping:
+                    self._start_due(pool)
+                if not self.running:
+                    if stopping or (self.once and all(job.runs for job in self.jobs)) or not self.jobs:
+                        break
+                    if not self.once:
+                        self._idle(max(0.0, self._until_next_due()))
+                    continue
+                timeout = self.max_sleep if self.once else self._until_next_due()
+                if self.stop is not None:
+                    timeout = min(timeout, _STOP_POLL)
+                done, _ = wait(self.running, timeout=max(0.0, timeout), return_when=FIRST_COMPLETED)
+                for future in done:
+                    flight = self.running.pop(future)
+                    self.slots.release(flight.host, flight.datastores)
+                    self._record(flight.job, flight.began, future.result())
+        return self.records
+
+    def _stopping(self) -> bool:
+        """Asked to stop, or `max_cycles` started: start nothing new, let cycles in flight finish."""
+        return (self.stop is not None and self.stop.is_set()) or self._cycles_used_up()
+
+    def _cycles_used_up(self) -> bool:
+        return self.max_cycles is not None and self.started >= self.max_cycles
+
+    def _busy(self) -> set[str]:
+        return {flight.job.vm for flight in self.running.values()}
+
+    def _start_due(self, pool: ThreadPoolExecutor) -> None:
+        """Submit every due job whose VM is idle and whose host and datastores have a free slot."""
+        current = self.now()
+        busy = self._busy()
+        for job in sorted(self.jobs, key=lambda j: (j.due, j.vm)):
+            if self._cycles_used_up():
+                return
+            if job.vm in busy or (job.runs > 0 if self.once else job.due > current):
+                continue
+            placement = job.placement or self._place(job, current)
+            if placement is None:
+                continue
+            host, datastores = placement
+            if not self.slots.fits(host, datastores):
+                continue
+            self.slots.take(host, datastores)
+            job.runs += 1
+            self.started += 1
+            self.running[pool.submit(self._cycle, job)] = _InFlight(job, current, host, datastores)
+
+    def _place(self, job: _Job, current: datetime) -> tuple[str, frozenset[str]] | None:
+        """Where the VM is (host, datastores), kept until its next record; None when the engine failed.
+
+        A failure counts as a failed cycle: recorded, retried after backoff, the others go on.
+        """
+        try:
+            host, datastores = self.engine.placement(job.vm)
+        except Exception as exc:  # as a failed cycle: recorded, retried later, others go on
+            job.runs += 1
+            self.started += 1
+            error = f"{type(exc).__name__}: {exc}"
+            get_logger(vm=job.vm).error("policy_placement_failed", error=error)
+            self._record(job, current, _Outcome(finished=self.now(), summary="", error=error))
+            return None
+        job.placement = (host, frozenset(datastores))
+        return job.placement
+
+    def _cycle(self, job: _Job) -> _Outcome:
+        """One cycle of one VM, on a pool thread; an exception becomes a failed outcome."""
+        protection = job.protection
+        log = get_logger(vm=job.vm, protection=protection.name, policy=protection.policy)
+        log.info("policy_cycle_started")
+        try:
+            summary = job.policy.run(
+                self.engine, job.vm, protection.target, protection.settings, self.throttle
+            )
+        except Exception as exc:  # one VM's failure is recorded; the others carry on
+            log.error("policy_cycle_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return _Outcome(finished=self.now(), summary="", error=f"{type(exc).__name__}: {exc}")
+        log.info("policy_cycle_finished", summary=summary)
+        return _Outcome(finished=self.now(), summary=summary, error=None)
+
+    def _record(self, job: _Job, began: datetime, outcome: _Outcome) -> None:
+        """Keep the record and set when the job is next due: its schedule, or backoff after a failure."""
+        ok = outcome.error is None
+        record = RunRecord(
+            vm=job.vm,
+            protection=job.protection.name,
+            policy=job.protection.policy,
+            started=began,
+            finished=outcome.finished,
+            ok=ok,
+            summary=outcome.summary,
+            error=outcome.error,
+        )
+        self.records.append(record)
+        job.placement = None  # read again next time: the VM may have moved
+        if ok:
+            job.failures = 0
+            job.due = job.policy.next_due(job.protection.settings, began, outcome.finished)
+        else:
+            job.failures += 1
+            backoff = 2 ** min(job.failures - 1, _MAX_BACKOFF_DOUBLINGS)
+            job.due = outcome.finished + self.retry_after * backoff
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def _until_next_due(self) -> float:
+        """Seconds until the next idle VM is due, at most `max_sleep`."""
+        busy = self._busy()
+        current = self.now()
+        waits = [
+            (job.due - current).total_seconds()
+            for job in self.jobs
+            if job.vm not in busy and job.due > current
+        ]
+        return min([self.max_sleep, *waits])
+
+    def _idle(self, seconds: float) -> None:
+        if self.sleep is not None:
+            self.sleep(seconds)
+        elif self.stop is not None:
+            self.stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+
 def run_policies(
     policy_file: PolicyFile,
     engine: Engine,
@@ -168,115 +352,16 @@ def run_policies(
         raise InvalidInput(f"max_sleep must be above 0 and at most 3600 seconds, not {max_sleep}")
     check_duration(retry_after, "retry_after")
     check_callable(on_record, "on_record", optional=True)
-    jobs = _resolve(policy_file, engine, now())
-    limits = policy_file.limits
-    throttle = (
-        Throttle(limits.bandwidth, clock=clock, sleep=sleep or time.sleep)
-        if limits.bandwidth is not None
-        else None
-    )
-    slots = _Slots(limits)
-    records: list[RunRecord] = []
-    running: dict[Future[_Outcome], tuple[_Job, datetime, str, frozenset[str]]] = {}
-    started = 0
-
-    def idle(seconds: float) -> None:
-        if sleep is not None:
-            sleep(seconds)
-        elif stop is not None:
-            stop.wait(seconds)
-        else:
-            time.sleep(seconds)
-
-    def record(job: _Job, began: datetime, outcome: _Outcome) -> None:
-        ok = outcome.error is None
-        rec = RunRecord(
-            vm=job.vm,
-            protection=job.protection.name,
-            policy=job.protection.policy,
-            started=began,
-            finished=outcome.finished,
-            ok=ok,
-            summary=outcome.summary,
-            error=outcome.error,
-        )
-        records.append(rec)
-        job.placement = None  # read again next time: the VM may have moved
-        if ok:
-            job.failures = 0
-            job.due = job.policy.next_due(job.protection.settings, began, outcome.finished)
-        else:
-            job.failures += 1
-            job.due = outcome.finished + retry_after * 2 ** min(job.failures - 1, _MAX_BACKOFF_DOUBLINGS)
-        if on_record is not None:
-            on_record(rec)
-
-    def cycle(job: _Job) -> _Outcome:
-        log = get_logger(vm=job.vm, protection=job.protection.name, policy=job.protection.policy)
-        log.info("policy_cycle_started")
-        try:
-            summary = job.policy.run(engine, job.vm, job.protection.target, job.protection.settings, throttle)
-        except Exception as exc:  # one VM's failure is recorded; the others carry on
-            log.error("policy_cycle_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return _Outcome(finished=now(), summary="", error=f"{type(exc).__name__}: {exc}")
-        log.info("policy_cycle_finished", summary=summary)
-        return _Outcome(finished=now(), summary=summary, error=None)
-
-    def start_due(pool: ThreadPoolExecutor) -> None:
-        nonlocal started
-        current = now()
-        busy = {job.vm for job, _, _, _ in running.values()}
-        for job in sorted(jobs, key=lambda j: (j.due, j.vm)):
-            if max_cycles is not None and started >= max_cycles:
-                return
-            if job.vm in busy or (job.runs > 0 if once else job.due > current):
-                continue
-            if job.placement is None:
-                try:
-                    where = engine.placement(job.vm)
-                except Exception as exc:  # as a failed cycle: recorded, retried later, others go on
-                    job.runs += 1
-                    started += 1
-                    error = f"{type(exc).__name__}: {exc}"
-                    get_logger(vm=job.vm).error("policy_placement_failed", error=error)
-                    record(job, current, _Outcome(finished=now(), summary="", error=error))
-                    continue
-                job.placement = (where[0], frozenset(where[1]))
-            host, datastores = job.placement
-            if not slots.fits(host, datastores):
-                continue
-            slots.take(host, datastores)
-            job.runs += 1
-            started += 1
-            running[pool.submit(cycle, job)] = (job, current, host, datastores)
-
-    def until_next_due() -> float:
-        busy = {job.vm for job, _, _, _ in running.values()}
-        current = now()
-        waits = [
-            (job.due - current).total_seconds() for job in jobs if job.vm not in busy and job.due > current
-        ]
-        return min([max_sleep, *waits])
-
-    with ThreadPoolExecutor(max_workers=limits.total, thread_name_prefix="vr-policy") as pool:
-        while True:
-            stopping = (stop is not None and stop.is_set()) or (
-                max_cycles is not None and started >= max_cycles
-            )
-            if not stopping:
-                start_due(pool)
-            if not running:
-                if stopping or (once and all(job.runs for job in jobs)) or not jobs:
-                    break
-                if not once:
-                    idle(max(0.0, until_next_due()))
-                continue
-            timeout = max_sleep if once else until_next_due()
-            if stop is not None:
-                timeout = min(timeout, _STOP_POLL)
-            done, _ = wait(running, timeout=max(0.0, timeout), return_when=FIRST_COMPLETED)
-            for future in done:
-                job, began, host, datastores = running.pop(future)
-                slots.release(host, datastores)
-                record(job, began, future.result())
-    return records
+    return _Scheduler(
+        policy_file,
+        engine,
+        once=once,
+        now=now,
+        sleep=sleep,
+        clock=clock,
+        stop=stop,
+        max_cycles=max_cycles,
+        max_sleep=max_sleep,
+        retry_after=retry_after,
+        on_record=on_record,
+    ).run()

@@ -17,6 +17,7 @@ from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_p
 from vsphere_replicator.transport.memory import MemoryBlockDevice
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
+from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = [
     "BlockSink",
@@ -27,6 +28,7 @@ __all__ = [
     "MemoryBlockDevice",
     "NBDBlockDevice",
     "NBDEndpoint",
+    "Throttle",
     "TransportError",
     "copy_areas",
     "flat_extent_path",

@@ -1,4 +1,9 @@
-"""A bandwidth cap shared by every transfer of a run: a thread-safe token bucket."""
+"""A bandwidth cap shared by every transfer of a run: a thread-safe token bucket.
+
+`Throttle.consume` is what `replicate(throttle=...)` calls with each chunk's
+size before writing it; the policy runner makes one per run for a policy
+file's `limits.bandwidth`, so all of that run's cycles share the cap.
+"""
 
 from __future__ import annotations
 

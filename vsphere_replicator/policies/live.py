@@ -1,4 +1,10 @@
-"""The policies' Engine over a live vCenter: selection, placement, protect, replicate, periodic clones."""
+"""The policies' Engine over a live vCenter: selection, placement, protect, replicate, periodic clones.
+
+The one module of the policy layer that reaches vCenter, through the
+library's functions below it (replication, clone, snapshots, inventory);
+everything else in `policies` sees only the `Engine` protocol, so policies
+and the runner are tested against an in-memory engine.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMSelector, find_vms, get_vm, vm_options
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Selection
-from vsphere_replicator.policies.throttle import Throttle
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.replica import all_replicas, find_replica
@@ -18,6 +23,9 @@ from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
 from vsphere_replicator.replication.store import CLONE_KEY, cleared_options
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
+from vsphere_replicator.transport.throttle import Throttle
+
+__all__ = ["LiveEngine"]
 
 
 class LiveEngine:
