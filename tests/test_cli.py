@@ -20,7 +20,7 @@ import pytest
 import vsphere_replicator.cli as cli
 from vsphere_replicator.cli import EXIT_CODES, build_parser, main
 from vsphere_replicator.cli.exits import UsageError, classify
-from vsphere_replicator.cli.output import progress
+from vsphere_replicator.cli.output import Progress, progress
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, VSphereFault
 from vsphere_replicator.lab.control import DROP_PATHS
 from vsphere_replicator.policies import PolicyFileError
@@ -328,3 +328,18 @@ def test_a_bar_only_on_a_terminal_and_never_with_json(
     finally:
         sys.stderr.close()
         os.close(master)
+
+
+def test_a_bar_ends_when_its_transfer_does_and_a_new_total_starts_a_new_one() -> None:
+    """The end reported twice draws nothing more; a resumed transfer starts its bar where it was."""
+    stream = io.StringIO()
+    bar = Progress("copying", enabled=True, stream=stream)
+    bar(5 << 20, 10 << 20)
+    bar(10 << 20, 10 << 20)
+    bar(10 << 20, 10 << 20)
+    bar(3 << 20, 4 << 20)
+    bar.close()
+    lines = stream.getvalue().split("\n")
+    assert "10.0M/10.0M" in lines[0] and lines[0].count("100%") == 1
+    assert lines[1].startswith("\rcopying:  75%") and "10.0M" not in lines[1]
+    assert stream.getvalue().count("\n") == 2

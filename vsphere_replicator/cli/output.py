@@ -358,8 +358,10 @@ class Progress:
     Disabled (every call a no-op) unless `enabled`; commands enable it only
     on a terminal and never with --json. A `total` that changes, or a `done`
     that goes back, starts a new bar: a planned failover runs two cycles, a
-    failback copies disk after disk. `percent` is for calls that report a
-    percentage (a clone task).
+    failback copies disk after disk. A bar closes when `done` reaches
+    `total`, so its rate and elapsed time are the transfer's own, not those
+    of what the call does afterwards (a snapshot, a commit). `percent` is for
+    calls that report a percentage (a clone task).
     """
 
     def __init__(self, label: str, *, enabled: bool, stream: TextIO) -> None:
@@ -367,6 +369,7 @@ class Progress:
         self.enabled = enabled
         self.stream = stream
         self._bar: tqdm[Never] | None = None
+        self._finished: tuple[int, str] | None = None
 
     def __call__(self, done: int, total: int) -> None:
         self._show(done, total, "B")
@@ -377,16 +380,19 @@ class Progress:
     def _show(self, done: int, total: int, unit: str) -> None:
         if not self.enabled or total <= 0:
             return
+        done = min(done, total)
+        if self._bar is None and self._finished == (total, unit) and done == total:
+            return  # the same end reported again
         bar = self._bar
         if bar is None or bar.total != total or bar.unit != unit or done < bar.n:
             self.close()
-            bytes_ = unit == "B"
             known = _columns(self.stream) > 0  # a terminal that reports no width gets 80 columns
             bar = tqdm(
                 total=total,
+                initial=done,  # a resumed transfer: the rate counts only what this run moves
                 desc=self.label,
                 unit=unit,
-                unit_scale=bytes_,
+                unit_scale=unit == "B",
                 unit_divisor=1024,
                 file=self.stream,
                 ncols=None if known else 80,
@@ -394,7 +400,10 @@ class Progress:
                 leave=True,
             )
             self._bar = bar
-        bar.update(min(done, total) - bar.n)
+        bar.update(done - bar.n)
+        if done == total:  # the transfer is over: its rate and time stay as they were, not what follows
+            self._finished = (total, unit)
+            self.close()
 
     def close(self) -> None:
         if self._bar is not None:
