@@ -236,7 +236,10 @@ def test_the_shared_options_are_declared_once_and_everywhere(command: str) -> No
 @pytest.mark.parametrize(
     ("argv", "shown"),
     [
-        (["replicate", "--help"], ["(default: 4M)", "(default: 256M)", "as protect recorded it"]),
+        (
+            ["replicate", "--help"],
+            ["(default: 4M)", "(default: 256M)", "(default: as recorded)", "hold for this run only"],
+        ),
         (["protect", "--help"], ["(default: thin)", "(default: 5)", "(default: never)", "{vm}-replica"]),
         (["lab", "up", "--help"], ["(default: 4)", "(default: 64M)", "(default: 2)"]),
         (["snapshots", "--help"], ["1h for sweep"]),

@@ -35,7 +35,7 @@ from vsphere_replicator.cli.exits import (
     UsageError,
     classify,
 )
-from vsphere_replicator.cli.options import HelpFormatter
+from vsphere_replicator.cli.options import HelpFormatter, TableHelpFormatter
 from vsphere_replicator.cli.output import error_document, print_json
 from vsphere_replicator.logs import configure_logging
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vsphere-replicator",
         description="Replicate VMware VMs to a secondary site through vCenter.",
         epilog=_epilog(),
+        formatter_class=TableHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     lab.add_commands(commands)

@@ -21,8 +21,8 @@ from vsphere_replicator.replication.settings import MAX_KEEP, QUIESCE_MODES, Cyc
 from vsphere_replicator.sizes import format_size, parse_size
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs as written; each option's help ends with its default, when it has one.
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, when it has one.
 
     argparse's ArgumentDefaultsHelpFormatter would also print "(default:
     None)" and "(default: False)" for options whose absence means nothing.
@@ -41,6 +41,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return text
         return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+class TableHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter that prints the epilog as written: the exit-code table of the main --help."""
 
 
 # -- types --------------------------------------------------------------------------------------

@@ -310,9 +310,15 @@ def add_commands(commands: Any) -> None:
     """Register the replication commands on the main parser's sub-command set."""
 
     def command(
-        name: str, func: Callable[[argparse.Namespace], int], help: str, *, mount: bool = False
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help: str,
+        *,
+        mount: bool = False,
+        more: str = "",
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
+        description = f"{help}. {more}" if more else help
+        p: argparse.ArgumentParser = commands.add_parser(name, help=help, description=description)
         p.set_defaults(func=func)
         add_connection_options(p)
         if mount:
@@ -342,7 +348,11 @@ def add_commands(commands: Any) -> None:
     add_cycle_options(p)
 
     p = command(
-        "replicate", cmd_replicate, "run one replication cycle (resuming an interrupted one)", mount=True
+        "replicate",
+        cmd_replicate,
+        "run one replication cycle (resuming an interrupted one)",
+        mount=True,
+        more="Cycle settings given here hold for this run only; `settings` changes the recorded ones.",
     )
     p.add_argument("vm", help="the protected (source) VM")
     p.add_argument(
@@ -361,7 +371,7 @@ def add_commands(commands: Any) -> None:
         help="record progress in the journal after this many bytes (at least one --chunk); "
         "an interrupted cycle resumes from the last checkpoint",
     )
-    add_cycle_options(p, when_absent="as protect recorded it; given, for this run only")
+    add_cycle_options(p, when_absent="as recorded")
 
     p = command(
         "run",
