@@ -346,3 +346,13 @@ def test_a_bar_ends_when_its_transfer_does_and_a_new_total_starts_a_new_one() ->
     assert "10.0M/10.0M" in lines[0] and lines[0].count("100%") == 1
     assert lines[1].startswith("\rcopying:  75%") and "10.0M" not in lines[1]
     assert stream.getvalue().count("\n") == 2
+
+
+def test_a_percentage_bar_shows_time_not_a_rate() -> None:
+    stream = io.StringIO()
+    bar = Progress("seeding vm (clone)", enabled=True, stream=stream)
+    bar.percent(30)
+    bar.percent(100)
+    shown = stream.getvalue()
+    assert "seeding vm (clone):  30%" in shown and "100%" in shown
+    assert "/s" not in shown and shown.endswith("]\n")

@@ -394,6 +394,8 @@ class Progress:
                 unit=unit,
                 unit_scale=unit == "B",
                 unit_divisor=1024,
+                # A percentage has no rate worth showing: how long so far, and how long still.
+                bar_format=None if unit == "B" else "{l_bar}{bar}| [{elapsed}<{remaining}]",
                 file=self.stream,
                 ncols=None if known else 80,
                 dynamic_ncols=known,
