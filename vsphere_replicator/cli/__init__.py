@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from vsphere_replicator.cli import lab, replication
 from vsphere_replicator.cli.exits import (
@@ -35,7 +34,7 @@ from vsphere_replicator.cli.exits import (
     UsageError,
     classify,
 )
-from vsphere_replicator.cli.options import HelpFormatter, TableHelpFormatter
+from vsphere_replicator.cli.options import Parser, TableHelpFormatter
 from vsphere_replicator.cli.output import error_document, print_json
 from vsphere_replicator.logs import configure_logging
 
@@ -55,18 +54,6 @@ __all__ = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is a UsageError (one line: the option and the problem), and every
-    parser, sub-commands' too, shows option defaults in --help."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # argparse's own keyword arguments
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
 def _epilog() -> str:
     lines = ["exit codes:"]
     lines += [f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES.items()]
@@ -75,7 +62,7 @@ def _epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; parse errors raise UsageError, --help exits 0 (SystemExit)."""
-    parser = _Parser(
+    parser = Parser(
         prog="vsphere-replicator",
         description="Replicate VMware VMs to a secondary site through vCenter.",
         epilog=_epilog(),

@@ -13,7 +13,13 @@ import sys
 from typing import Any
 
 from vsphere_replicator.cli.exits import EXIT_FAILED, EXIT_OK
-from vsphere_replicator.cli.options import add_state_dir_option, int_option, size_option
+from vsphere_replicator.cli.options import (
+    Command,
+    Commands,
+    add_state_dir_option,
+    int_option,
+    size_option,
+)
 from vsphere_replicator.cli.output import print_json
 from vsphere_replicator.cli.profiles import (
     LAB_STATE_VARIABLE,
@@ -122,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Commands) -> None:
     """Register `demo` and `lab …` on the main parser's sub-command set."""
     demo = commands.add_parser("demo", help="protect, replicate and test-fail-over a VM on a temporary lab")
     demo.set_defaults(func=cmd_demo)
@@ -130,8 +136,8 @@ def add_commands(commands: Any) -> None:
     lab = commands.add_parser("lab", help="the embedded vCenter simulator (docs/lab.md)")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = lab_commands.add_parser(name, help=help, description=help)
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = lab_commands.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         add_state_dir_option(p)
         return p
@@ -211,7 +217,7 @@ def add_commands(commands: Any) -> None:
     kinds = fault.add_subparsers(dest="fault_kind", required=True, metavar="KIND")
 
     def kind(name: str, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = kinds.add_parser(name, help=help, description=help)
+        p = kinds.add_parser(name, help=help, description=help)
         # `lab fault --state-dir D list` and `lab fault list --state-dir D` both work.
         add_state_dir_option(p, inner=True)
         return p

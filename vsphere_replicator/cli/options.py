@@ -12,9 +12,10 @@ import argparse
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeAlias
 
 from vsphere_replicator.checks import check_fraction, shown
+from vsphere_replicator.cli.exits import UsageError
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.policies import PolicyError, format_duration, parse_duration
 from vsphere_replicator.replication.settings import MAX_KEEP, QUIESCE_MODES, CycleSettings
@@ -45,6 +46,23 @@ class HelpFormatter(argparse.HelpFormatter):
 
 class TableHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """HelpFormatter that prints the epilog as written: the exit-code table of the main --help."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UsageError (one line: the option and the problem), and every
+    parser, sub-commands' too, shows option defaults in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# The main parser's set of sub-commands, where each module registers its own; what a command runs.
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
+Command: TypeAlias = Callable[[argparse.Namespace], int]
 
 
 # -- types --------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from types import FrameType
-from typing import Any
 
 from vsphere_replicator.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_RPO_MISSED, UsageError
 from vsphere_replicator.cli.options import (
+    Command,
+    Commands,
     add_connection_options,
     add_cycle_options,
     add_mount_option,
@@ -306,19 +307,19 @@ def cmd_unprotect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Commands) -> None:
     """Register the replication commands on the main parser's sub-command set."""
 
     def command(
         name: str,
-        func: Callable[[argparse.Namespace], int],
+        func: Command,
         help: str,
         *,
         mount: bool = False,
         more: str = "",
     ) -> argparse.ArgumentParser:
         description = f"{help}. {more}" if more else help
-        p: argparse.ArgumentParser = commands.add_parser(name, help=help, description=description)
+        p = commands.add_parser(name, help=help, description=description)
         p.set_defaults(func=func)
         add_connection_options(p)
         if mount:
