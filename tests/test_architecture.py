@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # Policy plugins, policy files, the runner, and the live engine over `replication`.
     ("policies", frozenset({"policies"})),
     # What a person runs: the command and the demo.
-    ("front ends", frozenset({"cli", "cli_replication", "demo"})),
+    ("front ends", frozenset({"cli", "demo"})),
 )
 
 

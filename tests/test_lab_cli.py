@@ -94,6 +94,8 @@ def test_lab_up_write_status_env_down(tmp_path: Path) -> None:
         )
         assert json.loads(fault.stdout)["remaining"] == 2
         assert len(json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout)) == 1
+        before_kind = cli("lab", "fault", "--state-dir", state, "list")  # before the kind as well
+        assert before_kind.returncode == 0 and len(json.loads(before_kind.stdout)) == 1, before_kind.stderr
         cli("lab", "fault", "clear", "--state-dir", state)
         assert json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout) == []
     finally:

@@ -88,14 +88,14 @@ def test_an_unexpected_exception_is_one_line_and_exit_code_70(
         raise RuntimeError("a bug\nwith a second line")
 
     monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
-    monkeypatch.setattr(cli, "cmd_lab_status", broken)
+    monkeypatch.setattr(cli.lab, "cmd_lab_status", broken)
     assert main(["lab", "status"]) == 70
     err = capsys.readouterr().err
     assert err == "error: internal error: RuntimeError: a bug; please report\n"
 
 
 def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    from vsphere_replicator.cli_replication import EXIT_CODES
+    from vsphere_replicator.cli import EXIT_CODES
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vsphere_replicator.errors import InvalidInput
@@ -20,13 +20,22 @@ class Mismatch:
 
 
 def checksum(
-    source: BlockSource, ranges: Iterable[tuple[int, int]] | None = None, *, chunk: int = DEFAULT_CHUNK
+    source: BlockSource,
+    ranges: Iterable[tuple[int, int]] | None = None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    on_read: Callable[[int], None] | None = None,
 ) -> str:
-    """BLAKE2b of the bytes in `ranges` (the whole disk by default), in order."""
+    """BLAKE2b of the bytes in `ranges` (the whole disk by default), in order.
+
+    `on_read(n)` is called after each piece of `n` bytes is hashed.
+    """
     digest = hashlib.blake2b(digest_size=32)
     plan = plan_chunks(ranges if ranges is not None else [(0, source.size)], source.size, chunk=chunk)
     for _, data in read_chunks(source, plan):
         digest.update(data)
+        if on_read is not None:
+            on_read(len(data))
     return digest.hexdigest()
 
 

@@ -19,6 +19,7 @@ MAX_WRITE = 1 << 30  # bytes one write may carry: the lab's own limit (maxWrite 
 WRITE_PIECE = 64 << 20  # write_file and write_random_digest send at most this much per request
 MAX_FAULT_COUNT = 1000  # these two mirror maxCount and maxDelayMS in vcsim/faults.go
 MAX_DELAY_MS = 10_000
+DROP_PATHS = ("sdk", "folder", "any")  # where drop-connection cuts responses (checked in vcsim/faults.go)
 
 
 def _check_write(vm: object, offset: object, length: int, disk: object) -> None:
@@ -210,7 +211,7 @@ class LabControl:
     def drop_connections(
         self, count: int = 1, path: str = "any", method: str | None = None
     ) -> dict[str, Any]:
-        """Cut the next `count` responses (on `sdk`, `folder` or `any`) half-way.
+        """Cut the next `count` responses (on one of DROP_PATHS: `sdk`, `folder` or `any`) half-way.
 
         With `method` ("A|B|…"), only responses to those SOAP methods: for a
         task method the task runs while the client sees the connection break.

@@ -22,10 +22,12 @@ VMs' states and the journal and carries on; once done it says so.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import changed_areas
+from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound
 from vsphere_replicator.extents import merge_extents
@@ -97,6 +99,7 @@ def failback(
     replica_access: DiskAccess,
     source_access: DiskAccess | None = None,
     switch: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FailoverResult | None:
     """Bring production back to the original VM named `vm` and protect it again in its first direction.
 
@@ -105,7 +108,10 @@ def failback(
     `source_access` reads the running one's. With `switch=False` only the
     first stage runs (the original becomes a replica of the running VM) and
     None is returned. Running it again after an interruption carries on.
+    `on_progress(done, total)` follows the bytes of each copy: each disk of
+    the reverse copy, then each sync of the switch.
     """
+    check_callable(on_progress, "on_progress", optional=True)
     parties = _parties(conn, vm)
     if parties is None:
         return _finished(conn, vm)
@@ -114,7 +120,7 @@ def failback(
         Lease(conn, running.vm.moref, operation="failback", vm=running.vm.name) as running_lease,
         Lease(conn, original.moref, operation="failback", vm=original.name) as original_lease,
     ):
-        run = _Failback(conn, reread(conn, running), original, running_lease, original_lease)
+        run = _Failback(conn, reread(conn, running), original, running_lease, original_lease, on_progress)
         return run.execute(replica_access, source_access, switch=switch)
 
 
@@ -168,9 +174,11 @@ class _Failback:
         original: VMInfo,
         running_lease: Lease,
         original_lease: Lease,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         assert running.state is not None
         self.conn = conn
+        self.on_progress = on_progress
         self.running = running
         self.state: ReplicaState = running.state
         self.original = original
@@ -218,7 +226,7 @@ class _Failback:
                 journal = replace(journal, phase="switching")
                 write_options(self.running_lease, recovery=journal)
             reverse = reread(self.conn, _as_replica(self.conn, self.original))
-            switch_run = _Failover(self.conn, self.original_lease, reverse)
+            switch_run = _Failover(self.conn, self.original_lease, reverse, on_progress=self.on_progress)
             result = (
                 switch_run.already("planned")
                 if switch_run.state.promoted
@@ -264,6 +272,7 @@ class _Failback:
             mirrors=[(d.replica_key, d.source_key) for d in state.disks],
             reader=source_access or HTTPDatastores(self.conn, running.folder.split("/", 1)[0]),
             writer=replica_access,
+            on_progress=self.on_progress,
         )
         failpoints.point("failback-copied")
         reverse = self._first_point(
@@ -441,6 +450,7 @@ def _copy_changes(
     mirrors: list[tuple[int, int]],
     reader: DiskAccess,
     writer: DiskAccess,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[DiskInfo, DiskInfo]]:
     """Copy into `target` what differs from `running` at `snapshot`; returns (running, target) disk pairs.
 
@@ -465,7 +475,7 @@ def _copy_changes(
             areas = merge_extents([*areas, *extra])
         src, dst = reader.source(at), writer.sink(dest)
         try:
-            copy_areas(src, dst, areas)
+            copy_areas(src, dst, areas, on_progress=on_progress)
         finally:
             src.close()
             dst.close()

@@ -25,9 +25,11 @@ command again continues from it, and `status` names the phase.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
@@ -174,15 +176,22 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
 
 
 def planned_failover(
-    conn: Connection, vm: str, *, replica_access: DiskAccess, source_access: DiskAccess | None = None
+    conn: Connection,
+    vm: str,
+    *,
+    replica_access: DiskAccess,
+    source_access: DiskAccess | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FailoverResult:
     """Sync, power the source off, sync what is left, and bring the replica up: no write is lost.
 
     Running it again after an interruption continues where it stopped.
+    `on_progress(done, total)` follows the bytes of each of the two syncs.
     """
+    check_callable(on_progress, "on_progress", optional=True)
     found = replica_of(conn, vm, promoted=None)
     with Lease(conn, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, _settled(conn, lease, found))
+        run = _Failover(conn, lease, _settled(conn, lease, found), on_progress=on_progress)
         if run.state.promoted:
             return run.already("planned")
         return run.planned(replica_access, source_access)
@@ -214,9 +223,17 @@ def _settled(conn: Connection, lease: Lease, found: Replica) -> Replica:
 
 
 class _Failover:
-    def __init__(self, conn: Connection, lease: Lease, replica: Replica) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        lease: Lease,
+        replica: Replica,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         assert replica.state is not None
         self.conn = conn
+        self.on_progress = on_progress
         self.lease = lease
         self.replica = replica
         self.name = replica.state.source.name
@@ -323,6 +340,7 @@ class _Failover:
             self.lease,
             replica_access=replica_access,
             source_access=source_access,
+            on_progress=self.on_progress,
             within_recovery=True,
         )
         self.replica = reread(self.conn, self.replica)

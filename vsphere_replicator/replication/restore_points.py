@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import VMRef, resolve_vm, snapshot_disks
@@ -60,9 +62,18 @@ def find_restore_point(state: ReplicaState, point_id: str | None) -> RestorePoin
 
 
 def verify_restore_point(
-    conn: Connection, vm: VMRef, replica_access: DiskAccess, point_id: str | None = None
+    conn: Connection,
+    vm: VMRef,
+    replica_access: DiskAccess,
+    point_id: str | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RestorePointCheck:
-    """Re-read a restore point's disks and compare them with the digests taken when it was made."""
+    """Re-read a restore point's disks and compare them with the digests taken when it was made.
+
+    `on_progress(done, total)` follows the bytes read over all its disks.
+    """
+    check_callable(on_progress, "on_progress", optional=True)
     state = replica_state(conn, vm)
     point = find_restore_point(state, point_id)
     if not point.digests:
@@ -75,10 +86,20 @@ def verify_restore_point(
     if missing:
         raise StateError(f"restore point {point.id} has lost disks {missing} of its replica")
     checks = []
+    total = sum(frozen[key].capacity for key, _ in point.digests)
+    done = 0
+
+    def read(count: int) -> None:
+        nonlocal done
+        done += count
+        if on_progress is not None:
+            on_progress(done, total)
+
     for key, expected in point.digests:
         device = replica_access.source(frozen[key])
         try:
-            checks.append(DiskCheck(replica_key=key, expected=expected, actual=checksum(device)))
+            actual = checksum(device, on_read=read)
+            checks.append(DiskCheck(replica_key=key, expected=expected, actual=actual))
         finally:
             device.close()
     return RestorePointCheck(vm=state.source.name, restore_point=point.id, disks=tuple(checks))

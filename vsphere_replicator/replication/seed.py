@@ -15,6 +15,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
+from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import check_placement, clone_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
@@ -57,6 +58,7 @@ from vsphere_replicator.replication.store import (
     write_options,
 )
 from vsphere_replicator.snapshots import QuiesceFallback, create_snapshot, remove_snapshot
+from vsphere_replicator.tasks import ProgressCallback
 from vsphere_replicator.verify import checksum, first_mismatch
 
 FIRST_POINT = point_id(1)
@@ -72,6 +74,7 @@ def protect(
     replica_access: DiskAccess | None = None,
     source_access: DiskAccess | None = None,
     allow_source_datastore: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> CycleResult:
     """Make `vm`'s replica on `target` and its first restore point; finishes an interrupted seed.
 
@@ -83,7 +86,8 @@ def protect(
     (unless `allow_source_datastore`: a replica beside its source survives
     no loss of that datastore), and the placement and recovery networks
     exist. Runs under the source's lease, then the new replica's (Busy when
-    another operation holds one).
+    another operation holds one). `on_progress` receives the clone task's
+    percentage (0-100) while a seed is cloned.
     """
     check_protect_arguments(
         target=target,
@@ -91,6 +95,7 @@ def protect(
         replica_access=replica_access,
         source_access=source_access,
     )
+    check_callable(on_progress, "on_progress", optional=True)
     started = time.monotonic()
     chosen = settings or CycleSettings()
     if chosen.verify and replica_access is None:
@@ -116,7 +121,7 @@ def protect(
             record, snapshot = _seed_snapshot(conn, source, chosen, target)
             try:
                 if copy is None:
-                    replica = _clone(conn, source, target, snapshot, record)
+                    replica = _clone(conn, source, target, snapshot, record, on_progress)
                 else:
                     assert replica_access is not None
                     reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
@@ -239,10 +244,23 @@ def _seed_snapshot(
 
 
 def _clone(
-    conn: Connection, source: VMInfo, target: ReplicaTarget, snapshot: SnapshotInfo, record: SeedRecord
+    conn: Connection,
+    source: VMInfo,
+    target: ReplicaTarget,
+    snapshot: SnapshotInfo,
+    record: SeedRecord,
+    on_progress: ProgressCallback | None = None,
 ) -> VMInfo:
     options = {**cleared_options(), **seed_options(record)}
-    return clone_vm(conn, source, target.name, target.placement(), snapshot=snapshot, options=options)
+    return clone_vm(
+        conn,
+        source,
+        target.name,
+        target.placement(),
+        snapshot=snapshot,
+        options=options,
+        on_progress=on_progress,
+    )
 
 
 def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
