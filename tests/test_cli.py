@@ -21,7 +21,7 @@ import vsphere_replicator.cli as cli
 from vsphere_replicator.cli import EXIT_CODES, build_parser, main
 from vsphere_replicator.cli.exits import UsageError, classify
 from vsphere_replicator.cli.output import Progress, progress
-from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, VSphereFault
+from vsphere_replicator.errors import ArgumentRejected, InvalidInput, NotFound, ReplicatorError, VSphereFault
 from vsphere_replicator.lab.control import DROP_PATHS
 from vsphere_replicator.policies import PolicyFileError
 from vsphere_replicator.replication import IncrementalRefused, StateError
@@ -61,7 +61,7 @@ def _busy() -> Busy:
         (InvalidInput("bad value"), 2),
         (UsageError("argument --chunk: not a size"), 2),
         (PolicyFileError([]), 2),
-        (InvalidInput("CreateSnapshot_Task: InvalidArgument", fault="InvalidArgument"), 1),
+        (ArgumentRejected("CreateSnapshot_Task: InvalidArgument", fault="InvalidArgument"), 1),
         (StateError("a planned failover of vm is in progress"), 1),
         (VSphereFault("the task failed", fault="FileFault"), 1),
         (NotFound("no VM matches"), 1),

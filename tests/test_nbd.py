@@ -13,11 +13,10 @@ from tests import labutil
 from tests.conftest import DISK_SIZE
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.delta import plan_delta, read_delta
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.errors import InvalidInput, TransportError
 from vsphere_replicator.inventory import snapshot_disks
 from vsphere_replicator.snapshots import create_snapshot
 from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice
-from vsphere_replicator.transport.base import TransportError
 from vsphere_replicator.verify import first_mismatch
 
 

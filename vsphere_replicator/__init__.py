@@ -16,6 +16,7 @@ from vsphere_replicator.errors import (
     ReplicatorError,
     SnapshotChainTooDeep,
     TaskFailed,
+    TaskTimedOut,
     TLSVerificationFailed,
     VSphereFault,
 )
@@ -42,7 +43,6 @@ from vsphere_replicator.snapshots import (
     revert_to_snapshot,
     sweep_orphans,
 )
-from vsphere_replicator.tasks import TaskTimedOut
 
 __version__ = "0.1.0"
 

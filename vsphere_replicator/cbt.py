@@ -191,7 +191,7 @@ def changed_areas(
         )
         try:
             info = conn.call(f"query changed areas of {vm.name} disk {disk}", query, vm=vm.name)
-        except (VSphereFault, InvalidInput) as exc:
+        except VSphereFault as exc:  # ArgumentRejected included: vCenter's InvalidArgument
             stale = exc.fault == "FileFault" or (exc.fault == "InvalidArgument" and "changeId" in str(exc))
             if not stale:
                 raise

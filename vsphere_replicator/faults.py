@@ -1,8 +1,10 @@
 """Translate pyVmomi faults into the library's errors, at the SOAP boundary.
 
 `vmodl.fault.*` and `vim.fault.*` never escape the layer that talks SOAP:
-calls there run inside `translate_faults()`, which raises the most specific
-`ReplicatorError` with the original fault chained as `__cause__`.
+`Connection.call` (and the connect and task-wait paths) catch SOAP_ERRORS and
+raise `translate(...)`, the most specific `ReplicatorError`, with the original
+fault chained as `__cause__`. vCenter's own InvalidArgument is a VSphereFault
+(ArgumentRejected), never InvalidInput: that branch is for the caller's input.
 """
 
 from __future__ import annotations
@@ -10,16 +12,14 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from xml.parsers.expat import ExpatError
 
 from pyVmomi import vim, vmodl
 
 from vsphere_replicator.errors import (
+    ArgumentRejected,
     AuthenticationFailed,
     ConnectionFailed,
-    InvalidInput,
     NotFound,
     PermissionDenied,
     ReplicatorError,
@@ -71,20 +71,9 @@ def translate(exc: BaseException, *, what: str, vm: str | None = None) -> Replic
         error = NotFound(detail, vm=vm, fault=name)
     elif isinstance(exc, vmodl.fault.InvalidArgument):
         prop = getattr(exc, "invalidProperty", None)
-        error = InvalidInput(f"{detail}" + (f" (argument {prop})" if prop else ""), vm=vm, fault=name)
+        error = ArgumentRejected(f"{detail}" + (f" (argument {prop})" if prop else ""), vm=vm, fault=name)
     elif isinstance(exc, vmodl.MethodFault):
         error = VSphereFault(detail, vm=vm, fault=name)
     else:
         error = ConnectionFailed(f"{what}: {type(exc).__name__}: {exc}", vm=vm)
     return error
-
-
-@contextmanager
-def translate_faults(what: str, *, vm: str | None = None) -> Iterator[None]:
-    """Run a SOAP call, turning pyVmomi's faults into the library's errors."""
-    try:
-        yield
-    except ReplicatorError:
-        raise
-    except SOAP_ERRORS as exc:
-        raise translate(exc, what=what, vm=vm) from exc

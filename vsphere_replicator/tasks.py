@@ -20,17 +20,13 @@ from typing import Any
 from pyVmomi import vmodl
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed
+from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed, TaskTimedOut
 from vsphere_replicator.faults import fault_message, fault_name
 from vsphere_replicator.logs import get_logger
 
 ProgressCallback = Callable[[int], None]
 _WATCHED = ["info.state", "info.progress", "info.result", "info.error"]
 _MAX_WAIT_SECONDS = 30
-
-
-class TaskTimedOut(ReplicatorError):
-    """The task did not finish in time; it may still be running in vCenter."""
 
 
 _local = threading.local()

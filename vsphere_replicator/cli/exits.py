@@ -5,8 +5,8 @@ The table and the mapping live together so that they cannot disagree: the
 only place that turns an exception into a code.
 
 Only bad input exits 2: an argparse error, or an InvalidInput the library
-raised about its arguments (no `.fault`). A fault vCenter answered with
-(InvalidInput carrying `.fault`), a state that blocks the operation
+raised about its arguments. A fault vCenter answered with (a VSphereFault,
+its InvalidArgument included), a state that blocks the operation
 (StateError), another holder of the lease (Busy, 5) and the machine's own
 errors (OSError) never do.
 """
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vsphere_replicator.errors import InvalidInput, ReplicatorError
+from vsphere_replicator.errors import IncrementalRefused, InvalidInput, ReplicatorError
 from vsphere_replicator.policies import PolicyFileError
-from vsphere_replicator.replication.cycle import IncrementalRefused
 from vsphere_replicator.replication.lease import Busy
 
 EXIT_OK = 0
@@ -77,7 +76,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(EXIT_REFUSED, "refused", str(exc), kind)
     if isinstance(exc, PolicyFileError):  # one `file:line:column: problem` line per problem, as compilers do
         return Failure(EXIT_USAGE, "", str(exc), kind)
-    if isinstance(exc, InvalidInput) and exc.fault is None:
+    if isinstance(exc, InvalidInput):
         return Failure(EXIT_USAGE, "error", str(exc), kind)
     if isinstance(exc, ReplicatorError | OSError):  # vCenter, the state, the machine: not the input
         return Failure(EXIT_FAILED, "error", str(exc), kind)

@@ -8,7 +8,8 @@ the `Engine` protocol. The layer sits above `replication` and may import it;
 nothing below imports this package (tests/test_architecture.py).
 """
 
-from vsphere_replicator.policies.base import Engine, Policy, PolicyError, Selection
+from vsphere_replicator.errors import PolicyError, PolicyPluginError
+from vsphere_replicator.policies.base import Engine, Policy, Selection
 from vsphere_replicator.policies.builtin import (
     ClonePolicy,
     CloneSettings,
@@ -29,12 +30,7 @@ from vsphere_replicator.policies.policyfile import (
     load_policy_file,
     parse_policy_file,
 )
-from vsphere_replicator.policies.registry import (
-    PolicyPluginError,
-    available_policies,
-    get_policy,
-    policy_names,
-)
+from vsphere_replicator.policies.registry import available_policies, get_policy, policy_names
 from vsphere_replicator.policies.runner import RunRecord, run_policies
 from vsphere_replicator.transport.throttle import Throttle
 

@@ -10,7 +10,7 @@ with an in-memory engine and never sees a pyVmomi object.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -20,24 +20,9 @@ from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
 from vsphere_replicator.transport.throttle import Throttle
 
-__all__ = ["Engine", "Policy", "PolicyError", "Selection"]
+__all__ = ["Engine", "Policy", "Selection"]
 
 S = TypeVar("S")
-
-
-class PolicyError(InvalidInput):
-    """A policy, its settings or a policy file is wrong; nothing ran.
-
-    `key` names the setting at fault when there is one; `problems` lists
-    every (key, reason) found, so a policy file can point at each of them.
-    """
-
-    def __init__(
-        self, message: str, *, key: str | None = None, problems: Sequence[tuple[str | None, str]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.key = key
-        self.problems: tuple[tuple[str | None, str], ...] = tuple(problems) or ((key, message),)
 
 
 @dataclass(frozen=True, slots=True)

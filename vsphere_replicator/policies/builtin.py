@@ -23,8 +23,8 @@ from typing import Any
 
 from croniter import croniter  # type: ignore[import-untyped]  # croniter ships no type information
 
-from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.policies.base import Engine, PolicyError
+from vsphere_replicator.errors import InvalidInput, PolicyError
+from vsphere_replicator.policies.base import Engine
 from vsphere_replicator.replication.settings import (
     MAX_KEEP,
     QUIESCE_MODES,

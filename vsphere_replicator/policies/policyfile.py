@@ -45,8 +45,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from vsphere_replicator.checks import check_int, shown
 from vsphere_replicator.clone import PROVISIONING
-from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.policies.base import Policy, PolicyError, Selection
+from vsphere_replicator.errors import InvalidInput, PolicyError
+from vsphere_replicator.policies.base import Policy, Selection
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.settings import ReplicaTarget
 from vsphere_replicator.units import MAX_SIZE, parse_rate

@@ -12,20 +12,13 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from vsphere_replicator.policies.base import Policy, PolicyError
+from vsphere_replicator.errors import PolicyError, PolicyPluginError
+from vsphere_replicator.policies.base import Policy
 
-__all__ = ["GROUP", "PolicyPluginError", "available_policies", "get_policy", "policy_names"]
+__all__ = ["GROUP", "available_policies", "get_policy", "policy_names"]
 
 GROUP = "vsphere_replicator.policies"
 _METHODS = ("parse", "next_due", "run")
-
-
-class PolicyPluginError(PolicyError):
-    """An installed policy plugin is broken; `.plugin` is its entry-point name."""
-
-    def __init__(self, message: str, *, plugin: str) -> None:
-        super().__init__(message)
-        self.plugin = plugin
 
 
 def _origin(ep: EntryPoint) -> str:

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vsphere_replicator.checks import check_callable, check_duration, check_int, check_type
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.errors import InvalidInput, PolicyError
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.policies.base import Engine, Policy, PolicyError
+from vsphere_replicator.policies.base import Engine, Policy
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.transport.throttle import Throttle

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from vsphere_replicator.errors import StateError
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
 from vsphere_replicator.replication.state import (
     DiskState,
@@ -25,7 +26,6 @@ from vsphere_replicator.replication.state import (
     RestorePoint,
     SeedRecord,
     SourceIdentity,
-    StateError,
     validate_journal,
     validate_state,
 )

@@ -33,7 +33,13 @@ from typing import Any
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, change_id_uuid, changed_areas
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import ChangeIdInvalid, ReplicatorError
+from vsphere_replicator.errors import (
+    ChangeIdInvalid,
+    IncrementalRefused,
+    ReplicatorError,
+    StateError,
+    VerificationFailed,
+)
 from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
@@ -81,7 +87,6 @@ from vsphere_replicator.replication.state import (
     JournalDisk,
     ReplicaState,
     RestorePoint,
-    StateError,
     point_id,
 )
 from vsphere_replicator.replication.store import record_from, write_options
@@ -99,14 +104,6 @@ DEFAULT_CHECKPOINT = 256 << 20
 WHOLE_DISK = "whole-disk"  # a JournalDisk.since that reads every byte: CBT's answers are not trusted
 Progress = Callable[[int, int], None]
 Throttle = Callable[[int], None]
-
-
-class VerificationFailed(ReplicatorError):
-    """A restore point's bytes differ from the source snapshot they were copied from."""
-
-
-class IncrementalRefused(ReplicatorError):
-    """The changes exceed the share of a disk the policy allows an incremental to move."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound, ReplicatorError
+from vsphere_replicator.errors import NotFound, ReplicatorError, StateError
 from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
@@ -28,7 +28,6 @@ from vsphere_replicator.inventory import (
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
-from vsphere_replicator.replication.state import StateError
 from vsphere_replicator.snapshots import remove_snapshot
 from vsphere_replicator.tasks import run_task
 

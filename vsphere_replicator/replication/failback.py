@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from vsphere_replicator.cbt import changed_areas
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound
+from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound, StateError
 from vsphere_replicator.extents import merge_extents
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMSelector, get_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
@@ -58,7 +58,6 @@ from vsphere_replicator.replication.state import (
     ReplicaState,
     RestorePoint,
     SourceIdentity,
-    StateError,
 )
 from vsphere_replicator.replication.store import cleared_options, record_from, write_options
 from vsphere_replicator.snapshots import create_snapshot, is_ours, remove_snapshot

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
+from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
 from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.networks import NicChange, check_networks, remap_nics
@@ -53,7 +53,7 @@ from vsphere_replicator.replication.replica import (
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
 from vsphere_replicator.replication.settings import CycleResult
-from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint, StateError
+from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint
 from vsphere_replicator.replication.store import TEST_KEY, cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import run_task

@@ -33,12 +33,11 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError
+from vsphere_replicator.errors import ConcurrentChange, InvalidInput, NotFound, ReplicatorError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.options import (
     PREFIX,
-    ConcurrentChange,
     VMOptions,
     read_options,
     read_snapshot_options,

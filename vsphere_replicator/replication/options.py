@@ -16,15 +16,11 @@ from dataclasses import dataclass
 from pyVmomi import vim, vmodl
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed
+from vsphere_replicator.errors import ConcurrentChange, NotFound, TaskFailed
 from vsphere_replicator.inventory import vm_object
 from vsphere_replicator.tasks import run_task
 
 PREFIX = "vsphere_replicator."
-
-
-class ConcurrentChange(ReplicatorError):
-    """The VM's configuration changed between our read and our write (vCenter's ConcurrentAccess)."""
 
 
 @dataclass(frozen=True, slots=True)

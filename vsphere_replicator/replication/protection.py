@@ -15,7 +15,7 @@ from typing import Any
 
 from vsphere_replicator.clone import destroy_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.errors import InvalidInput, StateError
 from vsphere_replicator.inventory import VMSelector, find_vms
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
@@ -32,7 +32,6 @@ from vsphere_replicator.replication.replica import (
     sweep_source,
 )
 from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
-from vsphere_replicator.replication.state import StateError
 from vsphere_replicator.replication.store import cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
 

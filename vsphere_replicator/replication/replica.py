@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, NotFound
+from vsphere_replicator.errors import InvalidInput, NotFound, StateError
 from vsphere_replicator.inventory import (
     SnapshotInfo,
     VMInfo,
@@ -26,7 +26,6 @@ from vsphere_replicator.replication.state import (
     RecoveryJournal,
     ReplicaState,
     SeedRecord,
-    StateError,
     point_id,
 )
 from vsphere_replicator.replication.store import find_replicas, record_from, write_options

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, NotFound
+from vsphere_replicator.errors import InvalidInput, NotFound, StateError
 from vsphere_replicator.inventory import VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.replica import require_replica
-from vsphere_replicator.replication.state import ReplicaState, RestorePoint, StateError
+from vsphere_replicator.replication.state import ReplicaState, RestorePoint
 from vsphere_replicator.verify import checksum
 
 

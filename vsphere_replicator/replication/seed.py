@@ -18,13 +18,13 @@ from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, 
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import check_placement, clone_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.errors import InvalidInput, VerificationFailed
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.networks import check_networks
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
-from vsphere_replicator.replication.cycle import VerificationFailed, source_lease_live
+from vsphere_replicator.replication.cycle import source_lease_live
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.options import read_options
 from vsphere_replicator.replication.replica import (

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from vsphere_replicator.errors import ReplicatorError
+from vsphere_replicator.errors import StateError
 from vsphere_replicator.inventory import DiskInfo
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
 
@@ -21,10 +21,6 @@ POINT_ID = re.compile(r"^rp-(\d{6})$")
 Phase = Literal["snapshot", "copying", "copied"]
 RecoveryKind = Literal["planned", "unplanned", "failback"]
 RecoveryPhase = Literal["begun", "source-off", "promoting", "reversing", "switching", "reprotecting"]
-
-
-class StateError(ReplicatorError):
-    """The replication state on a replica is missing, unreadable or contradicts vCenter."""
 
 
 def point_id(number: int) -> str:

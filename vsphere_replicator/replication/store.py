@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import StateError
 from vsphere_replicator.inventory import vm_options
 from vsphere_replicator.replication.codec import (
     decode_journal,
@@ -29,13 +30,7 @@ from vsphere_replicator.replication.codec import (
 )
 from vsphere_replicator.replication.lease import LEASE_KEY, Lease, LeaseHolder
 from vsphere_replicator.replication.options import PREFIX, VMOptions
-from vsphere_replicator.replication.state import (
-    Journal,
-    RecoveryJournal,
-    ReplicaState,
-    SeedRecord,
-    StateError,
-)
+from vsphere_replicator.replication.state import Journal, RecoveryJournal, ReplicaState, SeedRecord
 
 STATE_KEY = PREFIX + "state"
 JOURNAL_KEY = PREFIX + "journal"

@@ -5,14 +5,8 @@
 and verification live above it (see `vsphere_replicator.transport.base`).
 """
 
-from vsphere_replicator.transport.base import (
-    BlockSink,
-    BlockSource,
-    TransportError,
-    copy_areas,
-    plan_chunks,
-    read_chunks,
-)
+from vsphere_replicator.errors import TransportError
+from vsphere_replicator.transport.base import BlockSink, BlockSource, copy_areas, plan_chunks, read_chunks
 from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
 from vsphere_replicator.transport.memory import MemoryBlockDevice
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource

@@ -7,16 +7,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
-from vsphere_replicator.errors import InvalidInput, ReplicatorError
+from vsphere_replicator.errors import InvalidInput
 
 SECTOR = 512
 ALIGN = 4096
 DEFAULT_CHUNK = 4 << 20
 MAX_CHUNK = 64 << 20
-
-
-class TransportError(ReplicatorError):
-    """Bytes could not be read or written (after the transport's own retries)."""
 
 
 @runtime_checkable

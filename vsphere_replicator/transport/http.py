@@ -17,9 +17,8 @@ import time
 import urllib.parse
 
 from vsphere_replicator.connection import Connection, tls_context
-from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed
+from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed, TransportError
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.transport.base import TransportError
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Certificate failures are not among these: ssl.SSLCertVerificationError is handled first.

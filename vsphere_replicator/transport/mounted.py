@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.transport.base import TransportError
+from vsphere_replicator.errors import InvalidInput, TransportError
 
 
 class FileBlockSource:

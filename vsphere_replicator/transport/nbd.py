@@ -17,8 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.transport.base import TransportError
+from vsphere_replicator.errors import InvalidInput, TransportError
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
