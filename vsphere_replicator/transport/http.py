@@ -160,6 +160,8 @@ def read_datastore_file(
             connection.request("GET", target, headers={"Cookie": conn.session_cookie})
             response = connection.getresponse()
             body = response.read(limit + 1)
+            if len(body) <= limit and response.length:  # read(n) hands back what came before the cut
+                raise http.client.IncompleteRead(body, response.length)
         finally:
             connection.close()
         if response.status in _SESSION_REFUSED:
