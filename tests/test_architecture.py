@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # Values and rules with no I/O: the error tree, argument checks, units, extents.
     ("foundation", frozenset({"errors", "checks", "units", "extents"})),
     # One session with vCenter: TLS, login, retries, fault translation, structured logs.
-    ("session", frozenset({"logs", "faults", "connection"})),
+    ("session", frozenset({"logs", "faults", "retry", "connection"})),
     # Reading the inventory and waiting for tasks.
     ("vcenter", frozenset({"inventory", "tasks"})),
     # Where disk bytes are read and written (HTTP, mounted paths, NBD), and the bandwidth cap.

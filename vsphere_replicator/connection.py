@@ -1,11 +1,12 @@
 """Sessions with vCenter: TLS verified, re-login on expiry, bounded retries.
 
 `connect()` returns a `Connection`; every SOAP call the library makes goes
-through `Connection.call()`, the one place where faults are translated and
-where retrying happens: transient network errors are retried with bounded
-exponential backoff (only for calls that are safe to repeat), an expired
-session is logged in again and the call retried once, and permanent faults
-(bad credentials, not found, permission) are never retried.
+through `Connection.call()`, the one place where faults are translated:
+transient network errors are retried under the connection's `RetryPolicy`
+(vsphere_replicator.retry; only for calls that are safe to repeat), an
+expired session is logged in again and the call retried once
+(`Connection.renewing_once`, which the datastore HTTP reads use too), and
+permanent faults (bad credentials, not found, permission) are never retried.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import re
 import ssl
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,34 +24,19 @@ from typing import Any, TypeVar
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import Retrying
 
-from vsphere_replicator.checks import check_callable, check_int, check_text, check_type
+from vsphere_replicator.checks import check_int, check_text, check_type
 from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
-from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, fault_message, translate
+from vsphere_replicator.faults import SOAP_ERRORS, fault_message, translate
 from vsphere_replicator.logs import get_logger
+
+# RetryPolicy lives in retry; `connection.RetryPolicy` stays importable for callers.
+from vsphere_replicator.retry import RetryPolicy as RetryPolicy
+from vsphere_replicator.retry import is_transient
 
 T = TypeVar("T")
 _THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How transient failures are retried; `sleep` is injectable for tests."""
-
-    attempts: int = 5
-    initial_wait: float = 0.5
-    max_wait: float = 8.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def __post_init__(self) -> None:
-        check_int(self.attempts, "attempts", 1, 100)
-        for name in ("initial_wait", "max_wait"):
-            value = getattr(self, name)
-            check_type(value, (int, float), name)
-            if not 0 <= value <= 3600:
-                raise InvalidInput(f"{name} must be between 0 and 3600 seconds, not {value}")
-        check_callable(self.sleep, "sleep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +124,7 @@ class Connection:
         self._renew_lock = threading.Lock()
         self._generation = 0
         try:
-            self._si = self._retrying(idempotent=True)(self._open)
+            self._si = self._retrying()(self._open)
         except ReplicatorError:
             raise
         except SOAP_ERRORS as exc:  # a network error still there when the retries ran out
@@ -177,7 +162,7 @@ class Connection:
             raise ConnectionError(f"connect to {s.host}:{s.port}: {fault_message(exc)}") from exc
         except SOAP_ERRORS as exc:
             error = translate(exc, what=f"connect to {s.host}:{s.port}")
-            if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ssl.SSLError):
+            if is_transient(exc):
                 raise  # let the retry policy see the network error itself
             raise error from exc
         self._log.info("connected", port=s.port, user=s.user)
@@ -202,7 +187,7 @@ class Connection:
             self._log.warning("session_expired_relogin")
             manager = self.content.sessionManager
             try:
-                self._retrying(idempotent=True)(
+                self._retrying()(
                     lambda: manager.Login(userName=self.settings.user, password=self.settings.password)
                 )
             except vim.fault.InvalidLogin as exc:
@@ -246,41 +231,45 @@ class Connection:
 
     # -- calls ---------------------------------------------------------------
 
-    def _retrying(self, *, idempotent: bool) -> Retrying:
-        def log_retry(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            self._log.warning("call_retry", attempt=state.attempt_number, error=type(error).__name__)
+    def _retrying(self, *, idempotent: bool = True) -> Retrying:
+        return self.retry.retrying(self._log, "call_retry", idempotent=idempotent)
 
-        return Retrying(
-            stop=stop_after_attempt(self.retry.attempts if idempotent else 1),
-            wait=wait_exponential(multiplier=self.retry.initial_wait, max=self.retry.max_wait),
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            sleep=self.retry.sleep,
-            before_sleep=log_retry,
-            reraise=True,
-        )
+    def renewing_once(
+        self, fn: Callable[[], T], *, expired: type[BaseException] | tuple[type[BaseException], ...]
+    ) -> T:
+        """Run `fn`; if it raises `expired` (the session is gone), log in again and run it once more.
+
+        The one place a session is renewed for a call: SOAP calls pass
+        `vim.fault.NotAuthenticated`, the datastore HTTP reads their 401/403.
+        It never loops: an `expired` raised by the second run propagates, for
+        the caller to turn into its own error. Callers that saw the same
+        session expire log in once between them (see `renew_session`).
+        Errors from logging in (AuthenticationFailed, …) propagate as raised.
+        """
+        generation = self._generation
+        try:
+            return fn()
+        except expired:
+            self.renew_session(seen=generation)
+        return fn()
 
     def call(self, what: str, fn: Callable[[], T], *, idempotent: bool = True, vm: str | None = None) -> T:
         """Run one SOAP interaction `fn`, described by `what` in errors and logs.
 
-        Set `idempotent=False` for calls that change state: a network error
-        after the request left may mean it ran, so they are not repeated
-        (an expired session is still retried: vCenter ran nothing then).
+        Transient errors are retried under `self.retry`; set `idempotent=False`
+        for calls that change state: a network error after the request left
+        may mean it ran, so they are not repeated. An expired session is
+        renewed and the call run once more, whatever `idempotent` says:
+        vCenter ran nothing then. A second expiry raises AuthenticationFailed.
         """
         if self._si is None:
             raise InvalidInput(f"{what}: the connection to {self.settings.host} is closed")
-        relogged = False
-        while True:
-            generation = self._generation
-            try:
-                return self._retrying(idempotent=idempotent)(fn)
-            except vim.fault.NotAuthenticated as exc:
-                if relogged:
-                    raise translate(exc, what=what, vm=vm) from exc
-                self.renew_session(seen=generation)
-                relogged = True
-            except SOAP_ERRORS as exc:
-                raise translate(exc, what=what, vm=vm) from exc
+        try:
+            return self.renewing_once(
+                lambda: self._retrying(idempotent=idempotent)(fn), expired=vim.fault.NotAuthenticated
+            )
+        except SOAP_ERRORS as exc:
+            raise translate(exc, what=what, vm=vm) from exc
 
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_]+$")

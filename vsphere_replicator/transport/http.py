@@ -4,6 +4,10 @@ Reuses the SOAP session's cookie, verifies TLS exactly as the SOAP
 connection does (the same context: CA file, pinned thumbprint or, only when
 asked, none), keeps a small pool of kept-alive connections, and checks every
 answer's range and length: a response cut short is retried, never handed on.
+
+Retries follow the connection's one `RetryPolicy` (vsphere_replicator.retry),
+as its SOAP calls do; a 401 or 403 (the session expired) renews the session
+once through `Connection.renewing_once` and reads again, never in a loop.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import urllib.parse
 from vsphere_replicator.connection import Connection, tls_context
 from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed, TransportError
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.retry import TRANSIENT
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-# Certificate failures are not among these: ssl.SSLCertVerificationError is handled first.
-_TRANSIENT = (http.client.HTTPException, ssl.SSLError, ConnectionError, TimeoutError)
+# What the /folder endpoint answers to a session it no longer knows.
+_SESSION_REFUSED = (401, 403)
 
 
 def flat_extent_path(file_name: str) -> tuple[str, str]:
@@ -57,33 +62,25 @@ class DatastoreHTTPSource:
         if offset < 0 or length <= 0 or offset + length > self.size:
             raise InvalidInput(f"range {offset}+{length} is outside the disk ({self.size} bytes)")
         policy = self._conn.retry
-        renewed = False
-        for attempt in range(1, policy.attempts + 1):
-            generation = self._conn.session_generation
-            try:
-                return self._get(offset, length)
-            except _Expired:
-                if renewed:
-                    raise TransportError(
-                        f"the datastore refused the renewed session for {self._url}"
-                    ) from None
-                self._conn.renew_session(seen=generation)  # once, however many readers saw it expire
-                renewed = True
-            except ssl.SSLCertVerificationError as exc:  # a certificate that changed is no network hiccup
-                raise TLSVerificationFailed(
-                    f"the datastore endpoint's certificate did not verify: {exc}"
-                ) from exc
-            except (*_TRANSIENT, _ShortRead) as exc:
-                if attempt == policy.attempts:
-                    raise TransportError(
-                        f"reading {length} bytes at {offset} failed {attempt} times: {exc}"
-                    ) from exc
-                wait = min(policy.max_wait, policy.initial_wait * 2 ** (attempt - 1))
-                self._log.warning(
-                    "range_read_retry", offset=offset, attempt=attempt, error=type(exc).__name__
-                )
-                policy.sleep(wait)
-        raise TransportError(f"reading {length} bytes at {offset} did not succeed")
+
+        def attempts() -> bytes:
+            return policy.retrying(self._log, "range_read_retry", offset=offset)(self._get, offset, length)
+
+        try:
+            return self._conn.renewing_once(attempts, expired=_Expired)
+        except _Expired as exc:
+            raise TransportError(
+                f"GET {self._url} answered {exc.status} again after the session was renewed: "
+                "the session lacks access to the datastore, or vCenter expired it again at once"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:  # a certificate that changed is no network hiccup
+            raise TLSVerificationFailed(
+                f"the datastore endpoint's certificate did not verify: {exc}"
+            ) from exc
+        except TRANSIENT as exc:
+            raise TransportError(
+                f"reading {length} bytes at {offset} failed {policy.attempts} times: {exc}"
+            ) from exc
 
     def _connection(self) -> http.client.HTTPSConnection:
         try:
@@ -108,8 +105,8 @@ class DatastoreHTTPSource:
                 connection.close()
             else:
                 self._idle.put(connection)
-        if response.status == 401:
-            raise _Expired()
+        if response.status in _SESSION_REFUSED:
+            raise _Expired(response.status)
         if response.status != 206:
             raise TransportError(f"GET {self._url} answered {response.status}, expected 206")
         match = _CONTENT_RANGE.match(response.getheader("Content-Range", ""))
@@ -130,11 +127,15 @@ class DatastoreHTTPSource:
 
 
 class _Expired(Exception):
-    """The datastore endpoint refused the session cookie."""
+    """The datastore endpoint refused the session cookie (`status`: 401 or 403). Not transient."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the datastore endpoint answered {status}")
+        self.status = status
 
 
-class _ShortRead(Exception):
-    """The answer did not hold exactly the requested range."""
+class _ShortRead(http.client.HTTPException):
+    """The answer did not hold exactly the requested range: a response cut short, so transient."""
 
 
 def read_datastore_file(
@@ -148,8 +149,9 @@ def read_datastore_file(
     params = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
     target = f"/folder/{urllib.parse.quote(path)}?{params}"
     settings = conn.settings
-    for attempt in range(2):
-        generation = conn.session_generation
+    log = get_logger(datastore=datastore, path=path, operation="folder_read")
+
+    def get() -> tuple[int, bytes]:
         connection = http.client.HTTPSConnection(
             settings.host, settings.port, timeout=60, context=tls_context(settings)
         )
@@ -157,16 +159,26 @@ def read_datastore_file(
             connection.request("GET", target, headers={"Cookie": conn.session_cookie})
             response = connection.getresponse()
             body = response.read(limit + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise TransportError(f"GET /folder/{path} on {datastore}: {type(exc).__name__}: {exc}") from exc
+            if len(body) <= limit and response.length:  # read(n) hands back what came before the cut
+                raise http.client.IncompleteRead(body, response.length)
         finally:
             connection.close()
-        if response.status in (401, 403) and attempt == 0:
-            conn.renew_session(seen=generation)
-            continue
-        if response.status == 404:
-            return None
-        if response.status != 200:
-            raise TransportError(f"GET /folder/{path} on {datastore} answered {response.status}")
-        return body[:limit]
-    raise TransportError(f"GET /folder/{path} on {datastore}: the session was refused twice")
+        if response.status in _SESSION_REFUSED:
+            raise _Expired(response.status)
+        return response.status, body
+
+    try:
+        status, body = conn.renewing_once(
+            lambda: conn.retry.retrying(log, "folder_read_retry")(get), expired=_Expired
+        )
+    except _Expired as exc:
+        raise TransportError(
+            f"GET /folder/{path} on {datastore} answered {exc.status} again after the session was renewed"
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise TransportError(f"GET /folder/{path} on {datastore}: {type(exc).__name__}: {exc}") from exc
+    if status == 404:
+        return None
+    if status != 200:
+        raise TransportError(f"GET /folder/{path} on {datastore} answered {status}")
+    return body[:limit]
