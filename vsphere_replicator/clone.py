@@ -149,7 +149,7 @@ def clone_vm(
         locators.append(
             vim.vm.RelocateSpec.DiskLocator(
                 diskId=disk.key,
-                datastore=vim.Datastore(store.moref, conn.service_instance._stub),
+                datastore=conn.handle(vim.Datastore, store.moref),
                 diskBackingInfo=_backing(provisioning),
             )
         )
@@ -159,21 +159,22 @@ def clone_vm(
             raise InvalidInput(
                 f"{store_name} has {free} bytes free; thick disks of {info.name} need {bytes_needed}"
             )
-    stub = conn.service_instance._stub
-    location = vim.vm.RelocateSpec(datastore=vim.Datastore(home.moref, stub), disk=locators)
+    location = vim.vm.RelocateSpec(datastore=conn.handle(vim.Datastore, home.moref), disk=locators)
     if placement.host:
-        location.host = vim.HostSystem(_one(objects, "HostSystem", placement.host).moref, stub)
+        location.host = conn.handle(vim.HostSystem, _one(objects, "HostSystem", placement.host).moref)
     if placement.resource_pool:
-        location.pool = vim.ResourcePool(_one(objects, "ResourcePool", placement.resource_pool).moref, stub)
+        location.pool = conn.handle(
+            vim.ResourcePool, _one(objects, "ResourcePool", placement.resource_pool).moref
+        )
     folder_path = placement.folder or info.folder
-    folder = vim.Folder(_one(objects, "Folder", folder_path).moref, stub)
+    folder = conn.handle(vim.Folder, _one(objects, "Folder", folder_path).moref)
     spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False)
     if options:
         spec.config = vim.vm.ConfigSpec(
             extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in options.items()]
         )
     if snapshot is not None:
-        spec.snapshot = vim.vm.Snapshot(snapshot.moref, stub)
+        spec.snapshot = conn.handle(vim.vm.Snapshot, snapshot.moref)
     handle = vm_object(conn, info.moref)
     get_logger(vm=info.name, operation="clone").info("clone_started", target=target, datastore=home.name)
     result = run_task(

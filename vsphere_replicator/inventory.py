@@ -325,10 +325,9 @@ def read_inventory(conn: Connection) -> tuple[VMInfo, ...]:
 
 
 def _details(conn: Connection, morefs: Sequence[str], names: _Names) -> tuple[VMInfo, ...]:
-    stub = conn.service_instance._stub
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[
-            vmodl.query.PropertyCollector.ObjectSpec(obj=vim.VirtualMachine(m, stub), skip=False)
+            vmodl.query.PropertyCollector.ObjectSpec(obj=conn.handle(vim.VirtualMachine, m), skip=False)
             for m in morefs
         ],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
@@ -428,7 +427,7 @@ def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:
 
 def snapshot_disks(conn: Connection, snapshot_moref: str) -> tuple[DiskInfo, ...]:
     """The disks as a snapshot froze them: its own backings, capacities and change ids."""
-    snapshot = vim.vm.Snapshot(snapshot_moref, conn.service_instance._stub)
+    snapshot = conn.handle(vim.vm.Snapshot, snapshot_moref)
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=snapshot, skip=False)],
         propSet=[
@@ -523,6 +522,6 @@ def resolve_vm(conn: Connection, vm: VMRef) -> VMInfo:
     return get_vm(conn, VMSelector(moref=vm.moref) if isinstance(vm, VMInfo) else vm)
 
 
-def vm_object(conn: Connection, moref: str) -> Any:
+def vm_object(conn: Connection, moref: str) -> vim.VirtualMachine:
     """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
-    return vim.VirtualMachine(moref, conn.service_instance._stub)
+    return conn.handle(vim.VirtualMachine, moref)

@@ -98,8 +98,8 @@ def _depth(vm: VMInfo) -> int:
     return find(vm.snapshots, 1) if vm.current_snapshot else 0
 
 
-def _snapshot_handle(conn: Connection, moref: str) -> Any:
-    return vim.vm.Snapshot(moref, conn.service_instance._stub)
+def _snapshot_handle(conn: Connection, moref: str) -> vim.vm.Snapshot:
+    return conn.handle(vim.vm.Snapshot, moref)
 
 
 def find_snapshot(

@@ -63,11 +63,10 @@ def _descriptors(conn: Connection, browsers: dict[str, Any], datastore: str, fol
 
 
 def _browsers(conn: Connection) -> dict[str, Any]:
-    stub = conn.service_instance._stub
     found = {}
     for obj in named_objects(conn):
         if obj.kind == "Datastore":
-            store = vim.Datastore(obj.moref, stub)
+            store = conn.handle(vim.Datastore, obj.moref)
             found[obj.name] = conn.call(
                 "read a datastore browser", functools.partial(getattr, store, "browser")
             )
