@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pyVmomi import vim
 
+from vsphere_replicator.checks import check_choice
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import (
+    PROVISIONING,
     NamedObject,
+    Provisioning,
     SnapshotInfo,
     VMInfo,
     VMRef,
@@ -33,8 +35,6 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import ProgressCallback, run_task
 
-PROVISIONING = ("thin", "thick-lazy", "thick-eager")
-
 
 @dataclass(frozen=True, slots=True)
 class DiskPlacement:
@@ -42,7 +42,11 @@ class DiskPlacement:
 
     disk: int
     datastore: str | None = None
-    provisioning: str | None = None
+    provisioning: Provisioning | None = None
+
+    def __post_init__(self) -> None:
+        if self.provisioning is not None:
+            check_choice(self.provisioning, PROVISIONING, "provisioning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +57,12 @@ class ClonePlacement:
     host: str | None = None
     resource_pool: str | None = None
     folder: str | None = None
-    provisioning: str | None = None
+    provisioning: Provisioning | None = None
     disks: tuple[DiskPlacement, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.provisioning is not None:
+            check_choice(self.provisioning, PROVISIONING, "provisioning")
 
 
 def clone_name(template: str, vm: VMInfo, now: datetime | None = None) -> str:
@@ -80,9 +88,7 @@ def _one(objects: Sequence[NamedObject], kind: str, name: str) -> NamedObject:
     return hits[0]
 
 
-def _backing(provisioning: str) -> Any:
-    if provisioning not in PROVISIONING:
-        raise InvalidInput(f"provisioning must be one of {', '.join(PROVISIONING)}, not {provisioning!r}")
+def _backing(provisioning: Provisioning) -> vim.vm.device.VirtualDisk.FlatVer2BackingInfo:
     return vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
         fileName="",
         diskMode="persistent",
