@@ -189,6 +189,7 @@ def clone_vm(
         what=f"clone {info.name} to {target}",
         vm=info.name,
         on_progress=on_progress,
+        returns=vim.VirtualMachine,
     )
     return get_vm(conn, VMSelector(moref=result._moId))
 

@@ -30,7 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from vsphere_replicator.checks import check_callable, check_int, check_text, check_type, shown
 from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
 from vsphere_replicator.faults import SOAP_ERRORS, TRANSIENT_ERRORS, fault_message, translate
-from vsphere_replicator.logs import get_logger
+from vsphere_replicator.logs import Logger, get_logger
 
 T = TypeVar("T")
 M = TypeVar("M", bound=ManagedObject)
@@ -151,15 +151,15 @@ class Connection:
             ) from exc
 
     @property
-    def _log(self) -> Any:
+    def _log(self) -> Logger:
         return get_logger(host=self.settings.host)
 
     # -- session -------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self) -> vim.ServiceInstance:
         s = self.settings
         try:
-            si = SmartConnect(
+            si: vim.ServiceInstance = SmartConnect(
                 host=s.host,
                 port=s.port,
                 user=s.user,
@@ -222,8 +222,10 @@ class Connection:
         return self._generation
 
     @property
-    def service_instance(self) -> Any:
-        return self._si
+    def service_instance(self) -> vim.ServiceInstance:
+        """The session's ServiceInstance, for the SOAP layers below the public API."""
+        si: vim.ServiceInstance = self._si
+        return si
 
     @property
     def content(self) -> Any:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from pyVmomi import vim, vmodl
+from pyVmomi.VmomiSupport import ManagedObject
 
 from vsphere_replicator.checks import check_type, shown
 from vsphere_replicator.connection import Connection
@@ -179,7 +180,9 @@ def _retrieve(conn: Connection, specs: Sequence[Any]) -> list[Any]:
     return objects
 
 
-def _view_spec(view: Any, types: Sequence[tuple[Any, list[str]]]) -> Any:
+def _view_spec(
+    view: vim.view.ContainerView, types: Sequence[tuple[type[ManagedObject], list[str]]]
+) -> vmodl.query.PropertyCollector.FilterSpec:
     traversal = vmodl.query.PropertyCollector.TraversalSpec(
         name="view", path="view", skip=False, type=vim.view.ContainerView
     )

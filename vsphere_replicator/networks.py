@@ -79,7 +79,7 @@ def _networks(conn: Connection) -> dict[str, _Network]:
     return found
 
 
-def _backing(conn: Connection, network: _Network) -> Any:
+def _backing(conn: Connection, network: _Network) -> vim.vm.device.VirtualDevice.BackingInfo:
     if network.portgroup_key is not None:
         port = vim.dvs.PortConnection(portgroupKey=network.portgroup_key, switchUuid=network.switch_uuid)
         return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(port=port)

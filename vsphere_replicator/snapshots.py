@@ -167,6 +167,7 @@ def create_snapshot(
             what=f"snapshot {info.name}",
             vm=info.name,
             on_progress=on_progress,
+            returns=vim.vm.Snapshot,
         )
         return str(result._moId)
 
