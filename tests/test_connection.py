@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import ssl
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 from structlog.testing import capture_logs
 
 from vsphere_replicator.cli import main
@@ -16,6 +18,7 @@ from vsphere_replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
     InvalidInput,
+    NotFound,
     PermissionDenied,
     TLSVerificationFailed,
 )
@@ -227,3 +230,55 @@ def test_close_logs_out(lab: Any, control: Any) -> None:
     assert control.stats()["methods"]["Logout"] == 1
     with pytest.raises(InvalidInput, match="closed"):
         read_inventory(conn)
+
+
+# -- handles: Connection.handle is the one place a pyVmomi handle is made ----------------
+
+
+def test_a_handle_reads_what_plain_pyvmomi_reads(conn: Any, vm: Any) -> None:
+    handle = conn.handle(vim.VirtualMachine, vm._moId)
+    assert isinstance(handle, vim.VirtualMachine)
+    assert handle._moId == vm._moId
+    assert conn.call("read a VM name", lambda: handle.name) == vm.name
+    store = vm.datastore[0]
+    assert conn.call("read a datastore name", lambda: conn.handle(vim.Datastore, store._moId).name) == (
+        store.name
+    )
+    assert vm_object(conn, vm._moId)._moId == vm._moId  # the VM helper goes through it
+
+
+@pytest.mark.parametrize(
+    ("kind", "moref", "message"),
+    [
+        (vim.vm.ConfigSpec, "vm-1", "managed object type such as vim.VirtualMachine, not vim.vm.ConfigSpec"),
+        (
+            "VirtualMachine",
+            "vm-1",
+            "managed object type such as vim.VirtualMachine, not str 'VirtualMachine'",
+        ),
+        (None, "vm-1", "managed object type such as vim.VirtualMachine, not NoneType None"),
+        (vim.VirtualMachine, 42, "the moref of a vim.VirtualMachine must be str, not int 42"),
+        (vim.VirtualMachine, "", "'' is not a managed object reference"),
+        (vim.VirtualMachine, "vm-1; drop", "'vm-1; drop' is not a managed object reference"),
+        (vim.VirtualMachine, "vm-1\n", "is not a managed object reference"),
+        (vim.VirtualMachine, "x" * 1025, "is not a managed object reference"),
+    ],
+)
+def test_a_handle_of_what_is_not_a_managed_object_is_refused(
+    conn: Any, kind: Any, moref: Any, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        conn.handle(kind, moref)
+
+
+def test_a_handle_of_an_unknown_moref_is_not_found_at_first_use(conn: Any) -> None:
+    handle = conn.handle(vim.VirtualMachine, "vm-987654")  # a thin reference: no round trip yet
+    with pytest.raises(NotFound, match="read a VM name") as caught:
+        conn.call("read a VM name", lambda: handle.name)
+    assert caught.value.fault == "ManagedObjectNotFound"
+
+
+def test_a_handle_on_a_closed_connection_is_refused(conn: Any, vm: Any) -> None:
+    conn.close()
+    with pytest.raises(InvalidInput, match=f"VirtualMachine {vm._moId}: the connection to .* is closed"):
+        conn.handle(vim.VirtualMachine, vm._moId)

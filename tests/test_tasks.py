@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from vsphere_replicator.errors import TaskFailed
+from vsphere_replicator.errors import TaskFailed, VSphereFault
 from vsphere_replicator.inventory import get_vm, vm_object
 from vsphere_replicator.tasks import run_task, wait_for_task
 
@@ -22,8 +22,9 @@ def test_progress_reaches_100_and_never_goes_back(conn: Any, si: Any, vm_name: s
         lambda: handle.CloneVM_Task(folder=dc.vmFolder, name=f"{vm_name}-t", spec=spec),
         what="clone",
         on_progress=seen.append,
+        returns=vim.VirtualMachine,
     )
-    assert clone._moId.startswith("vm-")
+    assert isinstance(clone, vim.VirtualMachine) and clone._moId.startswith("vm-")
     assert seen and seen[-1] == 100 and seen == sorted(seen)
 
 
@@ -51,3 +52,17 @@ def test_waiting_survives_a_session_expiry(conn: Any, control: Any, vm_name: str
     control.expire_sessions()
     snapshot = wait_for_task(conn, task, what="snapshot")
     assert snapshot._moId.startswith("snapshot-")
+
+
+def test_a_task_result_of_another_type_than_asked_is_a_fault(conn: Any, vm_name: str) -> None:
+    handle = vm_object(conn, get_vm(conn, vm_name).moref)
+    with pytest.raises(
+        VSphereFault, match=r"snapshot lab-vm-\d+: task task-\d+ gave a vim.vm.Snapshot, not a vim.Vir"
+    ):
+        run_task(
+            conn,
+            lambda: handle.CreateSnapshot_Task(name="x", memory=False, quiesce=False),
+            what=f"snapshot {vm_name}",
+            returns=vim.VirtualMachine,
+        )
+    assert [s.name for s in get_vm(conn, vm_name).all_snapshots()] == ["x"]  # the task itself ran

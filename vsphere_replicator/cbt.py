@@ -179,7 +179,7 @@ def changed_areas(
             reason="tracking identity changed",
         )
     handle = vm_object(conn, vm.moref)
-    snap = vim.vm.Snapshot(snapshot.moref, conn.service_instance._stub)
+    snap = conn.handle(vim.vm.Snapshot, snapshot.moref)
     capacity, offset, queries = at.capacity, start, 0
     if not 0 <= start < capacity:
         raise InvalidInput(f"start {start} is outside disk {disk} ({capacity} bytes)")
@@ -205,7 +205,7 @@ def changed_areas(
                 fault=exc.fault,
             ) from exc
         queries += 1
-        window_end = info.startOffset + info.length
+        window_end = int(info.startOffset) + int(info.length)
         if info.startOffset != offset or info.length <= 0:
             window = f"{info.startOffset}+{info.length}"
             raise CBTError(f"{vm.name} disk {disk}: vCenter answered window {window} for offset {offset}")

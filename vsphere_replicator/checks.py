@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from vsphere_replicator.errors import InvalidInput
 
 # Longer than any retention, RPO or schedule means; datetime arithmetic stays far from its limits.
 MAX_DURATION = timedelta(days=36500)
 MAX_DURATION_TEXT = "36500d (100 years)"
+C = TypeVar("C", bound=str)
 
 
 def shown(value: object) -> str:
@@ -53,6 +54,14 @@ def check_text(value: object, what: str, *, optional: bool = False) -> None:
     check_type(value, str, what, optional=optional)
     if value is not None and not str(value).strip():
         raise InvalidInput(f"{what} must not be empty")
+
+
+def check_choice(value: object, choices: tuple[C, ...], what: str) -> C:
+    """`value` as the one of `choices` it equals (`choices` is a Literal's `get_args`); else InvalidInput."""
+    for choice in choices:
+        if isinstance(value, str) and value == choice:
+            return choice
+    raise InvalidInput(f"{what} must be one of {', '.join(choices)}, not {shown(value)}")
 
 
 def check_int(value: object, what: str, low: int, high: int, *, unit: str = "") -> int:

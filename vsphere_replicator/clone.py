@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pyVmomi import vim
 
+from vsphere_replicator.checks import check_choice
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import (
+    PROVISIONING,
     NamedObject,
+    Provisioning,
     SnapshotInfo,
     VMInfo,
     VMRef,
@@ -33,8 +35,6 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.snapshots import find_snapshot
 from vsphere_replicator.tasks import ProgressCallback, run_task
 
-PROVISIONING = ("thin", "thick-lazy", "thick-eager")
-
 
 @dataclass(frozen=True, slots=True)
 class DiskPlacement:
@@ -42,7 +42,11 @@ class DiskPlacement:
 
     disk: int
     datastore: str | None = None
-    provisioning: str | None = None
+    provisioning: Provisioning | None = None
+
+    def __post_init__(self) -> None:
+        if self.provisioning is not None:
+            check_choice(self.provisioning, PROVISIONING, "provisioning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +57,12 @@ class ClonePlacement:
     host: str | None = None
     resource_pool: str | None = None
     folder: str | None = None
-    provisioning: str | None = None
+    provisioning: Provisioning | None = None
     disks: tuple[DiskPlacement, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.provisioning is not None:
+            check_choice(self.provisioning, PROVISIONING, "provisioning")
 
 
 def clone_name(template: str, vm: VMInfo, now: datetime | None = None) -> str:
@@ -80,9 +88,7 @@ def _one(objects: Sequence[NamedObject], kind: str, name: str) -> NamedObject:
     return hits[0]
 
 
-def _backing(provisioning: str) -> Any:
-    if provisioning not in PROVISIONING:
-        raise InvalidInput(f"provisioning must be one of {', '.join(PROVISIONING)}, not {provisioning!r}")
+def _backing(provisioning: Provisioning) -> vim.vm.device.VirtualDisk.FlatVer2BackingInfo:
     return vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
         fileName="",
         diskMode="persistent",
@@ -149,7 +155,7 @@ def clone_vm(
         locators.append(
             vim.vm.RelocateSpec.DiskLocator(
                 diskId=disk.key,
-                datastore=vim.Datastore(store.moref, conn.service_instance._stub),
+                datastore=conn.handle(vim.Datastore, store.moref),
                 diskBackingInfo=_backing(provisioning),
             )
         )
@@ -159,21 +165,22 @@ def clone_vm(
             raise InvalidInput(
                 f"{store_name} has {free} bytes free; thick disks of {info.name} need {bytes_needed}"
             )
-    stub = conn.service_instance._stub
-    location = vim.vm.RelocateSpec(datastore=vim.Datastore(home.moref, stub), disk=locators)
+    location = vim.vm.RelocateSpec(datastore=conn.handle(vim.Datastore, home.moref), disk=locators)
     if placement.host:
-        location.host = vim.HostSystem(_one(objects, "HostSystem", placement.host).moref, stub)
+        location.host = conn.handle(vim.HostSystem, _one(objects, "HostSystem", placement.host).moref)
     if placement.resource_pool:
-        location.pool = vim.ResourcePool(_one(objects, "ResourcePool", placement.resource_pool).moref, stub)
+        location.pool = conn.handle(
+            vim.ResourcePool, _one(objects, "ResourcePool", placement.resource_pool).moref
+        )
     folder_path = placement.folder or info.folder
-    folder = vim.Folder(_one(objects, "Folder", folder_path).moref, stub)
+    folder = conn.handle(vim.Folder, _one(objects, "Folder", folder_path).moref)
     spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False)
     if options:
         spec.config = vim.vm.ConfigSpec(
             extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in options.items()]
         )
     if snapshot is not None:
-        spec.snapshot = vim.vm.Snapshot(snapshot.moref, stub)
+        spec.snapshot = conn.handle(vim.vm.Snapshot, snapshot.moref)
     handle = vm_object(conn, info.moref)
     get_logger(vm=info.name, operation="clone").info("clone_started", target=target, datastore=home.name)
     result = run_task(
@@ -182,6 +189,7 @@ def clone_vm(
         what=f"clone {info.name} to {target}",
         vm=info.name,
         on_progress=on_progress,
+        returns=vim.VirtualMachine,
     )
     return get_vm(conn, VMSelector(moref=result._moId))
 

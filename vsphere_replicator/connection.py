@@ -24,19 +24,22 @@ from typing import Any, TypeVar
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
+from pyVmomi.VmomiSupport import ManagedObject
 from tenacity import Retrying
 
-from vsphere_replicator.checks import check_int, check_text, check_type
+from vsphere_replicator.checks import check_int, check_text, check_type, shown
 from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
 from vsphere_replicator.faults import SOAP_ERRORS, fault_message, translate
-from vsphere_replicator.logs import get_logger
+from vsphere_replicator.logs import Logger, get_logger
 
 # RetryPolicy lives in retry; `connection.RetryPolicy` stays importable for callers.
 from vsphere_replicator.retry import RetryPolicy as RetryPolicy
 from vsphere_replicator.retry import is_transient
 
 T = TypeVar("T")
+M = TypeVar("M", bound=ManagedObject)
 _THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
+_MOREF = re.compile(r"[^\s\x00-\x1f\x7f]{1,1024}")  # vcsim names datastores by their path
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +136,15 @@ class Connection:
             ) from exc
 
     @property
-    def _log(self) -> Any:
+    def _log(self) -> Logger:
         return get_logger(host=self.settings.host)
 
     # -- session -------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self) -> vim.ServiceInstance:
         s = self.settings
         try:
-            si = SmartConnect(
+            si: vim.ServiceInstance = SmartConnect(
                 host=s.host,
                 port=s.port,
                 user=s.user,
@@ -204,13 +207,40 @@ class Connection:
         return self._generation
 
     @property
-    def service_instance(self) -> Any:
-        return self._si
+    def service_instance(self) -> vim.ServiceInstance:
+        """The session's ServiceInstance, for the SOAP layers below the public API."""
+        si: vim.ServiceInstance = self._si
+        return si
 
     @property
     def content(self) -> Any:
         """The ServiceContent, read at login: its references never change."""
         return self._content
+
+    # -- handles -------------------------------------------------------------
+
+    def handle(self, kind: type[M], moref: str) -> M:
+        """The pyVmomi handle of managed object `moref` of type `kind` on this session.
+
+        `conn.handle(vim.VirtualMachine, "vm-42")` is typed `vim.VirtualMachine`.
+        The one place handles are made (the layers below the public API use it;
+        no handle crosses the API). Like govmomi's `object.NewCommon`, a handle
+        is a thin reference: no round trip here, so a moref vCenter does not
+        know surfaces as NotFound at the first call through it. A `kind` that is
+        not a managed object type, a malformed moref or a closed connection
+        raise InvalidInput.
+        """
+        if not (isinstance(kind, type) and issubclass(kind, ManagedObject)):
+            given = kind.__name__ if isinstance(kind, type) else f"{type(kind).__name__} {shown(kind)}"
+            raise InvalidInput(
+                f"a handle is made for a managed object type such as vim.VirtualMachine, not {given}"
+            )
+        check_type(moref, str, f"the moref of a {kind.__name__}")
+        if not _MOREF.fullmatch(moref):
+            raise InvalidInput(f"{shown(moref)} is not a managed object reference (such as 'vm-42')")
+        if self._si is None:
+            raise InvalidInput(f"{kind.__name__} {moref}: the connection to {self.settings.host} is closed")
+        return kind(moref, self._si._stub)
 
     def close(self) -> None:
         """Log out and drop the connection; safe to call twice."""

@@ -15,15 +15,22 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pyVmomi import vim, vmodl
+from pyVmomi.VmomiSupport import ManagedObject
 
 from vsphere_replicator.checks import check_type, shown
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, NotFound
+from vsphere_replicator.errors import InvalidInput, NotFound, VSphereFault
 
 PAGE_SIZE = 1000
+# vSphere's VirtualMachinePowerState, of a VM and of the VM a snapshot froze.
+PowerState = Literal["poweredOn", "poweredOff", "suspended"]
+POWER_STATES: tuple[PowerState, ...] = get_args(PowerState)
+# How a disk's blocks are allocated: clones and replicas choose one of these.
+Provisioning = Literal["thin", "thick-lazy", "thick-eager"]
+PROVISIONING: tuple[Provisioning, ...] = get_args(Provisioning)
 _VM_DETAIL = [
     "name",
     "config.instanceUuid",
@@ -67,7 +74,7 @@ class DiskInfo:
     parent_file: str | None
 
     @property
-    def provisioning(self) -> str:
+    def provisioning(self) -> Provisioning:
         if self.thin:
             return "thin"
         return "thick-eager" if self.eager_scrub else "thick-lazy"
@@ -82,7 +89,7 @@ class SnapshotInfo:
     name: str
     description: str
     created: datetime
-    state: str
+    state: PowerState
     quiesced: bool
     children: tuple[SnapshotInfo, ...] = ()
 
@@ -100,7 +107,7 @@ class VMInfo:
     moref: str
     name: str
     instance_uuid: str | None
-    power_state: str
+    power_state: PowerState
     template: bool
     host: str | None
     resource_pool: str | None
@@ -173,7 +180,9 @@ def _retrieve(conn: Connection, specs: Sequence[Any]) -> list[Any]:
     return objects
 
 
-def _view_spec(view: Any, types: Sequence[tuple[Any, list[str]]]) -> Any:
+def _view_spec(
+    view: vim.view.ContainerView, types: Sequence[tuple[type[ManagedObject], list[str]]]
+) -> vmodl.query.PropertyCollector.FilterSpec:
     traversal = vmodl.query.PropertyCollector.TraversalSpec(
         name="view", path="view", skip=False, type=vim.view.ContainerView
     )
@@ -274,11 +283,21 @@ def snapshot_tree(nodes: Sequence[Any]) -> tuple[SnapshotInfo, ...]:
             name=n.name,
             description=n.description or "",
             created=n.createTime,
-            state=str(n.state),
+            state=_power_state(n.state, f"snapshot {n.name}"),
             quiesced=bool(n.quiesced),
             children=snapshot_tree(n.childSnapshotList or []),
         )
         for n in nodes
+    )
+
+
+def _power_state(value: object, of: str) -> PowerState:
+    """vCenter's power state as the Literal; an unknown one is vCenter breaking its own API."""
+    for state in POWER_STATES:
+        if str(value) == state:
+            return state
+    raise VSphereFault(
+        f"vCenter reported power state {shown(value)} for {of}, not one of {', '.join(POWER_STATES)}"
     )
 
 
@@ -292,7 +311,7 @@ def _vm_info(obj: Any, names: _Names) -> VMInfo:
         moref=obj.obj._moId,
         name=p["name"],
         instance_uuid=p.get("config.instanceUuid"),
-        power_state=str(p.get("runtime.powerState")),
+        power_state=_power_state(p.get("runtime.powerState"), str(p["name"])),
         template=bool(p.get("config.template")),
         host=names.name.get(host._moId) if host is not None else None,
         resource_pool=names.name.get(pool._moId) if pool is not None else None,
@@ -325,10 +344,9 @@ def read_inventory(conn: Connection) -> tuple[VMInfo, ...]:
 
 
 def _details(conn: Connection, morefs: Sequence[str], names: _Names) -> tuple[VMInfo, ...]:
-    stub = conn.service_instance._stub
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[
-            vmodl.query.PropertyCollector.ObjectSpec(obj=vim.VirtualMachine(m, stub), skip=False)
+            vmodl.query.PropertyCollector.ObjectSpec(obj=conn.handle(vim.VirtualMachine, m), skip=False)
             for m in morefs
         ],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_DETAIL)],
@@ -428,7 +446,7 @@ def get_vm(conn: Connection, selector: VMSelector | str) -> VMInfo:
 
 def snapshot_disks(conn: Connection, snapshot_moref: str) -> tuple[DiskInfo, ...]:
     """The disks as a snapshot froze them: its own backings, capacities and change ids."""
-    snapshot = vim.vm.Snapshot(snapshot_moref, conn.service_instance._stub)
+    snapshot = conn.handle(vim.vm.Snapshot, snapshot_moref)
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=snapshot, skip=False)],
         propSet=[
@@ -523,6 +541,6 @@ def resolve_vm(conn: Connection, vm: VMRef) -> VMInfo:
     return get_vm(conn, VMSelector(moref=vm.moref) if isinstance(vm, VMInfo) else vm)
 
 
-def vm_object(conn: Connection, moref: str) -> Any:
+def vm_object(conn: Connection, moref: str) -> vim.VirtualMachine:
     """The pyVmomi handle of a VM, for the SOAP layers below the public API."""
-    return vim.VirtualMachine(moref, conn.service_instance._stub)
+    return conn.handle(vim.VirtualMachine, moref)

@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
@@ -152,7 +152,33 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
     )
 
 
-def get_logger(**context: Any) -> Any:
+class Logger(Protocol):
+    """What the library calls on the logger `get_logger` returns.
+
+    Both loggers it can hand out are one, which mypy checks: structlog's
+    `stdlib.BoundLogger` (an unconfigured application) and the
+    `FilteringBoundLogger` that `configure_logging` (or an application's own
+    `make_filtering_bound_logger`) makes.
+    """
+
+    def bind(self, **new_values: Any) -> Logger: ...
+    def debug(self, event: str, *args: Any, **kw: Any) -> Any: ...
+    def info(self, event: str, *args: Any, **kw: Any) -> Any: ...
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any: ...
+    def error(self, event: str, *args: Any, **kw: Any) -> Any: ...
+    def exception(self, event: str, *args: Any, **kw: Any) -> Any: ...
+
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    # mypy proves both structlog loggers get_logger hands out are a Logger
+
+    def _both_are_loggers(a: structlog.stdlib.BoundLogger, b: FilteringBoundLogger) -> tuple[Logger, Logger]:
+        return a, b
+
+
+def get_logger(**context: Any) -> Logger:
     """A logger with `context` (vm, disk, operation, …) bound to every event.
 
     When the application configured structlog, its processors apply, with
@@ -165,23 +191,24 @@ def get_logger(**context: Any) -> Any:
         processors = config["processors"]
         if redact_secrets not in processors:  # a chain that has it (configure_logging's) placed it
             processors = [redact_secrets, *processors]
-        logger = structlog.wrap_logger(
+        # the application's wrapper_class: configure_logging's FilteringBoundLogger, or its own
+        configured: Logger = structlog.wrap_logger(
             config["logger_factory"](),
             processors=processors,
             wrapper_class=config["wrapper_class"],
             context_class=config["context_class"],
             cache_logger_on_first_use=False,
         )
-    else:
-        logger = structlog.wrap_logger(
-            logging.getLogger("vsphere_replicator"),
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.stdlib.filter_by_level,
-                structlog.processors.format_exc_info,
-                redact_secrets,
-                structlog.processors.KeyValueRenderer(key_order=["event"]),
-            ],
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
-    return logger.bind(**context)
+        return configured.bind(**context)
+    plain: structlog.stdlib.BoundLogger = structlog.wrap_logger(
+        logging.getLogger("vsphere_replicator"),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.processors.KeyValueRenderer(key_order=["event"]),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    return plain.bind(**context)

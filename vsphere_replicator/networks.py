@@ -79,13 +79,12 @@ def _networks(conn: Connection) -> dict[str, _Network]:
     return found
 
 
-def _backing(conn: Connection, network: _Network) -> Any:
-    stub = conn.service_instance._stub
+def _backing(conn: Connection, network: _Network) -> vim.vm.device.VirtualDevice.BackingInfo:
     if network.portgroup_key is not None:
         port = vim.dvs.PortConnection(portgroupKey=network.portgroup_key, switchUuid=network.switch_uuid)
         return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(port=port)
     return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-        deviceName=network.name, network=vim.Network(network.moref, stub)
+        deviceName=network.name, network=conn.handle(vim.Network, network.moref)
     )
 
 
@@ -126,7 +125,10 @@ def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> t
     if missing:
         raise NotFound(f"no port group named {', '.join(missing)}")
     handle = vm_object(conn, vm_moref)
-    devices = conn.call("read the VM's devices", lambda: handle.config.hardware.device)
+    config = conn.call("read the VM's devices", lambda: handle.config)
+    if config is None:
+        raise NotFound(f"VM {vm_moref} has no configuration to read its network adapters from")
+    devices = config.hardware.device
     changes, specs = [], []
     for nic in devices:
         if not isinstance(nic, vim.vm.device.VirtualEthernetCard):

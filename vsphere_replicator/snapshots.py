@@ -98,8 +98,8 @@ def _depth(vm: VMInfo) -> int:
     return find(vm.snapshots, 1) if vm.current_snapshot else 0
 
 
-def _snapshot_handle(conn: Connection, moref: str) -> Any:
-    return vim.vm.Snapshot(moref, conn.service_instance._stub)
+def _snapshot_handle(conn: Connection, moref: str) -> vim.vm.Snapshot:
+    return conn.handle(vim.vm.Snapshot, moref)
 
 
 def find_snapshot(
@@ -167,6 +167,7 @@ def create_snapshot(
             what=f"snapshot {info.name}",
             vm=info.name,
             on_progress=on_progress,
+            returns=vim.vm.Snapshot,
         )
         return str(result._moId)
 

@@ -15,16 +15,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from pyVmomi import vmodl
+from pyVmomi import vim, vmodl
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed, TaskTimedOut
+from vsphere_replicator.errors import NotFound, ReplicatorError, TaskFailed, TaskTimedOut, VSphereFault
 from vsphere_replicator.faults import fault_message, fault_name
 from vsphere_replicator.logs import get_logger
 
 ProgressCallback = Callable[[int], None]
+R = TypeVar("R")
 _WATCHED = ["info.state", "info.progress", "info.result", "info.error"]
 _MAX_WAIT_SECONDS = 30
 
@@ -66,22 +67,64 @@ def _collector(conn: Connection, task: Any, *, fresh: bool = False) -> tuple[Any
         return conn.call("watch a task", create)
 
 
+@overload
 def wait_for_task(
     conn: Connection,
-    task: Any,
+    task: vim.Task,
     *,
     what: str,
     vm: str | None = None,
     timeout: float | None = None,
     on_progress: ProgressCallback | None = None,
     expected_faults: tuple[str, ...] = (),
-) -> Any:
-    """The task's result once it succeeds.
+    returns: type[R],
+) -> R: ...
+
+
+@overload
+def wait_for_task(
+    conn: Connection,
+    task: vim.Task,
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
+) -> object: ...
+
+
+def wait_for_task(
+    conn: Connection,
+    task: vim.Task,
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
+    returns: type[Any] | None = None,
+) -> object:
+    """The task's result once it succeeds: of type `returns` when given (else a VSphereFault).
 
     Raises TaskFailed (with vCenter's fault type in `.fault` and its message)
     when the task ends in error, TaskTimedOut after `timeout` seconds.
     `on_progress` receives the percentage whenever it changes.
     """
+    return _wait(conn, task, what, vm, timeout, on_progress, expected_faults, returns)
+
+
+def _wait(
+    conn: Connection,
+    task: vim.Task,
+    what: str,
+    vm: str | None,
+    timeout: float | None,
+    on_progress: ProgressCallback | None,
+    expected_faults: tuple[str, ...],
+    returns: type[Any] | None,
+) -> object:
+    """wait_for_task; run_task calls it too."""
     log = get_logger(vm=vm, operation=what, task=task._moId)
     deadline = None if timeout is None else time.monotonic() + timeout
     info: dict[str, Any] = {}
@@ -131,7 +174,13 @@ def wait_for_task(
                 if on_progress is not None and last_progress != 100:
                     on_progress(100)
                 log.debug("task_succeeded")
-                return info.get("info.result")
+                result = info.get("info.result")
+                if returns is not None and not isinstance(result, returns):
+                    raise VSphereFault(
+                        f"{what}: task {task._moId} gave a {type(result).__name__}, not a {returns.__name__}",
+                        vm=vm,
+                    )
+                return result
             if state == "error":
                 error = info.get("info.error")
                 # pyVmomi hands a LocalizedMethodFault over as the fault itself.
@@ -148,27 +197,49 @@ def wait_for_task(
             conn.call("drop a task watch", watch.DestroyPropertyFilter)
 
 
+@overload
 def run_task(
     conn: Connection,
-    start: Callable[[], Any],
+    start: Callable[[], vim.Task],
     *,
     what: str,
     vm: str | None = None,
     timeout: float | None = None,
     on_progress: ProgressCallback | None = None,
     expected_faults: tuple[str, ...] = (),
-) -> Any:
+    returns: type[R],
+) -> R: ...
+
+
+@overload
+def run_task(
+    conn: Connection,
+    start: Callable[[], vim.Task],
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
+) -> object: ...
+
+
+def run_task(
+    conn: Connection,
+    start: Callable[[], vim.Task],
+    *,
+    what: str,
+    vm: str | None = None,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    expected_faults: tuple[str, ...] = (),
+    returns: type[Any] | None = None,
+) -> object:
     """Start a task (never repeated on a network error: it may have started) and wait for it.
 
-    A failure whose fault is in `expected_faults` is raised as always but not logged as a warning.
+    The result is checked to be a `returns` (`vim.VirtualMachine` for a clone) and typed so;
+    without `returns` it is an `object` the caller ignores. A failure whose fault is in
+    `expected_faults` is raised as always but not logged as a warning.
     """
     task = conn.call(what, start, idempotent=False, vm=vm)
-    return wait_for_task(
-        conn,
-        task,
-        what=what,
-        vm=vm,
-        timeout=timeout,
-        on_progress=on_progress,
-        expected_faults=expected_faults,
-    )
+    return _wait(conn, task, what, vm, timeout, on_progress, expected_faults, returns)

@@ -52,8 +52,8 @@ from vsphere_replicator.cli.output import (
     verify_line,
 )
 from vsphere_replicator.cli.profiles import session
-from vsphere_replicator.clone import PROVISIONING
 from vsphere_replicator.errors import NotFound
+from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies import LiveEngine, RunRecord, load_policy_file, run_policies
 from vsphere_replicator.replication import CycleSettings, ReplicaTarget, failover, protect, replicate
 from vsphere_replicator.replication.cycle import DEFAULT_CHECKPOINT

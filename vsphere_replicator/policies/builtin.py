@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from string import Formatter
-from typing import Any
+from typing import Any, TypeVar
 
 from croniter import croniter  # type: ignore[import-untyped]  # croniter ships no type information
 
@@ -34,6 +34,8 @@ from vsphere_replicator.replication.settings import (
 )
 from vsphere_replicator.transport.throttle import Throttle
 from vsphere_replicator.units import format_duration, parse_duration
+
+C = TypeVar("C", bound=str)
 
 __all__ = [
     "MAX_CLONES",
@@ -153,15 +155,16 @@ class SettingsReader:
             return None
         return float(value)
 
-    def choice(self, key: str, choices: tuple[str, ...], *, default: str) -> str:
+    def choice(self, key: str, choices: tuple[C, ...], *, default: C) -> C:
         value = self._get(key)
         if value is None:
             return default
-        if value not in choices:
-            hint = " (YAML reads a bare yes/no/on/off as a boolean)" if isinstance(value, bool) else ""
-            self.problem(key, f"{key} must be one of {', '.join(choices)}, not {value!r}{hint}")
-            return default
-        return str(value)
+        for choice in choices:
+            if isinstance(value, str) and value == choice:
+                return choice
+        hint = " (YAML reads a bare yes/no/on/off as a boolean)" if isinstance(value, bool) else ""
+        self.problem(key, f"{key} must be one of {', '.join(choices)}, not {value!r}{hint}")
+        return default
 
     def text(self, key: str, *, default: str) -> str:
         value = self._get(key)

@@ -44,8 +44,8 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from vsphere_replicator.checks import check_int, shown
-from vsphere_replicator.clone import PROVISIONING
 from vsphere_replicator.errors import InvalidInput, PolicyError
+from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies.base import Policy, Selection
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.settings import ReplicaTarget

@@ -45,11 +45,11 @@ def referenced_files(conn: Connection, vm: VMInfo) -> set[str]:
     return files
 
 
-def _datacenter(conn: Connection, vm: VMInfo) -> object:
+def _datacenter(conn: Connection, vm: VMInfo) -> vim.Datacenter:
     name = vm.folder.split("/", 1)[0]
     for obj in named_objects(conn):
         if obj.kind == "Datacenter" and obj.name == name:
-            return vim.Datacenter(obj.moref, conn.service_instance._stub)
+            return conn.handle(vim.Datacenter, obj.moref)
     raise NotFound(f"datacenter {name} of {vm.name} not found")
 
 

@@ -14,7 +14,6 @@ import functools
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from pyVmomi import vim
 
@@ -48,7 +47,9 @@ def _folders(files: set[str]) -> set[tuple[str, str]]:
     return found
 
 
-def _descriptors(conn: Connection, browsers: dict[str, Any], datastore: str, folder: str) -> list[str]:
+def _descriptors(
+    conn: Connection, browsers: dict[str, vim.host.DatastoreBrowser], datastore: str, folder: str
+) -> list[str]:
     browser = browsers.get(datastore)
     if browser is None:
         return []
@@ -57,24 +58,24 @@ def _descriptors(conn: Connection, browsers: dict[str, Any], datastore: str, fol
         conn,
         lambda: browser.SearchDatastore_Task(datastorePath=f"[{datastore}] {folder}", searchSpec=spec),
         what=f"list the disks in [{datastore}] {folder}",
+        returns=vim.host.DatastoreBrowser.SearchResults,
     )
-    names = [f.path for f in (getattr(result, "file", None) or [])]
+    names = [f.path for f in result.file or []]
     return [f"[{datastore}] {posixpath.join(folder, n)}" for n in names if not n.endswith(_EXTENT)]
 
 
-def _browsers(conn: Connection) -> dict[str, Any]:
-    stub = conn.service_instance._stub
-    found = {}
+def _browsers(conn: Connection) -> dict[str, vim.host.DatastoreBrowser]:
+    found: dict[str, vim.host.DatastoreBrowser] = {}
     for obj in named_objects(conn):
         if obj.kind == "Datastore":
-            store = vim.Datastore(obj.moref, stub)
+            store = conn.handle(vim.Datastore, obj.moref)
             found[obj.name] = conn.call(
                 "read a datastore browser", functools.partial(getattr, store, "browser")
             )
     return found
 
 
-def _leftovers_of(conn: Connection, vm: VMInfo, browsers: dict[str, Any]) -> list[str]:
+def _leftovers_of(conn: Connection, vm: VMInfo, browsers: dict[str, vim.host.DatastoreBrowser]) -> list[str]:
     used = referenced_files(conn, vm)
     return sorted(
         file

@@ -59,7 +59,7 @@ def read_options(conn: Connection, moref: str) -> VMOptions:
 
 def read_snapshot_options(conn: Connection, snapshot_moref: str) -> VMOptions:
     """The replication options a snapshot saved (what a revert to it brings back)."""
-    return _read(conn, vim.vm.Snapshot(snapshot_moref, conn.service_instance._stub), snapshot_moref)
+    return _read(conn, conn.handle(vim.vm.Snapshot, snapshot_moref), snapshot_moref)
 
 
 def write_options_if_unchanged(

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from vsphere_replicator.checks import (
     check_callable,
+    check_choice,
     check_duration,
     check_fraction,
     check_has,
@@ -22,10 +23,12 @@ from vsphere_replicator.checks import (
     check_type,
     shown,
 )
-from vsphere_replicator.clone import PROVISIONING, ClonePlacement
+from vsphere_replicator.clone import ClonePlacement
 from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.inventory import PROVISIONING, Provisioning
 
-QUIESCE_MODES = ("never", "try", "require")
+QuiesceMode = Literal["never", "try", "require"]
+QUIESCE_MODES: tuple[QuiesceMode, ...] = get_args(QuiesceMode)
 MAX_KEEP = 24  # restore points are replica snapshots: stay well inside vSphere's 32-level chain
 # Bytes per read: whole CBT blocks (64 KiB, the granularity vCenter reports changes in) and no more
 # than plan_chunks accepts; a checkpoint covers at least one chunk; reads in flight per disk.
@@ -48,7 +51,7 @@ class ReplicaTarget:
     host: str | None = None
     resource_pool: str | None = None
     folder: str | None = None
-    provisioning: str = "thin"
+    provisioning: Provisioning = "thin"
     name: str = "{vm}-replica"
     networks: tuple[tuple[str, str], ...] = ()
 
@@ -78,10 +81,7 @@ class ReplicaTarget:
                 raise InvalidInput(
                     f"each network mapping must be a (source, recovery) pair of names, not {shown(pair)}"
                 )
-        if self.provisioning not in PROVISIONING:
-            raise InvalidInput(
-                f"provisioning must be one of {', '.join(PROVISIONING)}, not {self.provisioning!r}"
-            )
+        check_choice(self.provisioning, PROVISIONING, "provisioning")
         if "{vm}" not in self.name:
             raise InvalidInput(f"replica name template {self.name!r} must contain {{vm}}")
 
@@ -99,7 +99,7 @@ class CycleSettings:
     `target_rpo` is what status reports compliance against.
     """
 
-    quiesce: str = "never"
+    quiesce: QuiesceMode = "never"
     keep: int = 5
     max_age: timedelta | None = None
     max_change_share: float | None = None
@@ -108,10 +108,7 @@ class CycleSettings:
     target_rpo: timedelta | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.quiesce, str) or self.quiesce not in QUIESCE_MODES:
-            raise InvalidInput(
-                f"quiesce must be one of {', '.join(QUIESCE_MODES)}, not {shown(self.quiesce)}"
-            )
+        check_choice(self.quiesce, QUIESCE_MODES, "quiesce")
         check_int(self.keep, "keep", 1, MAX_KEEP, unit="restore points")
         check_duration(self.max_age, "max_age", optional=True)
         if self.max_change_share is not None:
