@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
+from vsphere_replicator.extents import Extent
 
 SECTOR = 512
 ALIGN = 4096
@@ -46,9 +47,9 @@ class BlockSink(Protocol):
 
 
 def plan_chunks(
-    areas: Iterable[tuple[int, int]], size: int, *, chunk: int = DEFAULT_CHUNK, align: int = ALIGN
-) -> Iterator[tuple[int, int]]:
-    """(offset, length) reads covering `areas`: aligned to `align` (never past `size`), at most `chunk` long.
+    areas: Iterable[Extent], size: int, *, chunk: int = DEFAULT_CHUNK, align: int = ALIGN
+) -> Iterator[Extent]:
+    """The reads covering `areas` (sorted): aligned to `align` (never past `size`), at most `chunk` long.
 
     Alignment only widens an area to whole sectors/blocks around it; the
     bytes read stay within 1/`align` of the bytes changed.
@@ -58,33 +59,33 @@ def plan_chunks(
             f"chunk ({chunk}) must be a multiple of align ({align}), itself of 512, and <= 64 MiB"
         )
     last_end = 0
-    for start, length in areas:
-        if length <= 0:
+    for area in areas:
+        if not area.length:
             continue
-        begin = max(start // align * align, last_end)
-        end = min(-(-(start + length) // align) * align, size)
+        begin = max(area.start // align * align, last_end)
+        end = min(-(-area.end // align) * align, size)
         while begin < end:
             n = min(chunk, end - begin)
-            yield begin, n
+            yield Extent(begin, n)
             begin += n
         last_end = max(last_end, end)
 
 
 def read_chunks(
-    source: BlockSource, chunks: Iterable[tuple[int, int]], *, workers: int = 4
+    source: BlockSource, chunks: Iterable[Extent], *, workers: int = 4
 ) -> Iterator[tuple[int, bytes]]:
     """(offset, data) for each chunk, in order, with up to `workers` reads in flight.
 
     Memory stays bounded: at most `2 * workers` chunks are held at once.
     """
     if workers <= 1:
-        for offset, length in chunks:
-            yield offset, source.read(offset, length)
+        for c in chunks:
+            yield c.start, source.read(c.start, c.length)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vr-read") as pool:
         pending: deque[tuple[int, Future[bytes]]] = deque()
-        for offset, length in chunks:
-            pending.append((offset, pool.submit(source.read, offset, length)))
+        for c in chunks:
+            pending.append((c.start, pool.submit(source.read, c.start, c.length)))
             if len(pending) >= 2 * workers:
                 first, future = pending.popleft()
                 yield first, future.result()
@@ -96,7 +97,7 @@ def read_chunks(
 def copy_areas(
     source: BlockSource,
     sink: BlockSink,
-    areas: Iterable[tuple[int, int]],
+    areas: Iterable[Extent],
     *,
     chunk: int = DEFAULT_CHUNK,
     workers: int = 4,
@@ -111,7 +112,7 @@ def copy_areas(
     if sink.size < source.size:
         raise InvalidInput(f"the target ({sink.size} bytes) is smaller than the source ({source.size} bytes)")
     plan = list(plan_chunks(areas, source.size, chunk=chunk))
-    total = sum(n for _, n in plan)
+    total = sum(c.length for c in plan)
     done = 0
     for offset, data in read_chunks(source, plan, workers=workers):
         if not (skip_zero and data.count(0) == len(data)):
