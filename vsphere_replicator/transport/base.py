@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.extents import Extent
@@ -22,12 +23,28 @@ class TransportError(ReplicatorError):
 
 @runtime_checkable
 class BlockSource(Protocol):
-    """Reads a disk image. `size` is its capacity in bytes."""
+    """Reads a disk image. `size` is its capacity in bytes.
+
+    The contract every source keeps (tests/test_transport_contract.py runs it
+    against each one):
+
+    - `read(offset, length)` returns exactly `length` bytes, never fewer;
+      a zero-length read inside the disk returns `b""` without any I/O;
+    - a range not inside [0, size] (a negative offset or length, or one
+      ending past `size`) raises InvalidInput before any I/O: no short
+      read, whatever the transport;
+    - a transport failure (after the transport's own retries) raises
+      TransportError;
+    - `close()` may be called more than once.
+
+    The shipped transports are also context managers (`BlockDevice`):
+    `with source:` closes it on the way out.
+    """
 
     size: int
 
     def read(self, offset: int, length: int) -> bytes:
-        """Exactly `length` bytes at `offset`, or TransportError."""
+        """Exactly `length` bytes at `offset`; InvalidInput outside the disk, TransportError on failure."""
         ...
 
     def close(self) -> None: ...
@@ -35,7 +52,13 @@ class BlockSource(Protocol):
 
 @runtime_checkable
 class BlockSink(Protocol):
-    """Writes a disk image; data is durable only after `flush()`."""
+    """Writes a disk image; data is durable only after `flush()`.
+
+    `write(offset, data)` keeps the same range rule as `BlockSource.read`
+    (InvalidInput outside [0, size], before any I/O; empty data writes
+    nothing); a sink that can also read returns what was written, before
+    and after `flush()`. `close()` may be called more than once.
+    """
 
     size: int
 
@@ -44,6 +67,27 @@ class BlockSink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def check_range(offset: int, length: int, size: int, where: str) -> None:
+    """InvalidInput unless [offset, offset + length) lies inside a device of `size` bytes."""
+    if offset < 0 or length < 0 or offset + length > size:
+        raise InvalidInput(f"range {offset}+{length} is outside {where} ({size} bytes)")
+
+
+class BlockDevice:
+    """What the shipped transports share: used in a `with` block, they are closed on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def plan_chunks(
