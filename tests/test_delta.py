@@ -14,6 +14,7 @@ from tests.conftest import CBT_BLOCK, DISK_SIZE
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.delta import http_sources, plan_delta, read_delta
 from vsphere_replicator.errors import ChangeIdInvalid
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import SnapshotInfo, VMInfo, snapshot_disks
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
 from vsphere_replicator.transport import FileBlockSink, FileBlockSource, MemoryBlockDevice, copy_areas
@@ -127,7 +128,7 @@ def test_first_mismatch_finds_the_byte(lab: Any) -> None:
     assert found is not None and found.offset == 4000 and found.chunk_offset == 0
     assert checksum(a) != checksum(b)
     target = MemoryBlockDevice(1 << 20)
-    copy_areas(b, target, [(0, 1 << 20)], skip_zero=True)
+    copy_areas(b, target, [Extent(0, 1 << 20)], skip_zero=True)
     assert first_mismatch(b, target) is None and target.flushes == 1
     assert shutil.which("qemu-img")
 

@@ -15,6 +15,7 @@ from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import CBTError, ChangeIdInvalid, InvalidInput, VSphereFault
+from vsphere_replicator.extents import Extent, merge_extents
 from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
@@ -33,16 +34,8 @@ from vsphere_replicator.tasks import run_task
 ALL_ALLOCATED = "*"
 
 
-@dataclass(frozen=True, slots=True)
-class ChangedArea:
-    """Bytes [start, start + length) of a disk."""
-
-    start: int
-    length: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
+# The name this module has always exported for a changed area: it is the one extent type.
+ChangedArea = Extent
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +47,7 @@ class ChangedAreas:
     snapshot: str
     since: str
     capacity: int
-    areas: tuple[ChangedArea, ...]
+    areas: tuple[Extent, ...]
     queries: int
 
     @property
@@ -132,16 +125,6 @@ def _disk_at(conn: Connection, snapshot: SnapshotInfo, disk: int) -> DiskInfo:
     raise InvalidInput(f"snapshot {snapshot.name} has no disk with key {disk}")
 
 
-def _merge(areas: list[ChangedArea]) -> tuple[ChangedArea, ...]:
-    merged: list[ChangedArea] = []
-    for a in areas:
-        if merged and merged[-1].end == a.start:
-            merged[-1] = ChangedArea(merged[-1].start, merged[-1].length + a.length)
-        else:
-            merged.append(a)
-    return tuple(merged)
-
-
 def changed_areas(
     conn: Connection,
     vm: VMInfo,
@@ -183,7 +166,7 @@ def changed_areas(
     capacity, offset, queries = at.capacity, start, 0
     if not 0 <= start < capacity:
         raise InvalidInput(f"start {start} is outside disk {disk} ({capacity} bytes)")
-    found: list[ChangedArea] = []
+    found: list[Extent] = []
     # Never ask at offset == capacity: ESXi answers InvalidArgument.
     while offset < capacity and (max_queries is None or queries < max_queries):
         query = functools.partial(
@@ -211,18 +194,18 @@ def changed_areas(
             raise CBTError(f"{vm.name} disk {disk}: vCenter answered window {window} for offset {offset}")
         previous_end = found[-1].end if found else 0
         for extent in info.changedArea or []:
-            area = ChangedArea(int(extent.start), int(extent.length))
+            first, length = int(extent.start), int(extent.length)
             if (
-                area.length <= 0
-                or area.start < max(previous_end, info.startOffset)
-                or area.end > min(window_end, capacity)
+                length <= 0
+                or first < max(previous_end, info.startOffset)
+                or first + length > min(window_end, capacity)
             ):
-                where = f"{area.start}+{area.length}"
+                where = f"{first}+{length}"
                 raise CBTError(
                     f"{vm.name} disk {disk}: changed area {where} is out of order or outside the disk"
                 )
-            found.append(area)
-            previous_end = area.end
+            found.append(Extent(first, length))
+            previous_end = first + length
         offset = window_end
     result = ChangedAreas(
         vm=vm.name,
@@ -230,7 +213,7 @@ def changed_areas(
         snapshot=snapshot.moref,
         since=since,
         capacity=capacity,
-        areas=_merge(found),
+        areas=merge_extents(found),
         queries=queries,
     )
     log.info("changed_areas", since=since, areas=len(result.areas), bytes=result.total, queries=queries)

@@ -69,10 +69,10 @@ def read_delta(
     """
     log = get_logger(vm=plan.vm, operation="read_delta")
     plans = {
-        d.key: list(plan_chunks(((a.start, a.length) for a in c.areas), d.capacity, chunk=chunk))
+        d.key: list(plan_chunks(c.areas, d.capacity, chunk=chunk))
         for d, c in zip(plan.disks, plan.changes, strict=True)
     }
-    total = sum(n for chunks in plans.values() for _, n in chunks)
+    total = sum(c.length for chunks in plans.values() for c in chunks)
     done = 0
     for disk in plan.disks:
         source = sources(disk)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, BlockSource, plan_chunks, read_chunks
 
 
@@ -21,7 +22,7 @@ class Mismatch:
 
 def checksum(
     source: BlockSource,
-    ranges: Iterable[tuple[int, int]] | None = None,
+    ranges: Iterable[Extent] | None = None,
     *,
     chunk: int = DEFAULT_CHUNK,
     on_read: Callable[[int], None] | None = None,
@@ -31,7 +32,7 @@ def checksum(
     `on_read(n)` is called after each piece of `n` bytes is hashed.
     """
     digest = hashlib.blake2b(digest_size=32)
-    plan = plan_chunks(ranges if ranges is not None else [(0, source.size)], source.size, chunk=chunk)
+    plan = plan_chunks(ranges if ranges is not None else [Extent(0, source.size)], source.size, chunk=chunk)
     for _, data in read_chunks(source, plan):
         digest.update(data)
         if on_read is not None:
@@ -42,14 +43,14 @@ def checksum(
 def first_mismatch(
     a: BlockSource,
     b: BlockSource,
-    ranges: Iterable[tuple[int, int]] | None = None,
+    ranges: Iterable[Extent] | None = None,
     *,
     chunk: int = DEFAULT_CHUNK,
 ) -> Mismatch | None:
     """None when `a` and `b` hold the same bytes in `ranges` (default: all of `a`)."""
     if b.size < a.size and ranges is None:
         raise InvalidInput(f"the images differ in size: {a.size} and {b.size} bytes")
-    plan = list(plan_chunks(ranges if ranges is not None else [(0, a.size)], a.size, chunk=chunk))
+    plan = list(plan_chunks(ranges if ranges is not None else [Extent(0, a.size)], a.size, chunk=chunk))
     for (offset, left), (_, right) in zip(read_chunks(a, plan), read_chunks(b, plan), strict=True):
         if hashlib.blake2b(left, digest_size=16).digest() != hashlib.blake2b(right, digest_size=16).digest():
             at = next(i for i, (x, y) in enumerate(zip(left, right, strict=True)) if x != y)

@@ -13,8 +13,9 @@ import bisect
 import random
 from collections.abc import Callable
 
-from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, changed_areas
+from vsphere_replicator.cbt import ALL_ALLOCATED, changed_areas
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo
 from vsphere_replicator.transport.base import BlockSource
 
@@ -27,11 +28,11 @@ def sample_unchanged(
     source: VMInfo,
     snapshot: SnapshotInfo,
     disk: DiskInfo,
-    changed: tuple[ChangedArea, ...],
+    changed: tuple[Extent, ...],
     wanted: int,
     open_pair: Callable[[], tuple[BlockSource, BlockSource]],
-) -> tuple[int, int] | None:
-    """The first sampled (offset, length) CBT calls unchanged that differs between the two sides.
+) -> Extent | None:
+    """The first sampled area CBT calls unchanged that differs between the two sides.
 
     Samples come from a few query windows at random offsets (at most four
     per block wanted), not from a map of the whole disk: the check costs a
@@ -56,23 +57,23 @@ def sample_unchanged(
         for offset in sorted(picks):
             length = min(SAMPLE_LENGTH, disk.capacity - offset)
             if src.read(offset, length) != dst.read(offset, length):
-                return offset, length
+                return Extent(offset, length)
     finally:
         src.close()
         dst.close()
     return None
 
 
-def lie_reason(offset: int, length: int) -> str:
+def lie_reason(area: Extent) -> str:
     """The resync reason for a sampled area that CBT called unchanged but differs."""
     return (
-        f"{CBT_LIED} bytes {offset}-{offset + length} unchanged, but they differ from the "
+        f"{CBT_LIED} bytes {area.start}-{area.end} unchanged, but they differ from the "
         "replica: tracking cannot be trusted (VMware KB 2090639)"
     )
 
 
 def _unchanged_blocks(
-    allocated: tuple[ChangedArea, ...], changed: tuple[ChangedArea, ...], block: int
+    allocated: tuple[Extent, ...], changed: tuple[Extent, ...], block: int
 ) -> list[tuple[int, int]]:
     """[first, last) block ranges inside allocated areas that no changed area touches (both sorted)."""
     busy = [(a.start // block, (a.end - 1) // block + 1) for a in changed]

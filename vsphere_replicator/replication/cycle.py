@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedArea, change_id_uuid, changed_areas
+from vsphere_replicator.cbt import ALL_ALLOCATED, change_id_uuid, changed_areas
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import (
     ChangeIdInvalid,
@@ -40,6 +40,7 @@ from vsphere_replicator.errors import (
     StateError,
     VerificationFailed,
 )
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import (
     DiskInfo,
     SnapshotInfo,
@@ -109,7 +110,7 @@ Throttle = Callable[[int], None]
 @dataclass(frozen=True, slots=True)
 class _Plan:
     disk: JournalDisk
-    areas: tuple[tuple[int, int], ...]
+    areas: tuple[Extent, ...]
     changed: int
 
 
@@ -477,7 +478,6 @@ class _Cycle:
             changes = changed_areas(self.conn, self.source, snapshot, disk, known.change_id)
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
-        spans = tuple((a.start, a.length) for a in changes.areas)
         mirror = replica_disk(replica_now, known.replica_key, known.replica_uuid)
         lie = self._sample_unchanged(disk, mirror, snapshot, changes.areas)
         if lie is not None:
@@ -493,12 +493,12 @@ class _Cycle:
                 source_uuid=disk.uuid,
                 changed=changes.total,
             ),
-            areas=spans,
+            areas=changes.areas,
             changed=changes.total,
         )
 
     def _sample_unchanged(
-        self, disk: DiskInfo, mirror: DiskInfo, snapshot: SnapshotInfo, changed: tuple[ChangedArea, ...]
+        self, disk: DiskInfo, mirror: DiskInfo, snapshot: SnapshotInfo, changed: tuple[Extent, ...]
     ) -> str | None:
         """Why CBT cannot be trusted on this disk (a sampled unchanged area differs), or None."""
         differs = sample_unchanged(
@@ -515,10 +515,10 @@ class _Cycle:
         self.log.error(
             "cbt_missed_changes",
             disk=disk.key,
-            offset=differs[0],
+            offset=differs.start,
             hint="Changed Block Tracking reported this area unchanged (see VMware KB 2090639)",
         )
-        return lie_reason(*differs)
+        return lie_reason(differs)
 
     def _refuse_if_too_large(self, plans: list[_Plan], snapshot: SnapshotInfo) -> None:
         share = self.settings.max_change_share
@@ -557,11 +557,11 @@ class _Cycle:
             plans.append(_Plan(disk=disk, areas=spans, changed=total))
         return plans
 
-    def _areas(self, snapshot: SnapshotInfo, disk: JournalDisk) -> tuple[tuple[tuple[int, int], ...], int]:
+    def _areas(self, snapshot: SnapshotInfo, disk: JournalDisk) -> tuple[tuple[Extent, ...], int]:
         if disk.since == WHOLE_DISK:
-            return ((0, disk.capacity),), disk.capacity
+            return (Extent(0, disk.capacity),), disk.capacity
         changes = changed_areas(self.conn, self.source, snapshot, disk.source_key, disk.since)
-        return tuple((a.start, a.length) for a in changes.areas), changes.total
+        return changes.areas, changes.total
 
     def _copy(self, journal: Journal, plans: list[_Plan], *, checkpoint_every: int, workers: int) -> Journal:
         """Copy every planned disk, resuming each past the bytes its checkpoint recorded.
@@ -573,7 +573,7 @@ class _Cycle:
         chunk = journal.chunk or DEFAULT_CHUNK
         snapshot_disk = {d.key: d for d in snapshot_disks(self.conn, journal.source_snapshot or "")}
         replica_vm = refresh(self.conn, self.replica)
-        total = sum(n for p in plans for _, n in plan_chunks(p.areas, p.disk.capacity, chunk=chunk))
+        total = sum(c.length for p in plans for c in plan_chunks(p.areas, p.disk.capacity, chunk=chunk))
         done = sum(p.disk.done for p in plans)
         moved = 0
         for plan in plans:
@@ -737,10 +737,10 @@ def _digest(access: DiskAccess, disk: DiskInfo) -> str:
         device.close()
 
 
-def _skip(chunks: list[tuple[int, int]], done: int) -> Iterable[tuple[int, int]]:
+def _skip(chunks: list[Extent], done: int) -> Iterable[Extent]:
     """The chunks left once `done` bytes of the plan are copied (checkpoints fall on chunk ends)."""
     seen = 0
-    for offset, length in chunks:
+    for c in chunks:
         if seen >= done:
-            yield offset, length
-        seen += length
+            yield c
+        seen += c.length

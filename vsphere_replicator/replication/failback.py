@@ -30,7 +30,7 @@ from vsphere_replicator.cbt import changed_areas
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput, NotFound, StateError
-from vsphere_replicator.extents import merge_extents
+from vsphere_replicator.extents import Extent, merge_extents
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMSelector, get_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.networks import NicChange
@@ -469,9 +469,9 @@ def _copy_changes(
         )
         if areas is None or extra is None:
             get_logger(vm=target.name).warning("failback_whole_disk", disk=target_key)
-            areas = [(0, at.capacity)]
+            areas = (Extent(0, at.capacity),)
         else:
-            areas = merge_extents([*areas, *extra])
+            areas = merge_extents((*areas, *extra))
         src, dst = reader.source(at), writer.sink(dest)
         try:
             copy_areas(src, dst, areas, on_progress=on_progress)
@@ -484,16 +484,16 @@ def _copy_changes(
 
 def _changes_since(
     conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, disk: DiskInfo, change_id: str | None
-) -> list[tuple[int, int]] | None:
+) -> tuple[Extent, ...] | None:
     if change_id is None:
         return None
     try:
-        return [(a.start, a.length) for a in changed_areas(conn, vm, snapshot, disk.key, change_id).areas]
+        return changed_areas(conn, vm, snapshot, disk.key, change_id).areas
     except ChangeIdInvalid:
         return None
 
 
-def _divergence(conn: Connection, vm: VMInfo, disk: int, since: str | None) -> list[tuple[int, int]] | None:
+def _divergence(conn: Connection, vm: VMInfo, disk: int, since: str | None) -> tuple[Extent, ...] | None:
     """Areas `vm` wrote after change id `since`; None when its CBT cannot say."""
     if since is None:
         return None
@@ -501,7 +501,7 @@ def _divergence(conn: Connection, vm: VMInfo, disk: int, since: str | None) -> l
         conn, vm, f"{FAILBACK_SNAPSHOT}check-{uuid.uuid4().hex[:8]}", description="failback check"
     ).snapshot
     try:
-        return [(a.start, a.length) for a in changed_areas(conn, vm, taken, disk, since).areas]
+        return changed_areas(conn, vm, taken, disk, since).areas
     except ChangeIdInvalid:
         return None
     finally:

@@ -24,6 +24,7 @@ from vsphere_replicator.connection import Connection, tls_context
 from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed, TransportError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.retry import TRANSIENT
+from vsphere_replicator.transport.base import BlockDevice, check_range
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # What the /folder endpoint answers to a session it no longer knows.
@@ -38,7 +39,7 @@ def flat_extent_path(file_name: str) -> tuple[str, str]:
     return match.group(1), match.group(2) + "-flat.vmdk"
 
 
-class DatastoreHTTPSource:
+class DatastoreHTTPSource(BlockDevice):
     """Reads one flat extent over `/folder` with Range requests (thread-safe)."""
 
     def __init__(
@@ -59,8 +60,9 @@ class DatastoreHTTPSource:
         self._slots = threading.BoundedSemaphore(pool_size)
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length <= 0 or offset + length > self.size:
-            raise InvalidInput(f"range {offset}+{length} is outside the disk ({self.size} bytes)")
+        check_range(offset, length, self.size, "the disk")
+        if not length:  # a Range header cannot ask for nothing
+            return b""
         policy = self._conn.retry
 
         def attempts() -> bytes:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from vsphere_replicator.errors import InvalidInput
+from vsphere_replicator.transport.base import BlockDevice, check_range
 
 
-class MemoryBlockDevice:
+class MemoryBlockDevice(BlockDevice):
     """A disk image held in memory; `flushes` counts flush() calls."""
 
     def __init__(self, size: int, data: bytes = b"") -> None:
@@ -15,16 +16,12 @@ class MemoryBlockDevice:
         self._image = bytearray(data) + bytearray(size - len(data))
         self.flushes = 0
 
-    def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise InvalidInput(f"range {offset}+{length} is outside the device ({self.size} bytes)")
-
     def read(self, offset: int, length: int) -> bytes:
-        self._check(offset, length)
+        check_range(offset, length, self.size, "the device")
         return bytes(self._image[offset : offset + length])
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
+        check_range(offset, len(data), self.size, "the device")
         self._image[offset : offset + len(data)] = data
 
     def flush(self) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vsphere_replicator.errors import InvalidInput, TransportError
+from vsphere_replicator.errors import TransportError
+from vsphere_replicator.transport.base import BlockDevice, check_range
 
 
-class FileBlockSource:
+class FileBlockSource(BlockDevice):
     """Reads a flat disk image file with pread."""
 
     def __init__(self, path: str | Path) -> None:
@@ -20,8 +21,7 @@ class FileBlockSource:
         self.size = os.fstat(self._fd).st_size
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
-            raise InvalidInput(f"range {offset}+{length} is outside {self.path} ({self.size} bytes)")
+        check_range(offset, length, self.size, str(self.path))
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
             raise TransportError(f"short read from {self.path} at {offset}: {len(data)} of {length} bytes")
@@ -33,7 +33,7 @@ class FileBlockSource:
             self._fd = -1
 
 
-class FileBlockSink:
+class FileBlockSink(BlockDevice):
     """Writes a flat disk image file with pwrite; `flush()` makes the data durable (fsync)."""
 
     def __init__(self, path: str | Path, size: int | None = None) -> None:
@@ -48,8 +48,7 @@ class FileBlockSink:
         self.size = os.fstat(self._fd).st_size
 
     def write(self, offset: int, data: bytes) -> None:
-        if offset < 0 or offset + len(data) > self.size:
-            raise InvalidInput(f"range {offset}+{len(data)} is outside {self.path} ({self.size} bytes)")
+        check_range(offset, len(data), self.size, str(self.path))
         view = memoryview(data)
         while view:
             written = os.pwrite(self._fd, view, offset)

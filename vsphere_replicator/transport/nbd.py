@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vsphere_replicator.errors import InvalidInput, TransportError
+from vsphere_replicator.transport.base import BlockDevice, check_range
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -171,7 +172,7 @@ class NBDConnection:
         self._sock.close()
 
 
-class NBDBlockDevice:
+class NBDBlockDevice(BlockDevice):
     """A BlockSource and BlockSink over a few NBD connections, safe to use from several threads."""
 
     def __init__(self, endpoint: NBDEndpoint, *, connections: int = 4) -> None:
@@ -202,17 +203,13 @@ class NBDBlockDevice:
         finally:
             self._idle.put(conn)
 
-    def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise InvalidInput(f"range {offset}+{length} is outside the NBD export ({self.size} bytes)")
-
     def read(self, offset: int, length: int) -> bytes:
-        self._check(offset, length)
+        check_range(offset, length, self.size, "the NBD export")
         with self._connection() as conn:
             return conn.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
+        check_range(offset, len(data), self.size, "the NBD export")
         with self._connection() as conn:
             conn.write(offset, data)
 
