@@ -29,7 +29,7 @@ from vsphere_replicator.inventory import (
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
-from vsphere_replicator.tasks import run_task
+from vsphere_replicator.tasks import reconfigure_vm
 
 ALL_ALLOCATED = "*"
 
@@ -78,13 +78,8 @@ def enable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
         )
     log = get_logger(vm=info.name, operation="enable_cbt")
     if not info.cbt_enabled:
-        handle = vm_object(conn, info.moref)
-        run_task(
-            conn,
-            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)),
-            what=f"enable CBT on {info.name}",
-            vm=info.name,
-        )
+        spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
+        reconfigure_vm(conn, info.moref, spec, what=f"enable CBT on {info.name}", vm=info.name)
         log.info("cbt_enabled")
     fresh = get_vm(conn, VMSelector(moref=info.moref))
     if any(d.change_id is None for d in fresh.disks):
@@ -98,13 +93,8 @@ def enable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
 
 def disable_cbt(conn: Connection, vm: VMRef) -> VMInfo:
     info = resolve_vm(conn, vm)
-    handle = vm_object(conn, info.moref)
-    run_task(
-        conn,
-        lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=False)),
-        what=f"disable CBT on {info.name}",
-        vm=info.name,
-    )
+    spec = vim.vm.ConfigSpec(changeTrackingEnabled=False)
+    reconfigure_vm(conn, info.moref, spec, what=f"disable CBT on {info.name}", vm=info.name)
     return get_vm(conn, VMSelector(moref=info.moref))
 
 

@@ -13,7 +13,7 @@ from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import vm_object
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.tasks import run_task
+from vsphere_replicator.tasks import reconfigure_vm
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +144,10 @@ def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> t
             )
         )
     if specs:
-        run_task(
+        reconfigure_vm(
             conn,
-            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=specs)),
+            vm_moref,
+            vim.vm.ConfigSpec(deviceChange=specs),
             what="move NICs to the recovery networks",
             vm=vm_moref,
         )

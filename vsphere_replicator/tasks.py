@@ -243,3 +243,11 @@ def run_task(
     """
     task = conn.call(what, start, idempotent=False, vm=vm)
     return _wait(conn, task, what, vm, timeout, on_progress, expected_faults, returns)
+
+
+def reconfigure_vm(
+    conn: Connection, moref: str, spec: vim.vm.ConfigSpec, *, what: str, vm: str | None = None
+) -> None:
+    """Apply `spec` to VM `moref` and wait: every configuration change the library makes goes through here."""
+    handle = conn.handle(vim.VirtualMachine, moref)
+    run_task(conn, lambda: handle.ReconfigVM_Task(spec), what=what, vm=vm)

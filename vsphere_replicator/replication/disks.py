@@ -24,12 +24,11 @@ from vsphere_replicator.inventory import (
     get_vm,
     named_objects,
     snapshot_disks,
-    vm_object,
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.snapshots import remove_snapshot
-from vsphere_replicator.tasks import run_task
+from vsphere_replicator.tasks import reconfigure_vm, run_task
 
 
 def referenced_files(conn: Connection, vm: VMInfo) -> set[str]:
@@ -83,10 +82,10 @@ def remove_unreferenced_disks(
             )
             for d in destroy
         ]
-        handle = vm_object(conn, vm.moref)
-        run_task(
+        reconfigure_vm(
             conn,
-            lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)),
+            vm.moref,
+            vim.vm.ConfigSpec(deviceChange=changes),
             what=f"remove the disks a failed resync added to {vm.name}",
             vm=vm.name,
         )
@@ -202,10 +201,10 @@ def reshape_replica(
         changes.append(
             vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=device)
         )
-    handle = vm_object(conn, vm.moref)
-    run_task(
+    reconfigure_vm(
         conn,
-        lambda: handle.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)),
+        vm.moref,
+        vim.vm.ConfigSpec(deviceChange=changes),
         what=f"prepare the disks of {vm.name} for a full resync",
         vm=vm.name,
     )

@@ -46,6 +46,7 @@ from vsphere_replicator.replication.replica import (
     Replica,
     all_replicas,
     is_restore_point,
+    read_replica,
     reread,
     sweep_source,
 )
@@ -224,7 +225,7 @@ class _Failback:
             if journal.phase != "switching":
                 journal = replace(journal, phase="switching")
                 write_options(self.running_lease, recovery=journal)
-            reverse = reread(self.conn, _as_replica(self.conn, self.original))
+            reverse = reread(self.conn, read_replica(self.conn, self.original))
             switch_run = _Failover(self.conn, self.original_lease, reverse, on_progress=self.on_progress)
             result = (
                 switch_run.already("planned")
@@ -423,19 +424,6 @@ class _Failback:
         )
         failpoints.point("failback-reprotect-snapshot-taken")
         return taken
-
-
-def _as_replica(conn: Connection, vm: VMInfo) -> Replica:
-    record = record_from(read_options(conn, vm.moref), vm.name)
-    return Replica(
-        vm=vm,
-        state=record.state,
-        journal=record.journal,
-        seed=record.seed,
-        source_uuid=record.source_uuid,
-        error=record.error,
-        recovery=record.recovery,
-    ).require_readable()
 
 
 def _copy_changes(

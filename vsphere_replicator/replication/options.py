@@ -18,7 +18,7 @@ from pyVmomi import vim, vmodl
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import ConcurrentChange, NotFound, TaskFailed
 from vsphere_replicator.inventory import vm_object
-from vsphere_replicator.tasks import run_task
+from vsphere_replicator.tasks import reconfigure_vm
 
 PREFIX = "vsphere_replicator."
 
@@ -75,14 +75,8 @@ def write_options_if_unchanged(
     spec = vim.vm.ConfigSpec(extraConfig=options)
     if version is not None:
         spec.changeVersion = version
-    handle = vm_object(conn, moref)
     try:
-        run_task(
-            conn,
-            lambda: handle.ReconfigVM_Task(spec),
-            what="record the replication state",
-            vm=vm or moref,
-        )
+        reconfigure_vm(conn, moref, spec, what="record the replication state", vm=vm or moref)
     except TaskFailed as exc:
         if exc.fault == "ConcurrentAccess":
             raise ConcurrentChange(

@@ -28,7 +28,7 @@ from vsphere_replicator.replication.state import (
     SeedRecord,
     point_id,
 )
-from vsphere_replicator.replication.store import find_replicas, record_from, write_options
+from vsphere_replicator.replication.store import ReplicaRecord, find_replicas, record_from, write_options
 from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot, revert_to_snapshot
 
 RESTORE_POINT_MARKER = "vsphere_replicator:restore-point:v1"
@@ -53,6 +53,20 @@ class Replica:
     error: StateError | None = None
     recovery: RecoveryJournal | None = None
     holder: LeaseHolder | None = None  # who held its lease when it was read (perhaps expired)
+
+    @classmethod
+    def from_record(cls, vm: VMInfo, record: ReplicaRecord, error: StateError | None = None) -> Replica:
+        """The replica `vm` with what its options hold (`error` in place of the record's, if given)."""
+        return cls(
+            vm=vm,
+            state=record.state,
+            journal=record.journal,
+            seed=record.seed,
+            source_uuid=record.source_uuid,
+            error=error or record.error,
+            recovery=record.recovery,
+            holder=record.holder,
+        )
 
     def require_readable(self) -> Replica:
         if self.error is not None:
@@ -79,18 +93,7 @@ def all_replicas(conn: Connection) -> tuple[Replica, ...]:
         error = r.error
         if error is not None and error.vm is None:
             error = StateError(f"{vm.name}: {error}", vm=vm.name)
-        found.append(
-            Replica(
-                vm=vm,
-                state=r.state,
-                journal=r.journal,
-                seed=r.seed,
-                source_uuid=r.source_uuid,
-                error=error,
-                recovery=r.recovery,
-                holder=r.holder,
-            )
-        )
+        found.append(Replica.from_record(vm, r, error))
     return tuple(found)
 
 
@@ -168,18 +171,12 @@ def replica_of(conn: Connection, vm: str, *, promoted: bool | None = False) -> R
 
 def reread(conn: Connection, replica: Replica) -> Replica:
     """The replica as it is now (state, journal, seed read again): after taking its lease."""
-    vm = refresh(conn, replica)
-    record = record_from(read_options(conn, vm.moref), vm.name)
-    return Replica(
-        vm=vm,
-        state=record.state,
-        journal=record.journal,
-        seed=record.seed,
-        source_uuid=record.source_uuid,
-        error=record.error,
-        recovery=record.recovery,
-        holder=record.holder,
-    ).require_readable()
+    return read_replica(conn, refresh(conn, replica))
+
+
+def read_replica(conn: Connection, vm: VMInfo) -> Replica:
+    """The replica `vm` with its options read now; StateError if they cannot be."""
+    return Replica.from_record(vm, record_from(read_options(conn, vm.moref), vm.name)).require_readable()
 
 
 def refresh(conn: Connection, replica: Replica) -> VMInfo:

@@ -54,6 +54,32 @@ def _continue_with(replica: Replica, vm: str) -> tuple[str | None, str | None]:
     return f"{journal.operation}: {journal.phase}", command
 
 
+def _without_points(
+    replica: Replica,
+    source: str,
+    state: str,
+    target_rpo: timedelta | None,
+    error: str | None,
+    busy: str | None,
+) -> ProtectionStatus:
+    """The status of a replica with no restore point to judge (unreadable, or still seeding)."""
+    return ProtectionStatus(
+        vm=source,
+        replica=replica.vm.name,
+        state=state,
+        restore_points=0,
+        latest_point=None,
+        latest_created=None,
+        age_seconds=None,
+        target_rpo_seconds=target_rpo.total_seconds() if target_rpo else None,
+        compliant=False if target_rpo else None,
+        last_bytes_moved=None,
+        last_bytes_changed=None,
+        last_error=error,
+        busy=busy,
+    )
+
+
 def _status(
     replica: Replica,
     now: datetime,
@@ -62,40 +88,13 @@ def _status(
     names: Mapping[str, str],
 ) -> ProtectionStatus:
     state = replica.state
-    rpo_seconds = target_rpo.total_seconds() if target_rpo else None
     if replica.error is not None:
-        return ProtectionStatus(
-            vm=replica.seed.source.name if replica.seed else names.get(replica.source_uuid or "", "?"),
-            replica=replica.vm.name,
-            state=UNREADABLE,
-            restore_points=0,
-            latest_point=None,
-            latest_created=None,
-            age_seconds=None,
-            target_rpo_seconds=rpo_seconds,
-            compliant=False if target_rpo else None,
-            last_bytes_moved=None,
-            last_bytes_changed=None,
-            last_error=str(replica.error),
-            busy=busy,
-        )
+        source = replica.seed.source.name if replica.seed else names.get(replica.source_uuid or "", "?")
+        return _without_points(replica, source, UNREADABLE, target_rpo, str(replica.error), busy)
     if state is None:
         source = replica.seed.source.name if replica.seed else "?"
-        return ProtectionStatus(
-            vm=source,
-            replica=replica.vm.name,
-            state="seeding",
-            restore_points=0,
-            latest_point=None,
-            latest_created=None,
-            age_seconds=None,
-            target_rpo_seconds=rpo_seconds,
-            compliant=False if target_rpo else None,
-            last_bytes_moved=None,
-            last_bytes_changed=None,
-            last_error=None if busy else "protect was interrupted; run protect again",
-            busy=busy,
-        )
+        error = None if busy else "protect was interrupted; run protect again"
+        return _without_points(replica, source, "seeding", target_rpo, error, busy)
     latest = state.latest
     rpo = target_rpo or state.settings.target_rpo
     age = (now - latest.current_as_of).total_seconds()
