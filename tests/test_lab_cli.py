@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pyVmomi import vim, vmodl
 
 from tests import labutil
 from vsphere_replicator.demo import run_demo
 from vsphere_replicator.lab import LabInfo
+
+# Every test here starts a lab of its own (through the CLI, the demo or a script).
+pytestmark = pytest.mark.lab
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
