@@ -52,7 +52,8 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
         control.write_random(vm_name, offset=rng.randrange(0, DISK_SIZE - 9000), length=9000, seed=i)
     top = create_snapshot(conn, info, "top").snapshot
     key = info.disks[0].key
-    plan = plan_delta(conn, info, top, {key: change_ids_at(conn, base)[key], info.disks[1].key: "*"})
+    since = labutil.tracked(change_ids_at(conn, base))[key]
+    plan = plan_delta(conn, info, top, {key: since, info.disks[1].key: "*"})
     frozen = labutil.local_extent(lab, snapshot_disks(conn, top.moref)[0].file_name)
     sink = FileBlockSink(copy)
     sources = {key: NBDBlockDevice(nbd_server(frozen))}
