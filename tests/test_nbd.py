@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests import labutil
-from tests.conftest import DISK_SIZE
+from tests.conftest import DISK_SIZE, StartNBD
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.delta import plan_delta, read_delta
 from vsphere_replicator.errors import InvalidInput
@@ -22,7 +22,7 @@ from vsphere_replicator.verify import first_mismatch
 
 
 def test_reads_a_snapshot_disk_exactly(
-    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any
+    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD
 ) -> None:
     control.write_random(vm_name, offset=12345, length=3 << 20, seed=1)
     snap = create_snapshot(conn, vm_name, "nbd").snapshot
@@ -41,7 +41,7 @@ def test_reads_a_snapshot_disk_exactly(
 
 
 def test_a_delta_read_over_nbd_applied_to_a_copy(
-    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any, tmp_path: Path
+    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD, tmp_path: Path
 ) -> None:
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
@@ -67,7 +67,7 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
     assert labutil.sha256(copy) == labutil.sha256(frozen)
 
 
-def test_writes_and_flush_reach_the_image(nbd_server: Any, tmp_path: Path) -> None:
+def test_writes_and_flush_reach_the_image(nbd_server: StartNBD, tmp_path: Path) -> None:
     image = tmp_path / "target.img"
     image.write_bytes(b"\0" * (4 << 20))
     device = NBDBlockDevice(nbd_server(image, read_only=False))
