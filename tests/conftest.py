@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import structlog
@@ -149,8 +149,14 @@ def serve(server: str, image: Path, sock: Path, *, read_only: bool) -> subproces
     return process
 
 
+class StartNBD(Protocol):
+    """Serve an image over NBD (a Unix socket) until the test ends."""
+
+    def __call__(self, image: Path, *, read_only: bool = True) -> NBDEndpoint: ...
+
+
 @pytest.fixture(params=SERVERS)
-def nbd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def nbd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartNBD]:
     if shutil.which(request.param) is None:
         pytest.fail(f"{request.param} is not installed: scripts/setup.sh installs it")
     started: list[subprocess.Popen[bytes]] = []

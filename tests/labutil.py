@@ -10,7 +10,7 @@ import hashlib
 import json
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def changed_areas(
     Each answer's areas must lie inside the window it covers; areas that
     touch across a window edge are merged.
     """
-    offset, areas, calls = 0, [], 0
+    offset, calls = 0, 0
+    areas: list[tuple[int, int]] = []
     while offset < capacity:
         info = vm.QueryChangedDiskAreas(snapshot=snap, deviceKey=key, startOffset=offset, changeId=change_id)
         calls += 1
@@ -75,6 +76,20 @@ def changed_areas(
                 areas.append((a.start, a.length))
         offset = info.startOffset + info.length
     return areas, calls
+
+
+def tracked(change_ids: Mapping[int, str | None]) -> dict[int, str]:
+    """`change_ids_at`'s answer for a snapshot taken with CBT on: every disk has a change id."""
+    untracked = [key for key, change_id in change_ids.items() if change_id is None]
+    assert not untracked, f"CBT is not tracking disks {untracked}"
+    return {key: change_id for key, change_id in change_ids.items() if change_id is not None}
+
+
+def soap_message(fault: BaseException) -> str:
+    """The fault string pyVmomi puts on a SOAP fault as `msg` (its type stubs do not declare it)."""
+    message = getattr(fault, "msg", None)
+    assert isinstance(message, str), f"{fault!r} carries no message"
+    return message
 
 
 def datastore_path(file_name: str) -> tuple[str, str]:
@@ -131,7 +146,8 @@ def qemu_img_info(path: Path) -> dict[str, Any]:
     out = subprocess.run(
         ["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True, text=True
     )
-    return json.loads(out.stdout)
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
 
 
 def qemu_img_compare(a: Path, b: Path) -> int:

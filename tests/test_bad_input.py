@@ -393,6 +393,11 @@ CLI_CASES = [
 ]
 
 
+def wrong(value: object) -> Any:
+    """A value of the wrong type, passed on purpose: the type checker lets it by, the library must not."""
+    return value
+
+
 def no_sleep(_: float) -> None:
     return None
 
@@ -402,7 +407,7 @@ CALLS = [
     Call("replicate(conn, None, ...)", lambda c: c.replicate(None), InvalidInput, "not NoneType None"),
     Call(
         'replicate("vc01", vm, ...)',
-        lambda c: replicate("vc01", c.vm, replica_access=c.access),
+        lambda c: replicate(wrong("vc01"), c.vm, replica_access=c.access),
         InvalidInput,
         "conn must be Connection, not str 'vc01'",
     ),
@@ -436,15 +441,19 @@ CALLS = [
         InvalidInput,
         "replica_access must be a DiskAccess",
     ),
-    Call("get_vm(conn, None)", lambda c: get_vm(c.conn, None), InvalidInput, "must be VMSelector or str"),
-    Call("get_vm(conn, 5)", lambda c: get_vm(c.conn, 5), InvalidInput, "not int 5"),
+    Call(
+        "get_vm(conn, None)", lambda c: get_vm(c.conn, wrong(None)), InvalidInput, "must be VMSelector or str"
+    ),
+    Call("get_vm(conn, 5)", lambda c: get_vm(c.conn, wrong(5)), InvalidInput, "not int 5"),
     Call('find_vms(conn, "lab-vm")', lambda c: find_vms(c.conn, c.vm), InvalidInput, "selector must be"),
-    Call("VMSelector(name=5)", lambda c: VMSelector(name=5), InvalidInput, "name must be str or None"),
+    Call("VMSelector(name=5)", lambda c: VMSelector(name=wrong(5)), InvalidInput, "name must be str or None"),
     Call("VMSelector()", lambda c: VMSelector(), InvalidInput, "needs a name, glob, moref"),
-    Call("ReplicaTarget(datastore=5)", lambda c: ReplicaTarget(datastore=5), InvalidInput, "must be str"),
+    Call(
+        "ReplicaTarget(datastore=5)", lambda c: ReplicaTarget(datastore=wrong(5)), InvalidInput, "must be str"
+    ),
     Call(
         'ReplicaTarget(..., networks=[("a", "b")])',
-        lambda c: ReplicaTarget(datastore="secondary-ds", networks=[("a", "b")]),
+        lambda c: ReplicaTarget(datastore="secondary-ds", networks=wrong([("a", "b")])),
         InvalidInput,
         "must be tuple, not list",
     ),
@@ -454,7 +463,12 @@ CALLS = [
         InvalidInput,
         "must contain {vm}",
     ),
-    Call('CycleSettings(keep="3")', lambda c: CycleSettings(keep="3"), InvalidInput, "keep must be a whole"),
+    Call(
+        'CycleSettings(keep="3")',
+        lambda c: CycleSettings(keep=wrong("3")),
+        InvalidInput,
+        "keep must be a whole",
+    ),
     Call("CycleSettings(keep=0)", lambda c: CycleSettings(keep=0), InvalidInput, "between 1 and 24"),
     Call(
         "CycleSettings(max_age=40000 days)",
@@ -469,7 +483,10 @@ CALLS = [
         "must be in (0, 1], not nan",
     ),
     Call(
-        'CycleSettings(verify="yes")', lambda c: CycleSettings(verify="yes"), InvalidInput, "verify must be"
+        'CycleSettings(verify="yes")',
+        lambda c: CycleSettings(verify=wrong("yes")),
+        InvalidInput,
+        "verify must be",
     ),
     Call('connect(port="x")', lambda c: c.connect(port="x"), InvalidInput, "port must be int or None"),
     Call("connect(host=5)", lambda c: c.connect(host=5), InvalidInput, "host must be str or None"),
@@ -477,7 +494,7 @@ CALLS = [
     Call("RetryPolicy(attempts=0)", lambda c: RetryPolicy(attempts=0), InvalidInput, "between 1 and 100"),
     Call(
         'protect(conn, vm, "secondary-ds")',
-        lambda c: protect(c.conn, c.fresh, "secondary-ds"),
+        lambda c: protect(c.conn, c.fresh, wrong("secondary-ds")),
         InvalidInput,
         "target must be ReplicaTarget",
     ),
@@ -489,19 +506,19 @@ CALLS = [
     ),
     Call(
         "create_snapshot(conn, vm, 5)",
-        lambda c: create_snapshot(c.conn, c.fresh, 5),
+        lambda c: create_snapshot(c.conn, c.fresh, wrong(5)),
         InvalidInput,
         "snapshot name must be str",
     ),
     Call(
         "remove_snapshot(conn, vm, None)",
-        lambda c: remove_snapshot(c.conn, c.fresh, None),
+        lambda c: remove_snapshot(c.conn, c.fresh, wrong(None)),
         InvalidInput,
         "snapshot must be SnapshotInfo",
     ),
     Call(
         "find_orphans(conn, older_than=5)",
-        lambda c: find_orphans(c.conn, older_than=5),
+        lambda c: find_orphans(c.conn, older_than=wrong(5)),
         InvalidInput,
         "older_than must be timedelta",
     ),
@@ -573,14 +590,16 @@ CALLS = [
     ),
     Call(
         'run_policies("policy.yaml", engine, once=True)',
-        lambda c: run_policies("policy.yaml", None, once=True),
+        lambda c: run_policies(wrong("policy.yaml"), wrong(None), once=True),
         InvalidInput,
         "policy_file (load it with load_policy_file) must be PolicyFile",
     ),
-    Call('Limits(total="4")', lambda c: Limits(total="4"), InvalidInput, "limits.total must be a whole"),
+    Call(
+        'Limits(total="4")', lambda c: Limits(total=wrong("4")), InvalidInput, "limits.total must be a whole"
+    ),
     Call(
         'Selection(names="web-*")',
-        lambda c: Selection(names="web-*"),
+        lambda c: Selection(names=wrong("web-*")),
         InvalidInput,
         "selection names must be a tuple of strings",
     ),

@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The benchmark starts a lab of its own.
+pytestmark = pytest.mark.lab
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "rpo.py"
 
 

@@ -48,6 +48,7 @@ def test_scattered_writes_come_back_block_aligned_over_many_windows(
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
     since = change_ids_at(conn, base)[info.disks[0].key]
+    assert since is not None
     rng = random.Random(4)
     writes = [(rng.randrange(0, DISK_SIZE - 70_000), rng.randrange(1, 70_000)) for _ in range(12)]
     writes += [(CBT_WINDOW - 10, 20), (DISK_SIZE - 1, 1)]
@@ -71,7 +72,7 @@ def test_all_allocated_on_a_sparse_disk(conn: Any, control: Any, vm_name: str) -
 def test_each_disk_answers_for_itself(conn: Any, control: Any, vm_name: str) -> None:
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
-    ids = change_ids_at(conn, base)
+    ids = labutil.tracked(change_ids_at(conn, base))
     control.write_random(vm_name, offset=CBT_BLOCK, length=10, seed=1, disk=1)
     top = create_snapshot(conn, info, "top").snapshot
     first, second = (d.key for d in info.disks)
@@ -83,6 +84,7 @@ def test_a_reset_makes_the_old_change_id_invalid_not_empty(conn: Any, control: A
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
     since = change_ids_at(conn, base)[info.disks[0].key]
+    assert since is not None
     control.cbt_reset(vm_name)
     control.write_random(vm_name, offset=0, length=10, seed=1)
     top = create_snapshot(conn, info, "top").snapshot

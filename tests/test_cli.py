@@ -22,11 +22,12 @@ from vsphere_replicator.cli import EXIT_CODES, build_parser, main
 from vsphere_replicator.cli.exits import UsageError, classify
 from vsphere_replicator.cli.output import Progress, progress
 from vsphere_replicator.errors import ArgumentRejected, InvalidInput, NotFound, ReplicatorError, VSphereFault
+from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.lab.control import DROP_PATHS
 from vsphere_replicator.policies import PolicyFileError
 from vsphere_replicator.replication import IncrementalRefused, StateError
 from vsphere_replicator.replication.lease import Busy, LeaseHolder
-from vsphere_replicator.replication.settings import PROVISIONING, QUIESCE_MODES
+from vsphere_replicator.replication.settings import QUIESCE_MODES
 from vsphere_replicator.replication.status import FAILED_OVER, UNREADABLE, ProtectionStatus
 
 

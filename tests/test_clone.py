@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pyVmomi import vim
@@ -72,6 +72,8 @@ def test_bad_placements_and_names_are_refused(conn: Any, vm_name: str) -> None:
     with pytest.raises(InvalidInput, match="already exists"):
         clone_vm(conn, vm_name, "lab-vm-0001", ClonePlacement(datastore="secondary-ds"))
     with pytest.raises(InvalidInput, match="provisioning"):
-        clone_vm(conn, vm_name, "{vm}-p", ClonePlacement(datastore="secondary-ds", provisioning="fat"))
+        clone_vm(
+            conn, vm_name, "{vm}-p", ClonePlacement(datastore="secondary-ds", provisioning=cast(Any, "fat"))
+        )
     with pytest.raises(InvalidInput, match="template"):
         clone_name("{nope}", get_vm(conn, vm_name))

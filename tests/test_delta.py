@@ -80,7 +80,7 @@ def test_seed_then_incremental_rounds_end_byte_exact(
                 disk=i % 2,
             )
         current = create_snapshot(conn, info, f"round-{round_}").snapshot
-        plan = plan_delta(conn, info, current, change_ids_at(conn, previous))
+        plan = plan_delta(conn, info, current, labutil.tracked(change_ids_at(conn, previous)))
         moved = apply(plan, sources, copies)
         assert moved <= plan.total * 1.05 + 8192
         assert_same(lab, conn, current, copies)
@@ -98,7 +98,7 @@ def test_a_stale_change_id_falls_back_to_a_full_read(
     control.write_random(vm_name, offset=CBT_BLOCK, length=100, seed=9)
     current = create_snapshot(conn, info, "after-reset").snapshot
     with pytest.raises(ChangeIdInvalid):
-        plan_delta(conn, info, current, change_ids_at(conn, previous))
+        plan_delta(conn, info, current, labutil.tracked(change_ids_at(conn, previous)))
     apply(plan_delta(conn, info, current, {}), sources, copies)
     assert_same(lab, conn, current, copies)
 

@@ -39,6 +39,7 @@ def nic_networks(vm: Any) -> list[str]:
                 key = backing.port.portgroupKey
                 names.append(next(n.name for n in vm.network if getattr(n, "key", None) == key))
             else:
+                assert isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo)
                 names.append(backing.deviceName)
     return names
 

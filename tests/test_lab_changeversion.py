@@ -156,7 +156,8 @@ def test_a_stale_change_version_is_concurrent_access_and_changes_nothing(vm: Any
             changeTrackingEnabled=True,
             extraConfig=[option("vr.stale", "yes")],
         )
-    assert stale in refused.value.msg and current in refused.value.msg
+    message = labutil.soap_message(refused.value)
+    assert stale in message and current in message
     assert vm.config.changeVersion == current
     assert vm.config.annotation == "first"
     assert vm.config.hardware.numCPU != 8

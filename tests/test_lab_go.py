@@ -30,6 +30,7 @@ def go(*args: str, cgo: bool = False, timeout: float = 300) -> subprocess.Comple
     )
 
 
+@pytest.mark.lab  # starts labs in-process and builds with -race
 def test_the_lab_passes_its_go_tests_under_the_race_detector() -> None:
     if shutil.which("gcc") is None:
         pytest.fail("go test -race needs cgo: apt-get install gcc")
@@ -47,6 +48,7 @@ def test_the_lab_go_sources_are_gofmt_clean() -> None:
     assert result.stdout == "", f"not gofmt-formatted: {result.stdout}"
 
 
+@pytest.mark.lab  # compiles the lab
 def test_go_vet_finds_nothing_in_the_lab() -> None:
     result = go("vet", ".")
     assert result.returncode == 0, result.stderr

@@ -60,10 +60,11 @@ def test_every_vm_has_one_connected_vmxnet3_on_vm_network(si: Any, vm: Any) -> N
     assert isinstance(nic, vim.vm.device.VirtualVmxnet3)
     assert isinstance(nic.backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo)
     assert nic.backing.deviceName == "VM Network"
-    assert nic.backing.network.name == "VM Network"
+    assert nic.backing.network is not None and nic.backing.network.name == "VM Network"
+    assert nic.connectable is not None
     assert nic.connectable.connected and nic.connectable.startConnected
     assert nic.addressType == "generated"
-    assert nic.macAddress.startswith("00:0c:29:")
+    assert nic.macAddress is not None and nic.macAddress.startswith("00:0c:29:")
     assert [n.name for n in vm.network] == ["VM Network"]
 
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import certifi
 import pytest
 import requests
 from com.vmware.cis.tagging_client import Category, CategoryModel, Tag, TagAssociation
@@ -26,7 +27,6 @@ from vmware.vapi.security.user_password import create_user_password_security_con
 from vmware.vapi.stdlib.client.factories import StubConfigurationFactory
 
 from tests import labutil
-from vsphere_replicator import tags as tags_module
 from vsphere_replicator.connection import Connection, ConnectionSettings
 from vsphere_replicator.errors import AuthenticationFailed, InvalidInput, NotFound, TLSVerificationFailed
 from vsphere_replicator.lab import LabInfo
@@ -254,7 +254,7 @@ def test_vms_with_tags_deletes_its_session(
         real_delete(self)
         deleted.append(self)
 
-    monkeypatch.setattr(tags_module.Session, "delete", spy)
+    monkeypatch.setattr(Session, "delete", spy)
     rest.tag(rest.category(f"gone-{unique}"), "t")
     vms_with_tags(settings(lab), [f"gone-{unique}:t"])
     with pytest.raises(NotFound):
@@ -341,7 +341,7 @@ def test_unknown_services_and_operations_are_operation_not_found(lab: LabInfo, s
     )
     with pytest.raises(std_errors.OperationNotFound):
         Category(sdk).delete(Category(sdk).create(spec))  # the lab serves no delete
-    body = {
+    body: dict[str, Any] = {
         "jsonrpc": "2.0",
         "method": "invoke",
         "id": "1",
@@ -386,8 +386,8 @@ def test_a_pinned_thumbprint_replaces_the_ca_file(lab: LabInfo, rest: RestTaggin
 def test_requests_ca_bundle_does_not_replace_the_ca_file(
     lab: LabInfo, rest: RestTagging, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.certs.where())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     rest.tag(rest.category(f"env-ca-{unique}"), "t")
     assert vms_with_tags(settings(lab), [f"env-ca-{unique}:t"]) == frozenset()
     with pytest.raises(TLSVerificationFailed):  # the lab's certificate is not in that bundle
-        vms_with_tags(settings(lab, ca_file=requests.certs.where()), [f"env-ca-{unique}:t"])
+        vms_with_tags(settings(lab, ca_file=certifi.where()), [f"env-ca-{unique}:t"])

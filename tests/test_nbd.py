@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests import labutil
-from tests.conftest import DISK_SIZE
+from tests.conftest import DISK_SIZE, StartNBD
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.delta import plan_delta, read_delta
 from vsphere_replicator.errors import InvalidInput, TransportError
@@ -21,7 +21,7 @@ from vsphere_replicator.verify import first_mismatch
 
 
 def test_reads_a_snapshot_disk_exactly(
-    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any
+    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD
 ) -> None:
     control.write_random(vm_name, offset=12345, length=3 << 20, seed=1)
     snap = create_snapshot(conn, vm_name, "nbd").snapshot
@@ -40,7 +40,7 @@ def test_reads_a_snapshot_disk_exactly(
 
 
 def test_a_delta_read_over_nbd_applied_to_a_copy(
-    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any, tmp_path: Path
+    lab: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD, tmp_path: Path
 ) -> None:
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
@@ -51,7 +51,8 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
         control.write_random(vm_name, offset=rng.randrange(0, DISK_SIZE - 9000), length=9000, seed=i)
     top = create_snapshot(conn, info, "top").snapshot
     key = info.disks[0].key
-    plan = plan_delta(conn, info, top, {key: change_ids_at(conn, base)[key], info.disks[1].key: "*"})
+    since = labutil.tracked(change_ids_at(conn, base))[key]
+    plan = plan_delta(conn, info, top, {key: since, info.disks[1].key: "*"})
     frozen = labutil.local_extent(lab, snapshot_disks(conn, top.moref)[0].file_name)
     sink = FileBlockSink(copy)
     sources = {key: NBDBlockDevice(nbd_server(frozen))}
@@ -65,7 +66,7 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
     assert labutil.sha256(copy) == labutil.sha256(frozen)
 
 
-def test_writes_and_flush_reach_the_image(nbd_server: Any, tmp_path: Path) -> None:
+def test_writes_and_flush_reach_the_image(nbd_server: StartNBD, tmp_path: Path) -> None:
     image = tmp_path / "target.img"
     image.write_bytes(b"\0" * (4 << 20))
     device = NBDBlockDevice(nbd_server(image, read_only=False))

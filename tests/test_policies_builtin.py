@@ -213,6 +213,6 @@ def test_the_public_api_is_honest_and_plain_data() -> None:
     for name in policies.__all__:
         obj = getattr(policies, name)
         if dataclasses.is_dataclass(obj):
-            assert obj.__dataclass_params__.frozen and hasattr(obj, "__slots__"), name  # type: ignore[attr-defined]
+            assert vars(obj)["__dataclass_params__"].frozen and hasattr(obj, "__slots__"), name
         elif inspect.isfunction(obj):
             assert typing.get_type_hints(obj).get("return") is not typing.Any, name

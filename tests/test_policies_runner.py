@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import pytest
 
@@ -26,6 +27,12 @@ T0 = datetime(2025, 3, 1, 10, 7, 30, tzinfo=UTC)
 TIMEOUT = 5.0  # seconds: a bound on every wait, so a bug fails the test instead of hanging it
 
 
+class LimitArgs(TypedDict):
+    total: int
+    per_host: int
+    per_datastore: int
+
+
 class RecordingEngine:
     """An engine whose cycles really run on the runner's threads and record how many overlap.
 
@@ -36,7 +43,7 @@ class RecordingEngine:
 
     def __init__(
         self,
-        vms: dict[str, tuple[str, tuple[str, ...]]],
+        vms: Mapping[str, tuple[str, tuple[str, ...]]],
         *,
         gate: threading.Event | None = None,
         hold: float = 0.0,
@@ -173,7 +180,7 @@ def run_in_thread(fn: Callable[[], list[RunRecord]]) -> tuple[threading.Thread, 
     ],
 )
 def test_limits_hold_under_real_concurrency(
-    limits: dict[str, int], layout: Callable[[int], tuple[str, tuple[str, ...]]], peak: int
+    limits: LimitArgs, layout: Callable[[int], tuple[str, tuple[str, ...]]], peak: int
 ) -> None:
     gate = threading.Event()
     engine = RecordingEngine({f"vm-{i:02d}": layout(i) for i in range(12)}, gate=gate, hold=0.01)

@@ -488,7 +488,8 @@ def test_failback_survives(world: World, at: str, fault: str) -> None:
     original, replica = world.vm(name), world.vm(f"{name}-replica")
     assert original.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
     assert source_hashes(world.lab, original) == content
-    assert_no_leftovers(original) and option(original, STATE_KEY) is None
+    assert_no_leftovers(original)
+    assert option(original, STATE_KEY) is None
     assert_no_leftovers(replica)
     data = state_of(replica)
     assert data["source"]["name"] == name and not data["promoted"]

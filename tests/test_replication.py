@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests import labutil
-from tests.conftest import CBT_BLOCK, DISK_SIZE
+from tests.conftest import CBT_BLOCK, DISK_SIZE, StartNBD
 from tests.replication_util import (
     JOURNAL_KEY,
     assert_replica_matches,
@@ -268,7 +268,7 @@ def test_a_running_replica_is_never_written(
 
 
 def test_cycles_read_and_write_through_nbd_servers(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, nbd_server: Any
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD
 ) -> None:
     """Both sides over NBD (qemu-nbd and nbdkit serving the lab's disk files), byte-exact."""
     from vsphere_replicator.replication import NBDDisks

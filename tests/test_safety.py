@@ -212,7 +212,7 @@ def test_a_stale_change_version_is_refused_and_the_write_retried_on_the_fresh_on
     protect(sconn, name, TARGET)
     replica = labutil.find_vm(ssi, f"{name}-replica")
     real = options.read_options
-    interfered = []
+    interfered: list[bool] = []
 
     def read_then_interfere(conn: Connection, moref: str) -> Any:
         seen = real(conn, moref)

@@ -50,7 +50,7 @@ def test_waiting_survives_a_session_expiry(conn: Any, control: Any, vm_name: str
         idempotent=False,
     )
     control.expire_sessions()
-    snapshot = wait_for_task(conn, task, what="snapshot")
+    snapshot = wait_for_task(conn, task, what="snapshot", returns=vim.vm.Snapshot)
     assert snapshot._moId.startswith("snapshot-")
 
 

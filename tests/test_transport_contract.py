@@ -16,7 +16,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import pytest
 
@@ -44,14 +45,34 @@ SIZE = 2 * DEFAULT_CHUNK + 4 * ALIGN  # past one library chunk boundary, small e
 BOUNDARY = DEFAULT_CHUNK  # where plan_chunks cuts a long area at its default chunk size
 
 
+class Source(BlockSource, Protocol):
+    """A shipped source: the protocol, and a context manager (transport.base.BlockDevice)."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None: ...
+
+
+class Sink(BlockSink, Protocol):
+    """A shipped sink: the protocol, and a context manager (transport.base.BlockDevice)."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None: ...
+
+
 @dataclass
 class Backend:
     """Sources and sinks over one disk image whose bytes are `image`."""
 
     name: str
     image: bytes
-    source: Callable[[], BlockSource]
-    sink: Callable[[], BlockSink]
+    source: Callable[[], Source]
+    sink: Callable[[], Sink]
 
     @property
     def size(self) -> int:

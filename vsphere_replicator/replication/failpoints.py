@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _reached: dict[str, int] = {}
-_armed: dict[str, Callable[[], None]] = {}
+_armed: dict[str, Callable[[], object]] = {}
 _traces: list[list[str]] = []
 
 
@@ -57,8 +57,11 @@ def point(name: str) -> None:
 
 
 @contextmanager
-def armed(at: str, action: Callable[[], None] = _crash) -> Iterator[None]:
-    """Within the block, run `action` (default: raise Crash) the K-th time point NAME is reached."""
+def armed(at: str, action: Callable[[], object] = _crash) -> Iterator[None]:
+    """Within the block, run `action` (default: raise Crash) the K-th time point NAME is reached.
+
+    What `action` returns is ignored.
+    """
     with _lock:
         _reached.clear()
         _armed[at] = action
