@@ -186,6 +186,8 @@ def reconfigure_from(
         outcomes[writer] = "won"
     except vim.fault.ConcurrentAccess:
         outcomes[writer] = "ConcurrentAccess"
+    except vim.fault.TaskInProgress:  # the winner's reconfigure still held the VM
+        outcomes[writer] = "TaskInProgress"
 
 
 def test_of_two_clients_reconfiguring_from_the_same_version_exactly_one_wins(lab: Any, vm_name: str) -> None:
@@ -204,7 +206,9 @@ def test_of_two_clients_reconfiguring_from_the_same_version_exactly_one_wins(lab
                 t.start()
             for t in threads:
                 t.join(timeout=60)
-            assert sorted(outcomes.values()) == ["ConcurrentAccess", "won"], f"round {round_}: {outcomes}"
+            losers = [o for o in outcomes.values() if o != "won"]
+            assert len(outcomes) == 2 and len(losers) == 1, f"round {round_}: {outcomes}"
+            assert losers[0] in ("ConcurrentAccess", "TaskInProgress"), f"round {round_}: {outcomes}"
             winner = next(w for w, outcome in outcomes.items() if outcome == "won")
             assert extra_config(vms[0])["vr.writer"] == winner
     finally:

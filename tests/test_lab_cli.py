@@ -100,6 +100,19 @@ def test_lab_up_write_status_env_down(tmp_path: Path) -> None:
         assert len(json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout)) == 1
         before_kind = cli("lab", "fault", "--state-dir", state, "list")  # before the kind as well
         assert before_kind.returncode == 0 and len(json.loads(before_kind.stdout)) == 1, before_kind.stderr
+        slow = cli("lab", "fault", "slow-task", "ReconfigVM_Task", "--delay-ms", "50", "--state-dir", state)
+        assert json.loads(slow.stdout)["kind"] == "slow-task", slow.stderr
+        quiesce = cli("lab", "fault", "quiesce", "FilesystemQuiesceFault", "--state-dir", state)
+        assert json.loads(quiesce.stdout)["fault"] == "FilesystemQuiesceFault", quiesce.stderr
+        assert len(json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout)) == 3
+        tools = cli("lab", "tools", "lab-vm-0001", "--state", "notRunning", "--state-dir", state)
+        assert json.loads(tools.stdout)["tools_running_status"] == "guestToolsNotRunning", tools.stderr
+        si = labutil.connect(info)
+        try:
+            assert labutil.find_vm(si, "lab-vm-0001").guest.toolsStatus == "toolsNotRunning"
+        finally:
+            labutil.disconnect(si)
+        assert cli("lab", "tools", "lab-vm-0001", "--state", "asleep", "--state-dir", state).returncode == 2
         cli("lab", "fault", "clear", "--state-dir", state)
         assert json.loads(cli("lab", "fault", "list", "--state-dir", state).stdout) == []
     finally:

@@ -20,6 +20,7 @@ from tests.replication_util import (
     source_hashes,
     state,
 )
+from vsphere_replicator.errors import TaskFailed
 from vsphere_replicator.replication import (
     CycleSettings,
     IncrementalRefused,
@@ -317,3 +318,36 @@ def test_a_cycle_that_finds_nothing_changed_confirms_the_newest_point_instead_of
     after = replicate(conn, vm_name, replica_access=access)
     assert after.restore_point == "rp-000003" and after.full_resync == ()
     assert_replica_matches(lab, find(si, vm_name), replica, "rp-000003")
+
+
+def test_quiesce_try_on_a_vm_without_tools_makes_a_crash_consistent_point_marked_so(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    protect(conn, vm_name, TARGET, settings=CycleSettings(quiesce="try"))
+    control.set_tools(vm_name, "notRunning")
+    scatter(control, vm_name, random.Random(8), count=2)
+    result = replicate(conn, vm_name, replica_access=access)
+    source, replica = find(si, vm_name), find(si, f"{vm_name}-replica")
+    assert result.restore_point == "rp-000002" and result.quiesced is False
+    assert_replica_matches(lab, source, replica, "rp-000002")
+    points = {p["id"]: p for p in state(replica)["restore_points"]}
+    assert points["rp-000002"]["quiesced"] is False
+    assert our_source_snapshots(source) == []
+
+
+def test_quiesce_require_on_a_vm_without_tools_fails_naming_the_fault_and_leaves_no_snapshot(
+    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+) -> None:
+    protect(conn, vm_name, TARGET, settings=CycleSettings(quiesce="require"))
+    control.set_tools(vm_name, "notRunning")
+    with pytest.raises(TaskFailed) as err:
+        replicate(conn, vm_name, replica_access=access)
+    assert err.value.fault == "ToolsUnavailable"
+    assert f"{vm_name} could not be quiesced (ToolsUnavailable)" in str(err.value)
+    source, replica = find(si, vm_name), find(si, f"{vm_name}-replica")
+    assert our_source_snapshots(source) == []
+    assert [p["id"] for p in state(replica)["restore_points"]] == ["rp-000001"]
+    control.set_tools(vm_name, "running")
+    scatter(control, vm_name, random.Random(9), count=2)
+    result = replicate(conn, vm_name, replica_access=access)
+    assert result.restore_point == "rp-000002" and result.quiesced is True, result

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests import labutil
+from tests.replication_util import snapshots
 from vsphere_replicator.errors import NotFound, SnapshotChainTooDeep, TaskFailed
 from vsphere_replicator.inventory import get_vm
 from vsphere_replicator.snapshots import (
@@ -115,3 +116,53 @@ def test_a_removal_that_needs_consolidation_is_consolidated(
     after = remove_snapshot(conn, vm_name, snap)
     assert control.stats()["methods"]["ConsolidateVMDisks_Task"] == 1
     assert after.consolidation_needed is False and vm.runtime.consolidationNeeded is False
+
+
+def _cannot_quiesce(control: Any, vm_name: str, cause: str) -> str:
+    """Make the VM's next quiesced snapshot fail as vSphere would for `cause`; the fault expected."""
+    if cause == "tools-not-running":
+        control.set_tools(vm_name, "notRunning")
+        return "ToolsUnavailable"
+    if cause == "generic":
+        message = "An error occurred while saving the snapshot: Failed to quiesce the virtual machine."
+        control.fail_method("CreateSnapshot_Task", "SnapshotFault", message=message)
+        return "SnapshotFault"
+    control.fail_quiesce(cause)
+    return cause
+
+
+QUIESCE_CAUSES = ["tools-not-running", "FilesystemQuiesceFault", "ApplicationQuiesceFault", "generic"]
+
+
+@pytest.mark.parametrize("cause", QUIESCE_CAUSES)
+def test_every_quiesce_fault_falls_back_to_crash_consistent(
+    conn: Any, control: Any, vm: Any, vm_name: str, cause: str
+) -> None:
+    fault = _cannot_quiesce(control, vm_name, cause)
+    result = create_snapshot(
+        conn, vm_name, "q", quiesce=True, on_quiesce_failure=QuiesceFallback.CRASH_CONSISTENT
+    )
+    assert result.quiesced is False and (result.fallback_reason or "").startswith(fault + ":")
+    assert [(s.name, s.quiesced) for s in snapshots(vm)] == [("vr-q", False)]
+
+
+@pytest.mark.parametrize("cause", QUIESCE_CAUSES)
+def test_a_required_quiesce_fails_naming_the_fault_and_leaves_no_snapshot(
+    conn: Any, control: Any, vm: Any, vm_name: str, cause: str
+) -> None:
+    fault = _cannot_quiesce(control, vm_name, cause)
+    with pytest.raises(TaskFailed) as err:
+        create_snapshot(conn, vm_name, "q", quiesce=True)
+    assert err.value.fault == fault
+    assert f"{vm_name} could not be quiesced ({fault})" in str(err.value)
+    assert snapshots(vm) == []
+
+
+def test_a_snapshot_fault_that_is_not_about_quiescing_never_falls_back(
+    conn: Any, control: Any, vm: Any, vm_name: str
+) -> None:
+    control.fail_method("CreateSnapshot_Task", "SnapshotFault", message="the snapshot file is corrupt")
+    with pytest.raises(TaskFailed) as err:
+        create_snapshot(conn, vm_name, "q", quiesce=True, on_quiesce_failure=QuiesceFallback.CRASH_CONSISTENT)
+    assert err.value.fault == "SnapshotFault" and "could not be quiesced" not in str(err.value)
+    assert snapshots(vm) == []

@@ -70,12 +70,22 @@ class RetryPolicy:
                 raise InvalidInput(f"{name} must be between 0 and 3600 seconds, not {value}")
         check_callable(self.sleep, "sleep")
 
-    def retrying(self, log: Any, event: str, *, idempotent: bool = True, **fields: Any) -> Retrying:
+    def retrying(
+        self,
+        log: Any,
+        event: str,
+        *,
+        idempotent: bool = True,
+        retry_on: Callable[[BaseException], bool] = is_transient,
+        **fields: Any,
+    ) -> Retrying:
         """A tenacity `Retrying` for one call: `retrying(...)(fn, *args)` runs `fn` under this policy.
 
         Each retry logs `event` on `log` as a warning with the attempt number,
         the error's type and `fields`. With `idempotent=False` the call is
         tried once: a network error after the request left may mean it ran.
+        `retry_on` tells which errors are worth another try (transient ones
+        unless told otherwise: `tasks.run_task` retries a VM that was busy).
         When the tries run out, the last error is raised as it was.
         """
 
@@ -87,7 +97,7 @@ class RetryPolicy:
             stop=stop_after_attempt(self.attempts if idempotent else 1),
             wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
             + wait_random(0, self.jitter),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(retry_on),
             sleep=self.sleep,
             before_sleep=log_retry,
             reraise=True,

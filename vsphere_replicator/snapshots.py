@@ -37,10 +37,30 @@ from vsphere_replicator.tasks import ProgressCallback, run_task
 MARKER = "vsphere_replicator:snapshot:v1"
 NAME_PREFIX = "vr-"
 MAX_CHAIN_DEPTH = 32
-# Faults that mean "this VM cannot be quiesced now", as opposed to a broken snapshot.
+# Faults that mean "this VM cannot be quiesced now", as opposed to a broken snapshot: the two
+# SnapshotFault subtypes for a failed quiesce (FilesystemQuiesceFault: I/O held off too long;
+# ApplicationQuiesceFault: a pre-freeze script failed), Tools that cannot be reached
+# (ToolsUnavailable: "Cannot quiesce this virtual machine because VMware Tools is not currently
+# available.") and HA's datastore I/O quiesce.
 QUIESCE_FAULTS = frozenset(
-    {"ApplicationQuiesceFault", "ToolsUnavailable", "ToolsNotRunning", "QuiesceDatastoreIOForHAFailed"}
+    {
+        "ApplicationQuiesceFault",
+        "FilesystemQuiesceFault",
+        "ToolsUnavailable",
+        "ToolsNotRunning",
+        "QuiesceDatastoreIOForHAFailed",
+    }
 )
+# Faults vSphere also reports a failed quiesce with, the message saying so ("An error occurred
+# while saving the snapshot: Failed to quiesce the virtual machine.").
+GENERIC_SNAPSHOT_FAULTS = frozenset({"SnapshotFault", "GenericVmConfigFault"})
+
+
+def is_quiesce_failure(exc: TaskFailed) -> bool:
+    """Whether a failed snapshot task failed because the guest could not be quiesced."""
+    if exc.fault in QUIESCE_FAULTS:
+        return True
+    return exc.fault in GENERIC_SNAPSHOT_FAULTS and "quiesc" in str(exc).lower()
 
 
 class QuiesceFallback(enum.Enum):
@@ -176,10 +196,17 @@ def create_snapshot(
     try:
         moref = take(quiesce)
     except TaskFailed as exc:
-        if not (
-            quiesce and exc.fault in QUIESCE_FAULTS and on_quiesce_failure is QuiesceFallback.CRASH_CONSISTENT
-        ):
+        if not (quiesce and is_quiesce_failure(exc)):
             raise
+        if on_quiesce_failure is QuiesceFallback.FAIL:
+            # vSphere rolls a failed quiesced snapshot back whole: nothing of ours is left to remove.
+            raise TaskFailed(
+                f"{info.name} could not be quiesced ({exc.fault}) and a crash-consistent snapshot "
+                f"was not allowed (quiesce 'require'): {exc}",
+                task=exc.task,
+                vm=info.name,
+                fault=exc.fault,
+            ) from exc
         fallback_reason = f"{exc.fault}: {exc}"
         log.warning("quiesce_failed_falling_back", fault=exc.fault)
         quiesced = False

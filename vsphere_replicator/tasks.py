@@ -28,6 +28,11 @@ ProgressCallback = Callable[[int], None]
 R = TypeVar("R")
 _WATCHED = ["info.state", "info.progress", "info.result", "info.error"]
 _MAX_WAIT_SECONDS = 30
+# Faults that mean "another operation holds this VM or its files; try again later" (vSphere Web
+# Services API reference: TaskInProgress, thrown when the VM is busy with another task;
+# FileLocked, a file in use by another operation or host; SnapshotLocked, a snapshot create or
+# delete on a VM whose snapshot is locked).
+BUSY_FAULTS = frozenset({"TaskInProgress", "FileLocked", "SnapshotLocked"})
 
 
 _local = threading.local()
@@ -240,9 +245,33 @@ def run_task(
     The result is checked to be a `returns` (`vim.VirtualMachine` for a clone) and typed so;
     without `returns` it is an `object` the caller ignores. A failure whose fault is in
     `expected_faults` is raised as always but not logged as a warning.
+
+    A VM busy with another operation (BUSY_FAULTS: TaskInProgress, FileLocked,
+    SnapshotLocked, as the task's fault or the call's) is retried under the
+    connection's RetryPolicy, with its backoff and bound; the last failure is
+    raised once the tries run out.
     """
-    task = conn.call(what, start, idempotent=False, vm=vm)
-    return _wait(conn, task, what, vm, timeout, on_progress, expected_faults, returns)
+    log = get_logger(vm=vm, operation=what)
+    quiet = (*expected_faults, *BUSY_FAULTS)
+
+    def attempt() -> object:
+        # Repeating a task start is safe only here: a task refused because the VM was busy did
+        # nothing (vSphere checks the VM's lock before it acts), so starting it again is its
+        # first run. A network error is not retried (idempotent=False): that task may be running.
+        task = conn.call(what, start, idempotent=False, vm=vm)
+        return _wait(conn, task, what, vm, timeout, on_progress, quiet, returns)
+
+    try:
+        return conn.retry.retrying(log, "task_busy_retry", retry_on=_is_busy, what=what)(attempt)
+    except VSphereFault as exc:
+        if exc.fault in BUSY_FAULTS and exc.fault not in expected_faults:
+            log.warning("task_failed", fault=exc.fault, message=str(exc))
+        raise
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """Whether `exc` says the VM (or its files) was busy with another operation: worth another try."""
+    return isinstance(exc, VSphereFault) and exc.fault in BUSY_FAULTS
 
 
 def reconfigure_vm(

@@ -29,7 +29,14 @@ from vsphere_replicator.cli.profiles import (
 )
 from vsphere_replicator.demo import run_demo
 from vsphere_replicator.lab import LabControl, lab_status, start_lab, stop_lab
-from vsphere_replicator.lab.control import DROP_PATHS, MAX_DELAY_MS, MAX_FAULT_COUNT, MAX_WRITE
+from vsphere_replicator.lab.control import (
+    DROP_PATHS,
+    MAX_DELAY_MS,
+    MAX_FAULT_COUNT,
+    MAX_WRITE,
+    QUIESCE_FAULTS,
+    TOOLS_STATES,
+)
 from vsphere_replicator.lab.process import (
     MAX_DISK_SIZE,
     MAX_DISKS_PER_VM,
@@ -99,6 +106,11 @@ def cmd_lab_cbt_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lab_tools(args: argparse.Namespace) -> int:
+    print_json(LabControl(running_lab(args.state_dir)).set_tools(args.vm, args.state))
+    return EXIT_OK
+
+
 def cmd_lab_fault(args: argparse.Namespace) -> int:
     control = LabControl(running_lab(args.state_dir))
     result: dict[str, Any] | list[dict[str, Any]]
@@ -110,6 +122,10 @@ def cmd_lab_fault(args: argparse.Namespace) -> int:
         result = control.drop_connections(count=args.count, path=args.path)
     elif args.fault_kind == "slow-reads":
         result = control.slow_reads(args.delay_ms, count=args.count)
+    elif args.fault_kind == "slow-task":
+        result = control.slow_tasks(args.method, args.delay_ms, count=args.count)
+    elif args.fault_kind == "quiesce":
+        result = control.fail_quiesce(args.fault, count=args.count, message=args.message)
     elif args.fault_kind == "consolidation-needed":
         result = control.leave_consolidation_needed(count=args.count)
     elif args.fault_kind == "list":
@@ -213,6 +229,10 @@ def add_commands(commands: Commands) -> None:
         help="only this disk (default: every disk)",
     )
 
+    tools = command("tools", cmd_lab_tools, "set a VM's VMware Tools state (quiesced snapshots need running)")
+    tools.add_argument("vm")
+    tools.add_argument("--state", choices=TOOLS_STATES, required=True, help="the guest's VMware Tools")
+
     fault = command("fault", cmd_lab_fault, "inject a bounded, self-clearing fault")
     kinds = fault.add_subparsers(dest="fault_kind", required=True, metavar="KIND")
 
@@ -237,6 +257,16 @@ def add_commands(commands: Commands) -> None:
         "--delay-ms", type=int_option(1, MAX_DELAY_MS), required=True, metavar="MS", help="delay per read"
     )
     slow.add_argument("--count", type=count, default=1, metavar="N", help="reads to delay")
+    slow_task = kind("slow-task", "make the next tasks of a method last longer (the VM stays busy)")
+    slow_task.add_argument("method", help="the task method, e.g. CreateSnapshot_Task")
+    slow_task.add_argument(
+        "--delay-ms", type=int_option(1, MAX_DELAY_MS), required=True, metavar="MS", help="delay per task"
+    )
+    slow_task.add_argument("--count", type=count, default=1, metavar="N", help="tasks to slow down")
+    quiesce = kind("quiesce", "fail the next quiesced snapshots with a quiesce fault")
+    quiesce.add_argument("fault", choices=QUIESCE_FAULTS, help="the SnapshotFault to fail with")
+    quiesce.add_argument("--count", type=count, default=1, metavar="N", help="quiesced snapshots to fail")
+    quiesce.add_argument("--message", default=None, help="the fault's message")
     consolidation = kind("consolidation-needed", "leave consolidationNeeded set after snapshot removals")
     consolidation.add_argument("--count", type=count, default=1, metavar="N", help="removals to affect")
     kind("list", "show armed faults")

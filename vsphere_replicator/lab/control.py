@@ -20,6 +20,8 @@ WRITE_PIECE = 64 << 20  # write_file and write_random_digest send at most this m
 MAX_FAULT_COUNT = 1000  # these two mirror maxCount and maxDelayMS in vcsim/faults.go
 MAX_DELAY_MS = 10_000
 DROP_PATHS = ("sdk", "folder", "any")  # where drop-connection cuts responses (checked in vcsim/faults.go)
+TOOLS_STATES = ("running", "notRunning", "notInstalled")  # a guest's VMware Tools (vcsim/vmtasks.go)
+QUIESCE_FAULTS = ("FilesystemQuiesceFault", "ApplicationQuiesceFault")  # what `fail_quiesce` injects
 
 
 def _check_write(vm: object, offset: object, length: int, disk: object) -> None:
@@ -226,6 +228,43 @@ class LabControl:
         check_int(delay_ms, "delay_ms", 1, MAX_DELAY_MS)
         check_int(count, "count", 1, MAX_FAULT_COUNT)
         return self.inject_fault("slow-reads", delay_ms=delay_ms, count=count)
+
+    def slow_tasks(self, method: str, delay_ms: int, count: int = 1) -> dict[str, Any]:
+        """Make the next `count` tasks of `method` ("A_Task|B_Task" for several) run `delay_ms` longer.
+
+        The task holds its VM meanwhile, so a second task on that VM fails with TaskInProgress.
+        """
+        check_text(method, "method")
+        if not all(name.endswith("_Task") for name in method.split("|")):
+            raise InvalidInput(f"slow_tasks takes task methods (ending in _Task), not {method!r}")
+        check_int(delay_ms, "delay_ms", 1, MAX_DELAY_MS)
+        check_int(count, "count", 1, MAX_FAULT_COUNT)
+        return self.inject_fault("slow-task", method=method, delay_ms=delay_ms, count=count)
+
+    def fail_quiesce(self, fault: str, count: int = 1, message: str | None = None) -> dict[str, Any]:
+        """Make the next `count` quiesced snapshots (of a VM whose Tools run) fail with `fault`.
+
+        `fault` is one of QUIESCE_FAULTS; as on vSphere, the failed snapshot leaves nothing behind.
+        """
+        if fault not in QUIESCE_FAULTS:
+            raise InvalidInput(f"a quiesce fault is one of {', '.join(QUIESCE_FAULTS)}, not {fault!r}")
+        check_int(count, "count", 1, MAX_FAULT_COUNT)
+        params: dict[str, Any] = {"fault": fault, "count": count}
+        if message is not None:
+            params["message"] = message
+        return self.inject_fault("quiesce", **params)
+
+    def set_tools(self, vm: str, state: str) -> dict[str, Any]:
+        """Set the VM's VMware Tools state (one of TOOLS_STATES); lab VMs start with Tools running.
+
+        Tools run only while the VM is powered on; a quiesced snapshot needs them
+        (ToolsUnavailable otherwise). `guest.toolsRunningStatus` and `guest.toolsStatus` follow.
+        """
+        check_text(vm, "vm")
+        if state not in TOOLS_STATES:
+            raise InvalidInput(f"tools state must be one of {', '.join(TOOLS_STATES)}, not {state!r}")
+        result: dict[str, Any] = self._call("POST", "tools", params={"vm": vm, "state": state})
+        return result
 
     def leave_consolidation_needed(self, count: int = 1) -> dict[str, Any]:
         """Make the next `count` snapshot removals leave `runtime.consolidationNeeded` set."""

@@ -215,6 +215,7 @@ func TestRacingReconfiguresWithOneChangeVersionHaveOneWinner(t *testing.T) {
 			case "":
 				winners++
 			case "ConcurrentAccess":
+			case "TaskInProgress": // refused while the winner's reconfigure held the VM, as on vSphere
 			default:
 				t.Errorf("client %d: %v", i, err)
 			}

@@ -53,6 +53,9 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		res, err := l.cbtReset(q.Get("vm"), disk)
 		reply(w, res, err)
+	case route == "tools" && r.Method == http.MethodPost:
+		res, err := l.setTools(q.Get("vm"), q.Get("state"))
+		reply(w, res, err)
 	case route == "faults":
 		l.serveFaults(w, r)
 	case route == "status" && r.Method == http.MethodGet:

@@ -24,6 +24,8 @@ const (
 	faultDrop          = "drop-connection"
 	faultSlow          = "slow-reads"
 	faultConsolidation = "consolidation-needed"
+	faultSlowTask      = "slow-task"
+	faultQuiesce       = "quiesce"
 	maxCount           = 1000
 	maxDelayMS         = 10000
 )
@@ -70,6 +72,17 @@ func (b *faultBox) arm(f armedFault) (armedFault, error) {
 	case faultSlow:
 		if f.DelayMS < 1 || f.DelayMS > maxDelayMS {
 			return f, fmt.Errorf("delay_ms must be between 1 and %d", maxDelayMS)
+		}
+	case faultSlowTask:
+		if f.Method == "" || !strings.HasSuffix(f.Method, "_Task") {
+			return f, fmt.Errorf("a slow-task fault needs a task method name (e.g. CreateSnapshot_Task)")
+		}
+		if f.DelayMS < 1 || f.DelayMS > maxDelayMS {
+			return f, fmt.Errorf("delay_ms must be between 1 and %d", maxDelayMS)
+		}
+	case faultQuiesce:
+		if !quiesceFaults[f.Fault] {
+			return f, fmt.Errorf("a quiesce fault is FilesystemQuiesceFault or ApplicationQuiesceFault, not %q", f.Fault)
 		}
 	case faultConsolidation:
 	default:

@@ -17,7 +17,6 @@ import (
 
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -106,11 +105,17 @@ func (l *lab) serveSDK(w http.ResponseWriter, r *http.Request, next http.Handler
 	if l.serveExtended(w, method) {
 		return
 	}
+	if l.refuseBusy(w, method) {
+		return
+	}
 	if l.serveVcsimConfigChange(w, r, body, method, next) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	next.ServeHTTP(&sessionWatcher{ResponseWriter: w, book: l.sessions}, r)
+	if isTaskMethod(method.Name) && method.This.Type == "VirtualMachine" {
+		l.refreshTools(method.This) // vcsim's tasks end before it answers: a power change shows in Tools' state
+	}
 	if method.Name == "Logout" && cookie != "" {
 		l.sessions.forget(cookie)
 	}
@@ -136,9 +141,7 @@ func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method,
 		writeFault(w, newFault(&types.ManagedObjectNotFound{Obj: method.This}, "managed object not found: %s", method.This))
 		return
 	}
-	id := strings.TrimSuffix(method.Name, "_Task")
-	id = strings.ToLower(id[:1]) + id[1:]
-	task := startTask(entity, method.Name, id, func(func(int32)) (types.AnyType, *methodFault) { return nil, mf })
+	task := startTask(entity, method.Name, taskDescriptionID(method.Name), nil, func(func(int32)) (types.AnyType, *methodFault) { return nil, mf })
 	writeTask(w, method.Name, task)
 }
 
@@ -146,8 +149,10 @@ func (l *lab) injectMethodFault(w http.ResponseWriter, method *simulator.Method,
 func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) bool {
 	vm, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachine)
 	snap, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachineSnapshot)
-	runTask := func(entity mo.Reference, id string, work func(func(int32)) (types.AnyType, *methodFault)) {
-		writeTask(w, method.Name, startTask(entity, method.Name, id, work))
+	// Every task the lab runs on a VM holds it (vmtasks.go): a clone shares the hold, others don't.
+	runTask := func(target *simulator.VirtualMachine, id string, work func(func(int32)) (types.AnyType, *methodFault)) {
+		exclusive := method.Name != "CloneVM_Task"
+		writeTask(w, method.Name, l.startVMTask(target, method.Name, id, exclusive, work))
 	}
 	if method.Name == "Fetch" {
 		return l.fetch(w, method)

@@ -42,7 +42,9 @@ type lab struct {
 	sessions    *sessionBook
 	stats       *requestStats
 	pages       *pager
-	versions    *versionClock // config.changeVersion, lab-wide
+	versions    *versionClock     // config.changeVersion, lab-wide
+	busy        *busyBook         // VMs a task is running on (vmtasks.go)
+	tools       map[string]string // VMware Tools state per VM moref value, when not "running"
 	started     time.Time
 }
 
@@ -79,6 +81,8 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		stats:       newRequestStats(),
 		pages:       newPager(),
 		versions:    newVersionClock(time.Now),
+		busy:        newBusyBook(),
+		tools:       make(map[string]string),
 	}
 }
 
@@ -236,6 +240,7 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 			return err
 		}
 	}
+	l.refreshTools(ref)
 	return nil
 }
 

@@ -150,6 +150,11 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 		return nil, newFault(&types.InvalidName{Name: req.Name}, "invalid snapshot name %q", req.Name)
 	}
 	poweredOn := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+	if req.Quiesce {
+		if fault := l.quiesceFault(vm); fault != nil {
+			return nil, fault
+		}
+	}
 
 	ownVM(vm)
 	// Tracking switched on since the last stun starts now, with this snapshot.

@@ -145,12 +145,20 @@ func writeFault(w http.ResponseWriter, f *methodFault) {
 // The task's info changes under the task's lock: the property collector
 // reads a task under it while a client waits on the task (WaitForUpdatesEx),
 // and the race detector caught the unlocked updates.
-func startTask(entity mo.Reference, method, id string, work func(progress func(int32)) (types.AnyType, *methodFault)) types.ManagedObjectReference {
+//
+// admit, when given, runs before the call returns: a fault from it fails the
+// task without running work (a VM busy with another task, say).
+func startTask(entity mo.Reference, method, id string, admit func(types.ManagedObjectReference) *methodFault, work func(progress func(int32)) (types.AnyType, *methodFault)) types.ManagedObjectReference {
 	task := simulator.CreateTask(entity, id, nil)
 	update := func(changes []types.PropertyChange) {
 		simulator.Map.WithLock(task, func() { simulator.Map.Update(task, changes) })
 	}
 	simulator.Map.WithLock(task, func() { task.Info.Name = method })
+	if admit != nil {
+		if refused := admit(task.Self); refused != nil {
+			work = func(func(int32)) (types.AnyType, *methodFault) { return nil, refused }
+		}
+	}
 	go func() {
 		update([]types.PropertyChange{
 			{Name: "info.startTime", Val: time.Now()},
@@ -310,3 +318,9 @@ func (s *requestStats) reset() {
 }
 
 func isTaskMethod(name string) bool { return strings.HasSuffix(name, "_Task") }
+
+// taskDescriptionID is a task's descriptionId tail for a method: "CloneVM_Task" -> "cloneVM".
+func taskDescriptionID(method string) string {
+	id := strings.TrimSuffix(method, "_Task")
+	return strings.ToLower(id[:1]) + id[1:]
+}

@@ -340,6 +340,7 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 			l.configChanged(vm) // the disks' change ids are part of the configuration
 		}
 		publishVM(vm)
+		l.publishTools(vm)
 	})
 	return nil, nil
 }
