@@ -7,16 +7,25 @@ is in no nbdkit's command line or environment and in no output.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import labutil
 from tests.replication_util import assert_replica_matches, find, state
 from tests.test_replication_crash import cli_env
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import TransportError
+from vsphere_replicator.inventory import snapshot_disks
 from vsphere_replicator.lab import LabInfo, vddk_standin
+from vsphere_replicator.replication import VDDKDisks
+from vsphere_replicator.transport.vddk import VDDKBlockDevice, VDDKServer
 
 
 def nbdkit_processes() -> dict[int, tuple[bytes, bytes]]:
@@ -89,3 +98,46 @@ def test_protect_and_two_cycles_through_vddk(
         assert secret not in environ
         assert b"--exit-with-parent" in cmdline and b"maxdata=2M" in cmdline
     assert not (set(ours) & set(nbdkit_processes())), "an nbdkit vddk outlived the commands"
+
+
+def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
+    lab: LabInfo, si: Any, vm_name: str, tmp_path: Path
+) -> None:
+    vm = find(si, vm_name)
+    server = VDDKServer(
+        host=lab.host,
+        port=lab.port,
+        user=lab.user,
+        password=lab.password,
+        thumbprint=":".join(["0F"] * 20),  # not the lab's certificate
+        plugin=str(vddk_standin()),
+    )
+    before = set(nbdkit_processes())
+    with pytest.raises(TransportError) as caught:
+        VDDKBlockDevice(server, vm=vm._moId, file=labutil.disks(vm)[0].backing.fileName, read_only=True)
+    message = str(caught.value)
+    assert "exited with status 1" in message
+    assert "not thumbprint=0F:0F" in message
+    assert lab.password not in message
+    assert not set(nbdkit_processes()) - before
+    assert not list(Path(tempfile.gettempdir()).glob("vr-vddk-*/password"))
+
+
+def test_a_source_device_reads_the_snapshot_and_stops_nbdkit_on_close(
+    lab: LabInfo, conn: Connection, si: Any, vm_name: str
+) -> None:
+    vm = find(si, vm_name)
+    snap = labutil.snapshot(vm, "vddk-device")
+    disk = snapshot_disks(conn, snap._moId)[1]
+    access = VDDKDisks(conn, plugin=str(vddk_standin()))
+    before = set(nbdkit_processes())
+    device = access.source(disk, vm=vm._moId, snapshot=snap._moId)
+    started = set(nbdkit_processes()) - before
+    try:
+        assert len(started) == 1
+        assert device.size == disk.capacity
+        data = b"".join(device.read(o, 4 << 20) for o in range(0, device.size, 4 << 20))
+    finally:
+        device.close()
+    assert hashlib.sha256(data).hexdigest() == labutil.sha256(labutil.local_extent(lab, disk.file_name))
+    assert not started & set(nbdkit_processes())
