@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(golang-go golang-github-vmware-govmomi-dev qemu-utils nbdkit openssl ca-certificates python3-venv)
+packages=(golang-go golang-github-vmware-govmomi-dev qemu-utils nbdkit nbdkit-plugin-python libnbd-bin openssl ca-certificates python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -152,14 +152,39 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TRANSPORTS = ("mount", "vddk")
+
+
 def add_mount_option(parser: argparse.ArgumentParser) -> None:
-    """--mount: where a datastore the command writes (or reads) disks on is mounted here."""
+    """--mount: where a datastore the command writes (or reads) disks on is mounted here;
+    --transport vddk (with --vddk-libdir, --vddk-plugin) instead reaches disks through VDDK."""
     parser.add_argument(
         "--mount",
         action="append",
         default=None,
         metavar="DATASTORE=DIR",
         help="where a datastore is mounted here (repeatable; adds to VSPHERE_REPLICATOR_MOUNTS)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="mount",
+        help="how disks are read and written: through mounted datastores (mount, the default), or "
+        "through VMware's VDDK, one nbdkit vddk per disk (vddk: no --mount needed)",
+    )
+    parser.add_argument(
+        "--vddk-libdir",
+        default=None,
+        metavar="DIR",
+        help="VDDK's directory (vmware-vix-disklib-distrib) for --transport vddk "
+        "(default: $VSPHERE_REPLICATOR_VDDK_LIBDIR)",
+    )
+    parser.add_argument(
+        "--vddk-plugin",
+        default=None,
+        metavar="NAME|PATH",
+        help="nbdkit's plugin for --transport vddk: a name or path; a .py path runs through nbdkit's "
+        "python plugin (default: $VSPHERE_REPLICATOR_VDDK_PLUGIN, else vddk)",
     )
 
 

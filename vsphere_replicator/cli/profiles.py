@@ -9,6 +9,7 @@ Replica disks are written through datastores mounted here: `--mount DS=DIR`
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,9 +20,11 @@ from vsphere_replicator.connection import Connection, connect, profile_prefix
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabInfo, lab_status
 from vsphere_replicator.replication import MountedDatastores
-from vsphere_replicator.replication.access import parse_mounts
+from vsphere_replicator.replication.access import DiskAccess, VDDKDisks, parse_mounts
 
 MOUNTS_VARIABLE = "VSPHERE_REPLICATOR_MOUNTS"
+VDDK_LIBDIR_VARIABLE = "VSPHERE_REPLICATOR_VDDK_LIBDIR"
+VDDK_PLUGIN_VARIABLE = "VSPHERE_REPLICATOR_VDDK_PLUGIN"
 LAB_STATE_VARIABLE = "VR_LAB_STATE_DIR"
 
 
@@ -81,6 +84,21 @@ class Session:
         for item in extra or ():
             found.update(parse_mounts(item))
         return MountedDatastores(found, conn=self.conn)
+
+    def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
+        """(replica access, source access) the command's --transport chooses.
+
+        `mount`: the mounted datastores, and the library's default source
+        (None). `vddk`: one VDDKDisks for both sides; no mount is needed.
+        """
+        if getattr(args, "transport", "mount") != "vddk":
+            return self.mounts(args.mount), None
+        vddk = VDDKDisks(
+            self.conn,
+            libdir=args.vddk_libdir or os.environ.get(VDDK_LIBDIR_VARIABLE) or None,
+            plugin=args.vddk_plugin or os.environ.get(VDDK_PLUGIN_VARIABLE) or "vddk",
+        )
+        return vddk, vddk
 
 
 @contextmanager

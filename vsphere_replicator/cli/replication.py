@@ -98,13 +98,15 @@ def cmd_protect(args: argparse.Namespace) -> int:
         session(args.profile) as s,
         progress(f"seeding {args.vm} (clone)", enabled=_progress_shown(args)) as bar,
     ):
+        replica_access, source_access = s.disks(args)
         result = protect(
             s.conn,
             args.vm,
             target,
             settings=settings,
             adopt=args.adopt,
-            replica_access=s.mounts(args.mount),
+            replica_access=replica_access,
+            source_access=source_access,
             allow_source_datastore=args.allow_source_datastore,
             on_progress=bar.percent,
         )
@@ -121,10 +123,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     overrides = given_settings(args)
     apply_overrides(CycleSettings(), overrides)  # a bad value is refused before connecting
     with session(args.profile) as s, progress(f"replicating {args.vm}", enabled=_progress_shown(args)) as bar:
+        replica_access, source_access = s.disks(args)
         result = replicate(
             s.conn,
             args.vm,
-            replica_access=s.mounts(args.mount),
+            replica_access=replica_access,
+            source_access=source_access,
+            verify_access=source_access,
             overrides=overrides,
             checkpoint_every=args.checkpoint_every,
             chunk=args.chunk,
@@ -157,9 +162,7 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with session(args.profile) as s, progress(f"verifying {args.vm}", enabled=_progress_shown(args)) as bar:
-        check = verify_restore_point(
-            s.conn, args.vm, s.mounts(args.mount), args.restore_point, on_progress=bar
-        )
+        check = verify_restore_point(s.conn, args.vm, s.disks(args)[0], args.restore_point, on_progress=bar)
     emit(args.json, verify_document(check), lambda: verify_line(check))
     return EXIT_OK if check.ok else EXIT_FAILED
 
@@ -203,7 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     with session(args.profile) as s:
-        engine = LiveEngine(s.conn, replica_access=s.mounts(args.mount))
+        replica_access, source_access = s.disks(args)
+        engine = LiveEngine(s.conn, replica_access=replica_access, source_access=source_access)
         records = run_policies(
             policy_file, engine, once=not args.watch, stop=stop, max_cycles=args.max_cycles, on_record=show
         )
@@ -232,9 +236,14 @@ def cmd_failover(args: argparse.Namespace) -> int:
         if args.test:
             result = failover.start_test_failover(s.conn, args.vm, restore_point=args.restore_point)
         elif args.planned:
+            replica_access, source_access = s.disks(args)
             with progress(f"syncing {args.vm}", enabled=_progress_shown(args)) as bar:
                 result = failover.planned_failover(
-                    s.conn, args.vm, replica_access=s.mounts(args.mount), on_progress=bar
+                    s.conn,
+                    args.vm,
+                    replica_access=replica_access,
+                    source_access=source_access,
+                    on_progress=bar,
                 )
         else:
             result = failover.unplanned_failover(
@@ -250,11 +259,13 @@ def cmd_failback(args: argparse.Namespace) -> int:
             running = replica_of(s.conn, args.vm, promoted=True).vm.name
         except NotFound:
             running = "its replica"
+        replica_access, source_access = s.disks(args)
         with progress(f"failing back {args.vm}", enabled=_progress_shown(args)) as bar:
             result = failback(
                 s.conn,
                 args.vm,
-                replica_access=s.mounts(args.mount),
+                replica_access=replica_access,
+                source_access=source_access,
                 switch=not args.no_switch,
                 on_progress=bar,
             )

@@ -1,7 +1,13 @@
 """Replication: protect a VM, run cycles, keep restore points, fail over and back."""
 
 from vsphere_replicator.errors import IncrementalRefused, StateError, VerificationFailed
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, MountedDatastores, NBDDisks
+from vsphere_replicator.replication.access import (
+    DiskAccess,
+    HTTPDatastores,
+    MountedDatastores,
+    NBDDisks,
+    VDDKDisks,
+)
 from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
@@ -19,6 +25,7 @@ __all__ = [
     "ReplicaTarget",
     "RestorePoint",
     "StateError",
+    "VDDKDisks",
     "VerificationFailed",
     "protect",
     "replicate",

@@ -22,18 +22,31 @@ from vsphere_replicator.transport.base import BlockSink, BlockSource
 from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path, read_datastore_file
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
+from vsphere_replicator.transport.vddk import (
+    DEFAULT_TRANSPORTS,
+    VDDKBlockDevice,
+    VDDKServer,
+    verified_thumbprint,
+)
 
 
 class DiskAccess(Protocol):
-    """Opens a disk (as vCenter names its backing file) for reading or writing."""
+    """Opens a disk (as vCenter names its backing file) for reading or writing.
+
+    `vm` is the moref of the VM the disk belongs to; `snapshot`, the moref of
+    the snapshot whose frozen disk `disk` is (None: the VM's current layer).
+    Transports that reach disks by path ignore both; VDDK needs them.
+    A sink is always a VM's current layer, opened while the VM is powered
+    off, and is closed before anyone snapshots that VM.
+    """
 
     def check(self, disk: DiskInfo) -> None:
         """Raise InvalidInput when the disk cannot be reached from here (before anything changes)."""
         ...
 
-    def source(self, disk: DiskInfo) -> BlockSource: ...
+    def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource: ...
 
-    def sink(self, disk: DiskInfo) -> BlockSink: ...
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink: ...
 
 
 class MountedDatastores:
@@ -95,10 +108,10 @@ class MountedDatastores:
                 )
             self._proven.add(datastore)
 
-    def source(self, disk: DiskInfo) -> BlockSource:
+    def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
         return FileBlockSource(self.path(disk))
 
-    def sink(self, disk: DiskInfo) -> BlockSink:
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
         return FileBlockSink(self.path(disk))
 
 
@@ -121,10 +134,10 @@ class NBDDisks:
     def check(self, disk: DiskInfo) -> None:
         """Exports may be started on demand: nothing to check ahead."""
 
-    def source(self, disk: DiskInfo) -> BlockSource:
+    def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
         return NBDBlockDevice(self._endpoint(disk), connections=self._connections)
 
-    def sink(self, disk: DiskInfo) -> BlockSink:
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
         return NBDBlockDevice(self._endpoint(disk), connections=self._connections)
 
 
@@ -138,12 +151,64 @@ class HTTPDatastores:
     def check(self, disk: DiskInfo) -> None:
         """The endpoint is vCenter's own: reachable whenever the session is."""
 
-    def source(self, disk: DiskInfo) -> BlockSource:
+    def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
         return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=self._datacenter)
 
-    def sink(self, disk: DiskInfo) -> BlockSink:
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
         raise InvalidInput(
             "the datastore HTTP endpoint cannot write into a disk; mount the datastore or use NBD"
+        )
+
+
+class VDDKDisks:
+    """Disks through VMware's VDDK: one private `nbdkit vddk` per disk opened, stopped when it closes.
+
+    Reads of a snapshot's disk open it read-only (`snapshot=`, `-r`); writes
+    open the VM's current layer read-write (VDDK needs the VM powered off).
+    `plugin` is nbdkit's plugin name (`vddk`) or a path (the lab's stand-in,
+    a `.py` run by nbdkit's python plugin); `libdir` is VDDK's directory.
+    The thumbprint is that of the certificate the session verifies.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        libdir: str | None = None,
+        plugin: str = "vddk",
+        transports: str = DEFAULT_TRANSPORTS,
+        connections: int = 4,
+    ) -> None:
+        settings = conn.settings
+        self._server = VDDKServer(
+            host=settings.host,
+            user=settings.user,
+            password=settings.password,
+            thumbprint=verified_thumbprint(settings),
+            port=settings.port,
+            libdir=libdir,
+            plugin=plugin,
+            transports=transports,
+        )
+        self._connections = connections
+
+    def check(self, disk: DiskInfo) -> None:
+        """VDDK reaches any datastore vCenter does: the path is checked when nbdkit opens it."""
+        flat_extent_path(disk.file_name)  # a datastore path, or InvalidInput now
+
+    def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
+        return VDDKBlockDevice(
+            self._server,
+            vm=vm,
+            file=disk.file_name,
+            snapshot=snapshot,
+            read_only=True,
+            connections=self._connections,
+        )
+
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
+        return VDDKBlockDevice(
+            self._server, vm=vm, file=disk.file_name, read_only=False, connections=self._connections
         )
 
 

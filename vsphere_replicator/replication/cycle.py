@@ -508,7 +508,10 @@ class _Cycle:
             disk,
             changed,
             self.settings.sample_areas,
-            lambda: (self.reader.source(disk), self.writer.source(mirror)),
+            lambda: (
+                self.reader.source(disk, vm=self.source.moref, snapshot=snapshot.moref),
+                self.writer.source(mirror, vm=self.replica.vm.moref),
+            ),
         )
         if differs is None:
             return None
@@ -583,8 +586,17 @@ class _Cycle:
                 continue
             if plan.disk.done:
                 self.log.info("disk_resumed", disk=plan.disk.source_key, from_byte=plan.disk.done)
-            src = self.reader.source(snapshot_disk[plan.disk.source_key])
-            dst = self.writer.sink(replica_disk(replica_vm, plan.disk.replica_key, plan.disk.replica_uuid))
+            src = self.reader.source(
+                snapshot_disk[plan.disk.source_key], vm=self.source.moref, snapshot=journal.source_snapshot
+            )
+            try:
+                dst = self.writer.sink(
+                    replica_disk(replica_vm, plan.disk.replica_key, plan.disk.replica_uuid),
+                    vm=replica_vm.moref,
+                )
+            except BaseException:
+                src.close()
+                raise
             fresh = plan.disk.resync_reason is not None
             progress, since_checkpoint = plan.disk.done, 0
             try:
@@ -661,8 +673,8 @@ class _Cycle:
         }
         digests = []
         for jd in journal.disks:
-            ours = _digest(self.reader, source_disks[jd.source_key])
-            theirs = _digest(self.verifier, replica_disks[jd.replica_key])
+            ours = _digest(self.reader, source_disks[jd.source_key], self.source.moref, snapshot.moref)
+            theirs = _digest(self.verifier, replica_disks[jd.replica_key], self.replica.vm.moref, frozen_at)
             if ours != theirs:
                 self.log.error("restore_point_verification_failed", disk=jd.source_key)
                 self._roll_back(written=True)
@@ -729,8 +741,8 @@ def source_lease_live(conn: Connection, source: VMInfo, *, own: bool = False) ->
     return not (own and holder.pid == os.getpid() and holder.host == socket.gethostname())
 
 
-def _digest(access: DiskAccess, disk: DiskInfo) -> str:
-    device = access.source(disk)
+def _digest(access: DiskAccess, disk: DiskInfo, vm: str, snapshot: str | None) -> str:
+    device = access.source(disk, vm=vm, snapshot=snapshot)
     try:
         return checksum(device)
     finally:

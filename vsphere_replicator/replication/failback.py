@@ -330,7 +330,16 @@ class _Failback:
         failpoints.point("failback-point-taken")
         digests: tuple[tuple[int, str], ...] = ()
         if self.state.settings.verify:
-            digests = verify_seed(self.conn, running, point_snapshot, pairs, reader, writer)
+            digests = verify_seed(
+                self.conn,
+                running,
+                point_snapshot,
+                pairs,
+                reader,
+                writer,
+                at=snapshot.moref,
+                replica=target.moref,
+            )
         disks = tuple(DiskState.frozen(at, mirror) for at, mirror in pairs)
         state = ReplicaState(
             source=SourceIdentity(
@@ -460,7 +469,12 @@ def _copy_changes(
             areas = (Extent(0, at.capacity),)
         else:
             areas = merge_extents((*areas, *extra))
-        src, dst = reader.source(at), writer.sink(dest)
+        src = reader.source(at, vm=running.moref, snapshot=snapshot.moref)
+        try:
+            dst = writer.sink(dest, vm=target.moref)
+        except BaseException:
+            src.close()
+            raise
         try:
             copy_areas(src, dst, areas, on_progress=on_progress)
         finally:

@@ -74,7 +74,11 @@ def verify_restore_point(
     `on_progress(done, total)` follows the bytes read over all its disks.
     """
     check_callable(on_progress, "on_progress", optional=True)
-    state = replica_state(conn, vm)
+    source = resolve_vm(conn, vm)
+    replica = require_replica(conn, source)
+    if replica.state is None:
+        raise StateError(f"protecting {source.name} is unfinished: run protect again", vm=source.name)
+    state = replica.state
     point = find_restore_point(state, point_id)
     if not point.digests:
         raise InvalidInput(
@@ -96,7 +100,7 @@ def verify_restore_point(
             on_progress(done, total)
 
     for key, expected in point.digests:
-        device = replica_access.source(frozen[key])
+        device = replica_access.source(frozen[key], vm=replica.vm.moref, snapshot=point.snapshot)
         try:
             actual = checksum(device, on_read=read)
             checks.append(DiskCheck(replica_key=key, expected=expected, actual=actual))

@@ -296,7 +296,12 @@ def _adopt(
             f"{copy.name}'s disks do not match {source.name}'s in number or size", vm=copy.name
         )
     for ours, theirs in zip(frozen, disks, strict=True):
-        a, b = reader.source(ours), writer.source(theirs)
+        a = reader.source(ours, vm=source.moref, snapshot=snapshot.moref)
+        try:
+            b = writer.source(theirs, vm=copy.moref)
+        except BaseException:
+            a.close()
+            raise
         try:
             mismatch = first_mismatch(a, b)
         finally:
@@ -320,15 +325,24 @@ def verify_seed(
     pairs: list[tuple[DiskInfo, DiskInfo]],
     reader: DiskAccess,
     writer: DiskAccess,
+    *,
+    at: str,
+    replica: str,
 ) -> tuple[tuple[int, str], ...]:
     """Digest a first restore point's disks and hold each against the snapshot it was made from.
 
-    `pairs` are (source disk at that snapshot, replica disk) by position.
+    `pairs` are (source disk at snapshot `at`, replica disk) by position; `point` is a
+    snapshot of the VM `replica` (both morefs).
     """
     frozen = {d.key: d for d in snapshot_disks(conn, point.moref)}
     digests = []
     for ours, theirs in pairs:
-        a, b = reader.source(ours), writer.source(frozen[theirs.key])
+        a = reader.source(ours, vm=source.moref, snapshot=at)
+        try:
+            b = writer.source(frozen[theirs.key], vm=replica, snapshot=point.moref)
+        except BaseException:
+            a.close()
+            raise
         try:
             expected, actual = checksum(a), checksum(b)
         finally:
@@ -380,7 +394,9 @@ def _finish(
     if settings.verify and writer is not None:
         if not snapshot_alive:
             raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
-        digests = verify_seed(conn, source, existing, pairs, reader, writer)
+        digests = verify_seed(
+            conn, source, existing, pairs, reader, writer, at=record.snapshot, replica=vm.moref
+        )
     disks = tuple(DiskState.frozen(s, r, change_id=ids[s.key]) for s, r in pairs)
     created = next(
         (s.created for s in source.all_snapshots() if s.moref == record.snapshot), existing.created

@@ -12,6 +12,7 @@ from vsphere_replicator.transport.memory import MemoryBlockDevice
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 from vsphere_replicator.transport.throttle import Throttle
+from vsphere_replicator.transport.vddk import VDDKBlockDevice, VDDKServer
 
 __all__ = [
     "BlockSink",
@@ -24,6 +25,8 @@ __all__ = [
     "NBDEndpoint",
     "Throttle",
     "TransportError",
+    "VDDKBlockDevice",
+    "VDDKServer",
     "copy_areas",
     "flat_extent_path",
     "plan_chunks",

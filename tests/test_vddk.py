@@ -1,0 +1,143 @@
+"""End to end through the CLI with `--transport vddk`: the lab's VDDK stand-in, no datastore mounted.
+
+A VM with two disks is protected and replicated twice; each restore point
+holds the source's bytes, no nbdkit outlives the commands, and the password
+is in no nbdkit's command line or environment and in no output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import labutil
+from tests.replication_util import assert_replica_matches, find, state
+from tests.test_replication_crash import cli_env
+from vsphere_replicator.connection import Connection
+from vsphere_replicator.errors import TransportError
+from vsphere_replicator.inventory import snapshot_disks
+from vsphere_replicator.lab import LabInfo, vddk_standin
+from vsphere_replicator.replication import VDDKDisks
+from vsphere_replicator.transport.vddk import VDDKBlockDevice, VDDKServer
+
+
+def nbdkit_processes() -> dict[int, tuple[bytes, bytes]]:
+    """{pid: (cmdline, environ)} of every running nbdkit."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if cmdline.split(b"\0", 1)[0].endswith(b"nbdkit"):
+            found[int(entry.name)] = (cmdline, environ)
+    return found
+
+
+class Sampler(threading.Thread):
+    """Records every nbdkit process seen while the commands run (a bounded loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: dict[int, tuple[bytes, bytes]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        for _ in range(20_000):  # at most ~200 s of 10 ms samples
+            if self.done.wait(0.01):
+                return
+            self.seen.update(nbdkit_processes())
+
+
+def vr(lab: LabInfo, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env(lab)
+    del env["VSPHERE_REPLICATOR_MOUNTS"]  # nothing mounted: every byte goes through VDDK
+    vddk = ["--transport", "vddk", "--vddk-plugin", str(vddk_standin()), "--vddk-libdir", str(tmp_path)]
+    command = [sys.executable, "-m", "vsphere_replicator.cli", *args, *vddk, "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert lab.password not in done.stdout + done.stderr
+    return done
+
+
+def test_protect_and_two_cycles_through_vddk(
+    lab: LabInfo, si: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    assert len(labutil.disks(find(si, vm_name))) == 2
+    sampler = Sampler()
+    sampler.start()
+    try:
+        vr(lab, tmp_path, "protect", vm_name, "--datastore", "secondary-ds", "--verify")
+        for cycle in range(2):
+            for disk in (0, 1):
+                control.write_random(vm_name, offset=(cycle * 3 + disk) << 20, length=700_000, disk=disk)
+            vr(lab, tmp_path, "replicate", vm_name)
+            replica = find(si, f"{vm_name}-replica")
+            points = [p["id"] for p in state(replica)["restore_points"]]
+            assert len(points) == cycle + 2  # the seed's, then one per cycle
+            assert_replica_matches(lab, find(si, vm_name), replica, points[-1])
+    finally:
+        sampler.done.set()
+        sampler.join(timeout=30)
+    standin = str(vddk_standin()).encode()
+    ours = {pid: seen for pid, seen in sampler.seen.items() if standin in seen[0]}
+    assert ours, "no nbdkit vddk process was seen: the cycles did not go through VDDK"
+    secret = lab.password.encode()
+    for cmdline, environ in ours.values():
+        assert secret not in cmdline
+        assert secret not in environ
+        assert b"--exit-with-parent" in cmdline and b"maxdata=2M" in cmdline
+    assert not (set(ours) & set(nbdkit_processes())), "an nbdkit vddk outlived the commands"
+
+
+def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
+    lab: LabInfo, si: Any, vm_name: str, tmp_path: Path
+) -> None:
+    vm = find(si, vm_name)
+    server = VDDKServer(
+        host=lab.host,
+        port=lab.port,
+        user=lab.user,
+        password=lab.password,
+        thumbprint=":".join(["0F"] * 20),  # not the lab's certificate
+        plugin=str(vddk_standin()),
+    )
+    before = set(nbdkit_processes())
+    with pytest.raises(TransportError) as caught:
+        VDDKBlockDevice(server, vm=vm._moId, file=labutil.disks(vm)[0].backing.fileName, read_only=True)
+    message = str(caught.value)
+    assert "exited with status 1" in message
+    assert "not thumbprint=0F:0F" in message
+    assert lab.password not in message
+    assert not set(nbdkit_processes()) - before
+    assert not list(Path(tempfile.gettempdir()).glob("vr-vddk-*/password"))
+
+
+def test_a_source_device_reads_the_snapshot_and_stops_nbdkit_on_close(
+    lab: LabInfo, conn: Connection, si: Any, vm_name: str
+) -> None:
+    vm = find(si, vm_name)
+    snap = labutil.snapshot(vm, "vddk-device")
+    disk = snapshot_disks(conn, snap._moId)[1]
+    access = VDDKDisks(conn, plugin=str(vddk_standin()))
+    before = set(nbdkit_processes())
+    device = access.source(disk, vm=vm._moId, snapshot=snap._moId)
+    started = set(nbdkit_processes()) - before
+    try:
+        assert len(started) == 1
+        assert device.size == disk.capacity
+        data = b"".join(device.read(o, 4 << 20) for o in range(0, device.size, 4 << 20))
+    finally:
+        device.close()
+    assert hashlib.sha256(data).hexdigest() == labutil.sha256(labutil.local_extent(lab, disk.file_name))
+    assert not started & set(nbdkit_processes())
