@@ -17,23 +17,25 @@ func nextEpoch() uint32 { return atomic.AddUint32(&lastEpoch, 1) }
 // cbtTracker is Changed Block Tracking for one disk: the epoch in which each
 // block was last written. Every stun (snapshot create/remove, power on,
 // revert) starts a new epoch; a change id names an epoch ("<uuid>/<seq>").
-// lineage lists the epochs the current data descends from, so a change id
-// from a branch discarded by a revert is unknown, as it must be.
+//
+// A revert does what ESXi does, not what a backup application would wish:
+// the tracking state comes back as the snapshot froze it (the restored
+// layer's own tracking) and carries on with the same identity, so change ids
+// handed out on the branch the revert discarded stay valid (see knows and
+// the revert rule in docs/lab.md).
 type cbtTracker struct {
-	uuid    string
-	seq     uint32
-	block   int64
-	epochs  []uint32
-	lineage []uint32
+	uuid   string
+	seq    uint32
+	block  int64
+	epochs []uint32
 }
 
 // cbtFrozen is the tracker as it stood when a snapshot was taken.
 type cbtFrozen struct {
-	uuid    string
-	seq     uint32
-	block   int64
-	epochs  []uint32
-	lineage []uint32
+	uuid   string
+	seq    uint32
+	block  int64
+	epochs []uint32
 }
 
 func newCBTUUID() string {
@@ -50,11 +52,10 @@ func newCBTUUID() string {
 func newTracker(capacity, block int64) *cbtTracker {
 	seq := nextEpoch()
 	return &cbtTracker{
-		uuid:    newCBTUUID(),
-		seq:     seq,
-		block:   block,
-		epochs:  make([]uint32, blocksFor(capacity, block)),
-		lineage: []uint32{seq},
+		uuid:   newCBTUUID(),
+		seq:    seq,
+		block:  block,
+		epochs: make([]uint32, blocksFor(capacity, block)),
 	}
 }
 
@@ -63,10 +64,7 @@ func blocksFor(capacity, block int64) int64 { return (capacity + block - 1) / bl
 func (t *cbtTracker) changeID() string { return fmt.Sprintf("%s/%d", t.uuid, t.seq) }
 
 // stun opens a new epoch.
-func (t *cbtTracker) stun() {
-	t.seq = nextEpoch()
-	t.lineage = append(t.lineage, t.seq)
-}
+func (t *cbtTracker) stun() { t.seq = nextEpoch() }
 
 func (t *cbtTracker) recordWrite(offset, length int64) {
 	if length <= 0 {
@@ -87,23 +85,22 @@ func (t *cbtTracker) resize(capacity int64) {
 
 func (t *cbtTracker) freeze() *cbtFrozen {
 	return &cbtFrozen{
-		uuid:    t.uuid,
-		seq:     t.seq,
-		block:   t.block,
-		epochs:  append([]uint32(nil), t.epochs...),
-		lineage: append([]uint32(nil), t.lineage...),
+		uuid:   t.uuid,
+		seq:    t.seq,
+		block:  t.block,
+		epochs: append([]uint32(nil), t.epochs...),
 	}
 }
 
-// restore makes the live tracker continue from a snapshot's state (revert).
+// restore makes the live tracker continue from a snapshot's state (revert):
+// the per-block record of the restored layer, under the same identity. What
+// the discarded branch wrote is forgotten, although the revert changed those
+// blocks back; a new epoch keeps the writes after the revert apart.
 func (t *cbtTracker) restore(f *cbtFrozen, capacity int64) {
 	t.uuid = f.uuid
 	t.block = f.block
 	t.epochs = append([]uint32(nil), f.epochs...)
-	t.lineage = append([]uint32(nil), f.lineage...)
 	t.resize(capacity)
-	// A fresh epoch: nothing written on the discarded branch can be
-	// mistaken for data of the restored one.
 	t.stun()
 }
 
@@ -128,17 +125,20 @@ func parseChangeID(id string) (parsedChangeID, bool) {
 	return parsedChangeID{uuid: id[:slash], seq: uint32(seq)}, true
 }
 
-// knows reports whether a change id names an epoch the frozen state descends from.
+// knows reports whether ESXi would accept a change id against this state:
+// it carries the disk's tracking identity and names no epoch after the
+// state's own. That is all ESXi checks. A revert keeps the identity, so a
+// change id issued on the branch it discarded is accepted, and changedSince
+// then answers from the restored layer's record, which omits every block the
+// revert put back: the inconsistent incremental of VMware's KB "Reverting to
+// a pre-existing snapshot under specific conditions can cause incremental
+// backups based on CBT (Changed Block Tracking) to become inconsistent"
+// (its workaround: a full backup after a revert), and since vSphere 6.5
+// QueryChangedDiskAreas no longer faults on CBT data it cannot vouch for
+// (Veritas Backup Exec article 100033474). Only a new identity (a CBT reset,
+// `lab cbt-reset`) or a malformed or future id is refused.
 func (f *cbtFrozen) knows(id parsedChangeID) bool {
-	if id.uuid != f.uuid || id.seq > f.seq {
-		return false
-	}
-	for _, s := range f.lineage {
-		if s == id.seq {
-			return true
-		}
-	}
-	return false
+	return id.uuid == f.uuid && id.seq <= f.seq
 }
 
 // changedSince returns the block-aligned extents in [start, end) written after epoch seq.

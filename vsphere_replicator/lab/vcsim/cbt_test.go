@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"reflect"
 	"regexp"
 	"testing"
@@ -40,15 +42,25 @@ func TestAChangeIDReportsTheBlocksWrittenAfterIt(t *testing.T) {
 	}
 }
 
-func TestChangeIDsOfAnotherIdentityOrADiscardedBranchAreUnknown(t *testing.T) {
+// ESXi's rule: a revert keeps the tracking identity, so a change id from the
+// branch it discarded is still accepted; only another identity or a future
+// epoch is refused.
+func TestChangeIDsOfADiscardedBranchStayValidOthersAreUnknown(t *testing.T) {
 	tr := newTracker(1<<20, 64*kib)
 	atSnapshot := tr.freeze() // a snapshot taken now
 	tr.stun()
-	discarded, _ := parseChangeID(tr.changeID()) // handed out on the branch a revert throws away
+	tr.recordWrite(0, 1)                         // written on the branch a revert throws away
+	discarded, _ := parseChangeID(tr.changeID()) // handed out on that branch
 	tr.restore(atSnapshot, 1<<20)
+	tr.recordWrite(128*kib, 1) // written after the revert
 	f := tr.freeze()
-	if f.knows(discarded) {
-		t.Errorf("a change id of the discarded branch is known after the revert")
+	if !f.knows(discarded) {
+		t.Errorf("a change id of the discarded branch is refused after the revert; ESXi accepts it")
+	}
+	// The answer comes from the restored layer's record: the write after the
+	// revert, not block 0, which the revert changed back.
+	if got := f.changedSince(discarded.seq, 0, 1<<20); !reflect.DeepEqual(got, [][2]int64{{128 * kib, 192 * kib}}) {
+		t.Errorf("changed since the discarded change id: %v", got)
 	}
 	if first, _ := parseChangeID(fmt.Sprintf("%s/%d", atSnapshot.uuid, atSnapshot.seq)); !f.knows(first) {
 		t.Errorf("the snapshot's own change id is unknown after reverting to it")
@@ -60,6 +72,90 @@ func TestChangeIDsOfAnotherIdentityOrADiscardedBranchAreUnknown(t *testing.T) {
 	if future, _ := parseChangeID(fmt.Sprintf("%s/%d", f.uuid, f.seq+1000)); f.knows(future) {
 		t.Errorf("a change id from the future is known")
 	}
+}
+
+// The hole a revert leaves, through the SOAP endpoint: a change id from
+// before the revert is accepted and its answer misses a block whose bytes the
+// revert changed, so an incremental copy built on it differs from the source.
+func TestARevertLeavesAHoleInTheAnswerSinceAnOlderChangeID(t *testing.T) {
+	ctx := testContext(t)
+	c := client(t)
+	name := freshVM(t)
+	vm := vmRef(t, name)
+	if err := reconfigure(ctx, c, vm, types.VirtualMachineConfigSpec{ChangeTrackingEnabled: types.NewBool(true)}); err != nil {
+		t.Fatal(err)
+	}
+	user, err := createSnapshot(ctx, c, vm, "user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testLab.guestWrite(name, 0, 0, []byte("written after the user snapshot")); err != nil {
+		t.Fatal(err)
+	}
+	copied, err := createSnapshot(ctx, c, vm, "last-cycle") // what a replica copied, and its change id
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := diskOf(t, snapshotDevices(t, ctx, c, copied), 2000)
+	if err := revertSnapshot(ctx, c, user); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testLab.guestWrite(name, 0, 2*testWindow, []byte{7}); err != nil {
+		t.Fatal(err)
+	}
+	now, err := createSnapshot(ctx, c, vm, "this-cycle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var areas [][2]int64
+	for offset := int64(0); offset < testDiskSize; {
+		res, err := methods.QueryChangedDiskAreas(ctx, c, &types.QueryChangedDiskAreas{This: vm, Snapshot: &now, DeviceKey: 2000, StartOffset: offset, ChangeId: since.ChangeId})
+		if err != nil {
+			t.Fatalf("the change id from before the revert is refused at %d: %v", offset, err)
+		}
+		for _, a := range res.Returnval.ChangedArea {
+			areas = append(areas, [2]int64{a.Start, a.Start + a.Length})
+		}
+		offset += res.Returnval.Length
+	}
+	if want := [][2]int64{{2 * testWindow, 2*testWindow + testBlock}}; !reflect.DeepEqual(areas, want) {
+		t.Fatalf("changed since the older change id: %v, want only the write after the revert %v", areas, want)
+	}
+	before := layerBytes(t, since.FileName, 0, testBlock)
+	after := layerBytes(t, diskOf(t, snapshotDevices(t, ctx, c, now), 2000).FileName, 0, testBlock)
+	if bytes.Equal(before, after) {
+		t.Fatalf("block 0 is the same before and after the revert: no hole to show")
+	}
+}
+
+func diskOf(t *testing.T, devices []types.BaseVirtualDevice, key int32) *types.VirtualDiskFlatVer2BackingInfo {
+	t.Helper()
+	for _, d := range vmDisks(devices) {
+		if d.Key == key {
+			return diskBacking(d)
+		}
+	}
+	t.Fatalf("no disk %d", key)
+	return nil
+}
+
+// layerBytes reads a layer's data as the lab keeps it (each layer holds the whole disk).
+func layerBytes(t *testing.T, datastorePath string, offset, length int64) []byte {
+	t.Helper()
+	layer, err := resolveLayer(datastorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(layer.extent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, length)
+	if _, err := f.ReadAt(buf, offset); err != nil {
+		t.Fatal(err)
+	}
+	return buf
 }
 
 func TestATrackerFollowsAGrownDisk(t *testing.T) {
