@@ -72,6 +72,13 @@ class DiskInfo:
     change_id: str | None
     uuid: str | None
     parent_file: str | None
+    # Every layer under file_name, nearest first (parent_file is the first): the backing chain.
+    parents: tuple[str, ...] = ()
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The disk's backing chain, this layer first and the base disk last."""
+        return (self.file_name, *self.parents)
 
     @property
     def provisioning(self) -> Provisioning:
@@ -266,7 +273,18 @@ def _disk(device: Any, names: _Names) -> DiskInfo:
         change_id=getattr(backing, "changeId", None) or None,
         uuid=getattr(backing, "uuid", None),
         parent_file=parent.fileName if parent is not None else None,
+        parents=_parents(backing),
     )
+
+
+def _parents(backing: Any) -> tuple[str, ...]:
+    """The file names of a backing's parents, nearest first (vSphere's chain is at most 32 deep)."""
+    names: list[str] = []
+    parent = getattr(backing, "parent", None)
+    while parent is not None and len(names) < 256:
+        names.append(parent.fileName)
+        parent = getattr(parent, "parent", None)
+    return tuple(names)
 
 
 def disks_of(devices: Sequence[Any], names: _Names | None = None) -> tuple[DiskInfo, ...]:

@@ -5,6 +5,10 @@ crashes) without invalidating its change ids. Before trusting an
 incremental, a few allocated blocks that CBT reports unchanged are read on
 both sides and compared, as benji does before trusting its hints: any
 difference means the disk is read whole.
+
+A revert of the source is the one case CBT answers wrongly by design, and
+sampling would catch it only by chance: `reverted` finds it from the disk's
+backing chain instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from vsphere_replicator.cbt import ALL_ALLOCATED, changed_areas
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo
+from vsphere_replicator.replication.state import DiskState
 from vsphere_replicator.transport.base import BlockSource
 
 SAMPLE_LENGTH = 64 << 10
@@ -107,3 +112,34 @@ def _sample_blocks(spans: list[tuple[int, int]], count: int, rng: random.Random,
         k = bisect.bisect_right(starts, n) - 1
         picks.append((spans[k][0] + n - starts[k]) * block)
     return picks
+
+
+SOURCE_REVERTED = "source_reverted"  # how the resync reason of a disk whose source was reverted starts
+
+
+def reverted(known: DiskState, disk: DiskInfo) -> str | None:
+    """Why `disk` must be read whole because its source was reverted since `known`, or None.
+
+    A revert makes vSphere continue the disk from a new redo log on the
+    snapshot's layers, and CBT carries on from the tracking that snapshot
+    froze: a change id from before the revert stays valid, and what it
+    reports omits every block the revert changed back (VMware KB "Reverting
+    to a pre-existing snapshot under specific conditions can cause
+    incremental backups based on CBT to become inconsistent": a full backup
+    after a revert is the cure). So the layer the last restore point was read
+    from must still be in the backing chain of the snapshot read now; a
+    revert leaves it out (the new redo log sits on the snapshot's parents).
+
+    Conservative: removing the snapshot whose redo log was that layer merges
+    the layer into its parent and also leaves it out, which costs a full
+    read, never a wrong copy. Blind where it cannot see: a state written
+    before the layer was recorded, and a layer name vSphere reused by a
+    second revert within one interval (sampling, cbt_trust.py, remains).
+    """
+    if known.source_layer is None or known.source_layer in disk.layers:
+        return None
+    return (
+        f"{SOURCE_REVERTED}: {known.source_layer}, which the last restore point was read from, "
+        f"is no longer in the disk's backing chain ({' <- '.join(disk.layers)}): the source was "
+        "reverted to a snapshot, and CBT does not report the blocks a revert changes back"
+    )

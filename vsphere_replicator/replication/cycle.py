@@ -52,7 +52,13 @@ from vsphere_replicator.inventory import (
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
-from vsphere_replicator.replication.cbt_trust import CBT_LIED, lie_reason, sample_unchanged
+from vsphere_replicator.replication.cbt_trust import (
+    CBT_LIED,
+    SOURCE_REVERTED,
+    lie_reason,
+    reverted,
+    sample_unchanged,
+)
 from vsphere_replicator.replication.disks import (
     disk_identity,
     remove_unreferenced_disks,
@@ -318,6 +324,7 @@ class _Cycle:
             bytes_changed=point.bytes_changed,
             bytes_moved=moved,
             full_resync=tuple(d.source_key for d in journal.disks if d.resync_reason),
+            resync_reasons=tuple((d.source_key, d.resync_reason) for d in journal.disks if d.resync_reason),
             resumed=resumed,
             seconds=0.0,
         )
@@ -426,7 +433,13 @@ class _Cycle:
         retired = tuple(d.replica_key for d in retiring)
         added = self._reshape_replica(resyncs, retiring)
         for disk, reason in resyncs:
-            self.log.warning("disk_full_resync", disk=disk.key, label=disk.label, reason=reason)
+            self.log.warning(
+                "disk_full_resync",
+                disk=disk.key,
+                label=disk.label,
+                reason=reason,
+                resync_reason=SOURCE_REVERTED if reason.startswith(SOURCE_REVERTED) else None,
+            )
             target = JournalDisk(
                 source_key=disk.key,
                 replica_key=added[disk.key].key,
@@ -436,6 +449,7 @@ class _Cycle:
                 resync_reason=reason,
                 change_id=disk.change_id,
                 source_uuid=disk.uuid,
+                source_layer=disk.file_name,
             )
             if reason.startswith(CBT_LIED):
                 target = replace(target, since=WHOLE_DISK)
@@ -469,7 +483,7 @@ class _Cycle:
             return "CBT is not tracking the disk"
         if change_id_uuid(disk.change_id) != change_id_uuid(known.change_id):
             return "CBT was reset on the disk (its change id has a new identity)"
-        return None
+        return reverted(known, disk)
 
     def _incremental(self, disk: DiskInfo, snapshot: SnapshotInfo, replica_now: VMInfo) -> _Plan | str:
         known = self.state.disk(disk.key)
@@ -492,6 +506,7 @@ class _Cycle:
                 change_id=disk.change_id,
                 source_uuid=disk.uuid,
                 changed=changes.total,
+                source_layer=disk.file_name,
             ),
             areas=changes.areas,
             changed=changes.total,
@@ -699,7 +714,12 @@ class _Cycle:
         confirmed = replace(
             self.state,
             disks=tuple(
-                replace(d, change_id=frozen[d.source_key].change_id or d.change_id) for d in self.state.disks
+                replace(
+                    d,
+                    change_id=frozen[d.source_key].change_id or d.change_id,
+                    source_layer=frozen[d.source_key].file_name,
+                )
+                for d in self.state.disks
             ),
             restore_points=(*self.state.restore_points[:-1], latest),
             last_error=None,

@@ -144,6 +144,9 @@ class CycleResult:
     resumed: bool
     seconds: float
     confirmed: bool = False  # nothing had changed: `restore_point` is the existing newest one
+    # Why each disk of `full_resync` was read whole: (source disk key, reason), e.g. a reason
+    # starting with "source_reverted" when the source was reverted to a snapshot since the last cycle.
+    resync_reasons: tuple[tuple[int, str], ...] = ()
 
 
 def check_transfer(*, chunk: object, checkpoint_every: object, workers: object) -> None:

@@ -33,7 +33,11 @@ class DiskState:
     """One source disk and the replica disk that mirrors it, as of the last restore point.
 
     `replica_uuid` is the replica disk's backing UUID: device keys are
-    reused when disks come and go, a disk's UUID is not.
+    reused when disks come and go, a disk's UUID is not. `source_layer` is
+    the source layer the restore point was read from (the file of the
+    disk's backing in the source snapshot): the next cycle finds it in the
+    disk's backing chain unless the source was reverted to a snapshot
+    since. None in a state written before it was recorded.
     """
 
     source_key: int
@@ -42,6 +46,7 @@ class DiskState:
     change_id: str
     source_uuid: str | None
     replica_uuid: str | None = None
+    source_layer: str | None = None
 
     @classmethod
     def frozen(cls, disk: DiskInfo, replica: DiskInfo | int, change_id: str | None = None) -> DiskState:
@@ -56,6 +61,7 @@ class DiskState:
             change_id=chosen,
             source_uuid=disk.uuid,
             replica_uuid=None if isinstance(replica, int) else replica.uuid,
+            source_layer=disk.file_name,
         )
 
 
@@ -142,6 +148,7 @@ class JournalDisk:
     change_id: str | None = None  # the source disk's change id at the cycle's snapshot: `since` next time
     source_uuid: str | None = None
     changed: int = 0  # bytes CBT reported changed (what the plan reads, before alignment)
+    source_layer: str | None = None  # the source snapshot's layer this cycle reads: DiskState.source_layer
 
     def committed(self) -> DiskState:
         """The disk's state once this cycle's restore point is committed."""
@@ -154,6 +161,7 @@ class JournalDisk:
             change_id=self.change_id,
             source_uuid=self.source_uuid,
             replica_uuid=self.replica_uuid,
+            source_layer=self.source_layer,
         )
 
 
