@@ -18,7 +18,8 @@ read through the library's NBD client by `copy_areas`, as the cycle does)
 into a local file, against `nbdcopy` (libnbd) copying the same extents from
 the same kind of export: nbdkit with the same stand-in and arguments, plus
 nbdkit's extentlist filter declaring only the changed extents as data, so
-`nbdcopy --destination-is-zero` reads exactly those. Both nbdkit processes
+`nbdcopy --destination-is-zero` reads exactly those (with `--flush`: the
+library's copy ends with an fsync of the target too). Both nbdkit processes
 start before the clock; the two copies alternate in order over `--rounds`
 rounds and the median ratio is reported. Both targets are checked against
 the snapshot's bytes.
@@ -297,6 +298,7 @@ def vddk_main(size: int, extent: int, fractions: list[float], rounds: int) -> in
                                 [
                                     "nbdcopy",
                                     "--destination-is-zero",
+                                    "--flush",  # the library's copy ends with an fsync too
                                     f"nbd+unix:///?socket={sock}",
                                     str(theirs),
                                 ],
