@@ -1,6 +1,7 @@
 """Delta read + apply throughput over each transport, against a same-run sequential baseline.
 
     python3 benchmarks/delta.py [--disk-size 2G] [--fractions 0.01,0.1,0.5] [--extent 256K]
+    python3 benchmarks/delta.py --vddk [--rounds 5] [--disk-size 2G] [--fractions ...] [--extent ...]
 
 For each share of the disk changed (scattered extents), it reads the delta
 from the frozen snapshot and writes it into a copy, over the datastore HTTP
@@ -10,6 +11,18 @@ same file over the same path: one streamed `/folder` GET for HTTP (http.client,
 as the library), a `cp`-like read of the file's allocated data for the
 mounted path, sequential NBD reads. Each measurement runs in a forked child
 so its peak RSS is its own.
+
+`--vddk` measures the VDDK path instead: the library's `VDDKDisks` source
+(a private `nbdkit` running the lab's VDDK stand-in on the snapshot's disk,
+read through the library's NBD client by `copy_areas`, as the cycle does)
+into a local file, against `nbdcopy` (libnbd) copying the same extents from
+the same kind of export: nbdkit with the same stand-in and arguments, plus
+nbdkit's extentlist filter declaring only the changed extents as data, so
+`nbdcopy --destination-is-zero` reads exactly those (with `--flush`: the
+library's copy ends with an fsync of the target too). Both nbdkit processes
+start before the clock; the two copies alternate in order over `--rounds`
+rounds and the median ratio is reported. Both targets are checked against
+the snapshot's bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import http.client
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +44,15 @@ from typing import Any
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.connection import connect, tls_context
 from vsphere_replicator.delta import DeltaPlan, http_sources, plan_delta, read_delta
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import snapshot_disks
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
+from vsphere_replicator.replication import VDDKDisks
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
 from vsphere_replicator.transport import FileBlockSink, FileBlockSource, NBDBlockDevice, NBDEndpoint
+from vsphere_replicator.transport.base import copy_areas
 from vsphere_replicator.transport.http import flat_extent_path
+from vsphere_replicator.transport.vddk import MAX_REQUEST, verified_thumbprint
 from vsphere_replicator.units import parse_size
 
 MiB = 1 << 20
@@ -157,14 +175,184 @@ def transports(
     }
 
 
+def standin_nbdkit(
+    lab: LabInfo, thumbprint: str, vm: str, snapshot: str, file: str, scratch: Path, listing: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """nbdkit with the stand-in as `VDDKBlockDevice` runs it, plus the extentlist filter; serving."""
+    password = scratch / "password"
+    if not password.exists():
+        fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(lab.password)
+    sock = scratch / "baseline.sock"
+    sock.unlink(missing_ok=True)
+    argv = [
+        "nbdkit",
+        "--foreground",
+        "--exit-with-parent",
+        "--unix",
+        str(sock),
+        "--readonly",
+        "--filter=extentlist",
+        "--filter=blocksize",
+        "python",
+        str(vddk_standin()),
+        f"extentlist={listing}",
+        f"maxdata={MAX_REQUEST}",
+        f"server={lab.host}",
+        f"port={lab.port}",
+        f"user={lab.user}",
+        f"password=+{password}",
+        f"thumbprint={thumbprint}",
+        f"vm=moref={vm}",
+        f"snapshot={snapshot}",
+        f"file={file}",
+        f"libdir={scratch}",
+        "transports=nbdssl:nbd",
+    ]
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    for _ in range(1200):  # at most ~60 s
+        if server.poll() is not None:
+            raise RuntimeError(f"nbdkit for the nbdcopy baseline exited with status {server.returncode}")
+        if sock.exists():
+            return server, sock
+        time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("nbdkit for the nbdcopy baseline did not serve within 60 s")
+
+
+def fresh(target: Path, size: int) -> None:
+    """A sparse file of zeros of `size` bytes (what both copies write into)."""
+    target.unlink(missing_ok=True)
+    with target.open("wb") as f:
+        f.truncate(size)
+
+
+def same_bytes(areas: tuple[Extent, ...], *files: Path) -> bool:
+    handles = [open(f, "rb") for f in files]  # noqa: SIM115 - closed below
+    try:
+        for area in areas:
+            done = 0
+            while done < area.length:
+                n = min(4 * MiB, area.length - done)
+                seen = {os.pread(h.fileno(), n, area.start + done) for h in handles}
+                if len(seen) != 1:
+                    return False
+                done += n
+        return True
+    finally:
+        for h in handles:
+            h.close()
+
+
+def vddk_main(size: int, extent: int, fractions: list[float], rounds: int) -> int:
+    """The VDDK path (library) against nbdcopy over the same stand-in export, `rounds` alternating rounds."""
+    rows = []
+    all_same = True
+    with (
+        tempfile.TemporaryDirectory(prefix="vr-bench-") as scratch_dir,
+        running_lab(vms=1, disk_size=size, cbt_window=64 * MiB) as lab,
+        connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
+    ):
+        scratch = Path(scratch_dir)
+        control = LabControl(lab)
+        info = enable_cbt(conn, "lab-vm-0001")
+        access = VDDKDisks(conn, plugin=str(vddk_standin()), libdir=scratch_dir)
+        thumbprint = verified_thumbprint(conn.settings)
+        previous = create_snapshot(conn, info, "bench-base").snapshot
+        for i, fraction in enumerate(fractions):
+            changed = scatter(control, info.name, size, fraction, extent, seed=i)
+            current = create_snapshot(conn, info, f"bench-{i}").snapshot
+            plan = plan_delta(conn, info, current, change_ids_at(conn, previous))
+            areas = plan.changes[0].areas
+            disk = snapshot_disks(conn, current.moref)[0]
+            ds, rel = flat_extent_path(disk.file_name)
+            frozen = Path(lab.datastores[ds]) / rel
+            listing = scratch / "extents"
+            listing.write_text("".join(f"{a.start} {a.length}\n" for a in areas))
+            mine, theirs = scratch / "library.img", scratch / "nbdcopy.img"
+            same_bytes(areas, frozen)  # warm the page cache: both copies read it warm
+            times: dict[str, list[float]] = {"library": [], "nbdcopy": []}
+            moved = 0
+            for r in range(rounds):
+                for who in ("library", "nbdcopy") if r % 2 == 0 else ("nbdcopy", "library"):
+                    if who == "library":
+                        fresh(mine, size)
+                        source = access.source(disk, vm=info.moref, snapshot=current.moref)
+                        sink = FileBlockSink(mine)
+                        try:
+                            started = time.perf_counter()
+                            moved = copy_areas(source, sink, areas)
+                            times[who].append(time.perf_counter() - started)
+                        finally:
+                            sink.close()
+                            source.close()
+                    else:
+                        fresh(theirs, size)
+                        server, sock = standin_nbdkit(
+                            lab, thumbprint, info.moref, current.moref, disk.file_name, scratch, listing
+                        )
+                        try:
+                            started = time.perf_counter()
+                            subprocess.run(
+                                [
+                                    "nbdcopy",
+                                    "--destination-is-zero",
+                                    "--flush",  # the library's copy ends with an fsync too
+                                    f"nbd+unix:///?socket={sock}",
+                                    str(theirs),
+                                ],
+                                check=True,
+                                timeout=600,
+                            )
+                            times[who].append(time.perf_counter() - started)
+                        finally:
+                            server.terminate()
+                            server.wait(timeout=30)
+            same = same_bytes(areas, frozen, mine, theirs)
+            all_same &= same
+            ratios = [b / a for a, b in zip(times["library"], times["nbdcopy"], strict=True)]
+            rows.append(
+                {
+                    "changed %": fraction * 100,
+                    "library MB/s": changed / statistics.median(times["library"]) / 1e6,
+                    "nbdcopy MB/s": changed / statistics.median(times["nbdcopy"]) / 1e6,
+                    "ratio": statistics.median(ratios),
+                    "moved/changed": moved / changed,
+                    "same bytes": "yes" if same else "NO",
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            remove_snapshot(conn, info, previous)
+            previous = current
+    header = ["changed %", "library MB/s", "nbdcopy MB/s", "ratio", "moved/changed", "same bytes"]
+    print(
+        f"vddk: disk {size // MiB} MiB, extents of {extent // 1024} KiB, {rounds} rounds "
+        "(order alternating), median ratio of library/nbdcopy throughput"
+    )
+    print(" | ".join(f"{h:>13}" for h in header))
+    for row in rows:
+        print(
+            " | ".join(f"{row[h]:>13.2f}" if isinstance(row[h], float) else f"{row[h]:>13}" for h in header)
+        )
+    ok = all(r["ratio"] >= 0.8 and r["moved/changed"] <= 1.02 for r in rows)
+    print(f"goals (ratio >= 0.8, moved/changed <= 1.02): {'met' if ok else 'NOT all met'}")
+    print(f"copies: {'identical to the snapshot' if all_same else 'DIFFER from the snapshot'}")
+    return 0 if all_same else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--disk-size", default="2G")
     parser.add_argument("--fractions", default="0.01,0.1,0.5")
     parser.add_argument("--extent", default="256K")
+    parser.add_argument("--vddk", action="store_true", help="the VDDK path against nbdcopy")
+    parser.add_argument("--rounds", type=int, default=5, help="with --vddk: alternating rounds")
     args = parser.parse_args()
     size, extent = parse_size(args.disk_size), parse_size(args.extent)
     fractions = [float(f) for f in args.fractions.split(",")]
+    if args.vddk:
+        return vddk_main(size, extent, fractions, max(1, args.rounds))
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="vr-bench-") as scratch,

@@ -389,6 +389,41 @@ def can_flush(h: dict[str, Any]) -> bool:
     return True
 
 
+def can_extents(h: dict[str, Any]) -> bool:
+    return True
+
+
+def extents(h: dict[str, Any], count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
+    """The layer's allocation, as nbdkit-vddk answers it (VixDiskLib_QueryAllocatedBlocks).
+
+    Here from the flat extent's own holes (SEEK_DATA/SEEK_HOLE); bytes past
+    the file's end read as zeros, so they are holes too.
+    """
+    import nbdkit
+
+    unallocated = int(nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO)
+    fd, end = h["fd"], offset + count
+    stored = os.fstat(fd).st_size
+    found: list[tuple[int, int, int]] = []
+    position = offset
+    while position < end:
+        try:
+            data = min(os.lseek(fd, position, os.SEEK_DATA), end) if position < stored else end
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data after `position`
+                raise
+            data = end
+        if data > position:
+            found.append((position, data - position, unallocated))
+            position = data
+        if position >= end:
+            break
+        hole = min(os.lseek(fd, position, os.SEEK_HOLE), end)
+        found.append((position, hole - position, 0))
+        position = hole
+    return found
+
+
 def _check_length(length: int) -> None:
     if length > MAX_REQUEST:
         _set_errno(errno.EINVAL)

@@ -52,6 +52,7 @@ from vsphere_replicator.inventory import (
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.allocation import allocated_areas
 from vsphere_replicator.replication.cbt_trust import (
     CBT_LIED,
     SOURCE_REVERTED,
@@ -578,6 +579,8 @@ class _Cycle:
     def _areas(self, snapshot: SnapshotInfo, disk: JournalDisk) -> tuple[tuple[Extent, ...], int]:
         if disk.since == WHOLE_DISK:
             return (Extent(0, disk.capacity),), disk.capacity
+        if disk.since == ALL_ALLOCATED:  # "*" may fail or answer the whole disk: see allocation.py
+            return allocated_areas(self.conn, self.source, snapshot, disk.source_key, self.reader)
         changes = changed_areas(self.conn, self.source, snapshot, disk.source_key, disk.since)
         return changes.areas, changes.total
 

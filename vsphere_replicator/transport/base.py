@@ -65,6 +65,17 @@ class BlockSink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AllocationMap(Protocol):
+    """A source that knows which of its areas may hold data (NBD block status, base:allocation).
+
+    `allocated()` returns them sorted and merged; every byte outside reads as
+    zeros. TransportError when the server cannot say.
+    """
+
+    def allocated(self) -> tuple[Extent, ...]: ...
+
+
 def check_range(offset: int, length: int, size: int, where: str) -> None:
     """InvalidInput unless [offset, offset + length) lies inside a device of `size` bytes."""
     if offset < 0 or length < 0 or offset + length > size:

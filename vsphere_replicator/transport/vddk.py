@@ -28,6 +28,7 @@ from pathlib import Path
 
 from vsphere_replicator.connection import ConnectionSettings, tls_context
 from vsphere_replicator.errors import InvalidInput, TransportError
+from vsphere_replicator.extents import Extent
 from vsphere_replicator.transport.base import BlockDevice
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 
@@ -221,6 +222,14 @@ class VDDKBlockDevice(BlockDevice):
         device = self._open_device()
         try:
             device.flush()
+        except TransportError as exc:
+            raise self._failed(exc) from exc
+
+    def allocated(self) -> tuple[Extent, ...]:
+        """The disk's allocation map from NBD block status (see `NBDBlockDevice.allocated`)."""
+        device = self._open_device()
+        try:
+            return device.allocated()
         except TransportError as exc:
             raise self._failed(exc) from exc
 
