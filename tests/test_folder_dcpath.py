@@ -22,14 +22,17 @@ from pyVmomi import vim
 from tests import labutil
 from tests.conftest import DISK_SIZE
 from tests.replication_util import assert_replica_matches, find
+from vsphere_replicator.cli import build_parser
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
-from vsphere_replicator.errors import NotFound, TransportError
-from vsphere_replicator.inventory import datacenter_path, datastore_datacenters, get_vm
+from vsphere_replicator.errors import InvalidInput, NotFound, TransportError
+from vsphere_replicator.inventory import datacenter_path, datastore_datacenters, get_vm, named_objects
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab.process import start_lab
 from vsphere_replicator.replication import (
     HTTPDatastores,
     MountedDatastores,
     ReplicaTarget,
+    disks,
     protect,
     replicate,
 )
@@ -106,6 +109,10 @@ def test_the_lab_names_its_datacenter_by_inventory_path(folder_lab: LabInfo, fol
         datacenter_path(folder_conn, "no-such-ds")
     vm = get_vm(folder_conn, "lab-vm-0001")
     assert vm.folder.startswith(DC_PATH + "/vm")
+    # Disk cleanup's datacenter (FileManager calls) is found by the VM's folder path too.
+    assert disks._datacenter(folder_conn, vm)._moId == next(
+        o.moref for o in named_objects(folder_conn) if o.kind == "Datacenter"
+    )
 
 
 def test_a_wrong_dcpath_or_dsname_is_404_as_vcenter_answers(
@@ -212,3 +219,16 @@ def test_protect_replicate_verify_over_http_with_the_datacenter_in_a_folder(
         result = replicate(folder_conn, name, replica_access=access)
         assert result.bytes_changed > 0 and folder_control.stats()["folder_requests"] > 0
         assert_replica_matches(folder_lab, source, replica, result.restore_point)
+
+
+def test_lab_up_takes_the_options_and_bad_ones_are_refused_before_a_process_starts(tmp_path: Any) -> None:
+    args = build_parser().parse_args(["lab", "up", "--dc-folder", "Sites/West", "--lock-running-disks"])
+    assert args.dc_folder == "Sites/West" and args.lock_running_disks is True
+    defaults = build_parser().parse_args(["lab", "up"])
+    assert defaults.dc_folder is None and defaults.lock_running_disks is False
+    for bad in ["", "Sites//West", "a%2Fb", "/".join(["f"] * 9)]:
+        with pytest.raises(InvalidInput, match="dc_folder"):
+            start_lab(tmp_path, dc_folder=bad)
+    with pytest.raises(InvalidInput, match="lock_running_disks"):
+        start_lab(tmp_path, lock_running_disks="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "lab.json").exists()
