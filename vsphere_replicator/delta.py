@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedAreas, changed_areas
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, snapshot_disks
+from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, datacenter_path, snapshot_disks
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, BlockSource, plan_chunks, read_chunks
-from vsphere_replicator.transport.http import DatastoreHTTPSource
+from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
 
 SourceFactory = Callable[[DiskInfo], BlockSource]
 DeltaProgress = Callable[[int, int], None]
@@ -33,8 +33,13 @@ class DeltaPlan:
 
 def http_sources(conn: Connection, vm: VMInfo) -> SourceFactory:
     """Read each snapshot disk over the datastore HTTP endpoint (the lab; powered-off VMs)."""
-    datacenter = vm.folder.split("/", 1)[0]
-    return lambda disk: DatastoreHTTPSource(conn, disk.file_name, disk.capacity, datacenter=datacenter)
+    near = vm.folder  # chooses among datacenters holding datastores of the same name
+    return lambda disk: DatastoreHTTPSource(
+        conn,
+        disk.file_name,
+        disk.capacity,
+        datacenter=datacenter_path(conn, flat_extent_path(disk.file_name)[0], near=near),
+    )
 
 
 def plan_delta(conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, since: Mapping[int, str]) -> DeltaPlan:

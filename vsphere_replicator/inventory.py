@@ -53,6 +53,7 @@ _NAMED_TYPES = [
     vim.ResourcePool,
     vim.Datastore,
     vim.ClusterComputeResource,
+    vim.StoragePod,  # a datastore cluster: a datastore's parent on the way to its datacenter
 ]
 
 
@@ -246,9 +247,8 @@ class _Names:
         return "/".join(reversed(parts))
 
 
-_NAME_PATHS = [
-    (t, ["name", "parent"]) if t in (vim.Folder, vim.Datacenter) else (t, ["name"]) for t in _NAMED_TYPES
-]
+_WITH_PARENT = (vim.Folder, vim.Datacenter, vim.Datastore, vim.StoragePod)
+_NAME_PATHS = [(t, ["name", "parent"]) if t in _WITH_PARENT else (t, ["name"]) for t in _NAMED_TYPES]
 
 
 # -- conversion ----------------------------------------------------------------
@@ -496,6 +496,61 @@ def vm_options(conn: Connection, prefix: str) -> dict[str, dict[str, str]]:
         if options:
             found[o.obj._moId] = options
     return found
+
+
+def _datacenters_of(names: _Names, datastore: str) -> list[str]:
+    """The inventory paths of the datacenters holding a datastore named `datastore`."""
+    found = set()
+    for moref, kind in names.kind.items():
+        if not kind.endswith("Datastore") or names.name.get(moref) != datastore:
+            continue
+        walked: str | None = moref
+        while walked is not None and not names.kind.get(walked, "").endswith("Datacenter"):
+            walked = names.parent.get(walked)
+        if walked is not None:
+            found.add(names.path(walked))
+    return sorted(found)
+
+
+def datastore_datacenters(conn: Connection, datastore: str) -> tuple[str, ...]:
+    """The inventory paths ("DC0", "Sites/DC0") of the datacenters holding a datastore of that name.
+
+    A datacenter's inventory path is what vCenter's `/folder` endpoint wants
+    as `dcPath`: its name only when it sits in the root folder. A datastore
+    name is unique within a datacenter, not across them. Read from the names
+    map (cached a minute per connection, reloaded once when the name is not in it).
+    """
+    check_type(datastore, str, "datastore")
+    found = _datacenters_of(_all_names(conn), datastore)
+    if not found:
+        found = _datacenters_of(_all_names(conn, fresh=True), datastore)
+    return tuple(found)
+
+
+def datacenter_path(conn: Connection, datastore: str, *, near: str | None = None) -> str:
+    """The inventory path of the datacenter of datastore `datastore`: `/folder`'s `dcPath`.
+
+    When datastores of that name sit in several datacenters, `near` (the
+    datacenter's name or path, or a VM's folder path) picks the one meant.
+    NotFound when no datacenter holds such a datastore; InvalidInput when the
+    choice stays ambiguous.
+    """
+    candidates = datastore_datacenters(conn, datastore)
+    if not candidates:
+        raise NotFound(f"no datacenter holds a datastore named {datastore!r}")
+    if len(candidates) > 1 and near:
+        near = near.strip("/")
+        candidates = tuple(
+            c
+            for c in candidates
+            if near in (c, c.rsplit("/", 1)[-1]) or near.startswith(c + "/") or c.startswith(near + "/")
+        )
+    if len(candidates) != 1:
+        shown_paths = ", ".join(datastore_datacenters(conn, datastore))
+        raise InvalidInput(
+            f"datastore {datastore!r} is in several datacenters ({shown_paths}): say which one (its path)"
+        )
+    return candidates[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         cbt_window=args.cbt_window,
         cbt_block=args.cbt_block,
         latency_ms=args.latency_ms,
+        dc_folder=args.dc_folder,
+        lock_running_disks=args.lock_running_disks,
     )
     print(info.to_json())
     return EXIT_OK
@@ -189,6 +191,17 @@ def add_commands(commands: Commands) -> None:
         default=0,
         metavar="MS",
         help="delay added to every SOAP call",
+    )
+    up.add_argument(
+        "--dc-folder",
+        default=None,
+        metavar="PATH",
+        help="put the datacenter inside this folder path (Sites: its dcPath becomes Sites/DC0)",
+    )
+    up.add_argument(
+        "--lock-running-disks",
+        action="store_true",
+        help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does",
     )
     command("status", cmd_lab_status, "print the running lab's JSON line")
     command("down", cmd_lab_down, "stop the lab")

@@ -29,6 +29,26 @@ MAX_HOSTS = 64
 MIN_DISK_SIZE = 1 << 20
 MAX_DISK_SIZE = 62 << 40
 MAX_LATENCY_MS = 10_000
+MAX_DC_FOLDER_DEPTH = 8
+
+
+def check_dc_folder(dc_folder: object) -> str | None:
+    """`dc_folder` as the lab takes it ("Sites", "Sites/West"), or None; InvalidInput otherwise."""
+    if dc_folder is None:
+        return None
+    if not isinstance(dc_folder, str):
+        raise InvalidInput(f"dc_folder must be a folder path such as 'Sites', not {type(dc_folder).__name__}")
+    names = dc_folder.split("/")
+    if (
+        len(names) > MAX_DC_FOLDER_DEPTH
+        or any(not n.strip() or len(n) > 80 for n in names)
+        or "%2f" in dc_folder.lower()
+    ):
+        raise InvalidInput(
+            f"dc_folder must be up to {MAX_DC_FOLDER_DEPTH} folder names joined by '/', "
+            f"none empty or holding %2f: {dc_folder!r}"
+        )
+    return dc_folder
 
 
 def check_lab_options(
@@ -139,13 +159,22 @@ def start_lab(
     cbt_window: int | None = None,
     cbt_block: int | None = None,
     latency_ms: int = 0,
+    dc_folder: str | None = None,
+    lock_running_disks: bool = False,
     timeout: float = 120.0,
 ) -> LabInfo:
     """Start a lab in the background and return once it serves.
 
     `latency_ms` is added to every SOAP call, to see what round trips cost
-    against a vCenter that is not on the same machine.
+    against a vCenter that is not on the same machine. `dc_folder` puts the
+    datacenter inside that folder path ("Sites": its inventory path, the
+    `dcPath` of `/folder` and `LabInfo.datacenter`, becomes "Sites/DC0").
+    `lock_running_disks` makes `/folder` refuse a powered-on VM's current
+    disk layer with 500, as vCenter does (off by default: docs/lab.md).
     """
+    check_dc_folder(dc_folder)
+    if not isinstance(lock_running_disks, bool):
+        raise InvalidInput(f"lock_running_disks must be True or False, not {lock_running_disks!r}")
     check_lab_options(
         vms=vms,
         disks_per_vm=disks_per_vm,
@@ -185,6 +214,10 @@ def start_lab(
         args += ["-cbt-block", str(cbt_block)]
     if latency_ms:
         args += ["-latency", f"{latency_ms}ms"]
+    if dc_folder:
+        args += ["-dc-folder", dc_folder]
+    if lock_running_disks:
+        args.append("-lock-running-disks")
     log_path = directory / LOG_FILE
     with _private_log(log_path) as log:
         process = subprocess.Popen(

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.inventory import DiskInfo, named_objects
+from vsphere_replicator.inventory import DiskInfo, datacenter_path, datastore_datacenters
 from vsphere_replicator.transport.base import BlockSink, BlockSource
 from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path, read_datastore_file
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
@@ -97,7 +97,7 @@ class MountedDatastores:
             try:
                 seen = [
                     read_datastore_file(self._conn, datastore, name, datacenter=dc)
-                    for dc in _datacenters(self._conn)
+                    for dc in datastore_datacenters(self._conn, datastore)
                 ]
             finally:
                 marker.unlink(missing_ok=True)
@@ -113,10 +113,6 @@ class MountedDatastores:
 
     def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
         return FileBlockSink(self.path(disk))
-
-
-def _datacenters(conn: Connection) -> list[str]:
-    return [o.name for o in named_objects(conn) if o.kind == "Datacenter"]
 
 
 class NBDDisks:
@@ -142,17 +138,35 @@ class NBDDisks:
 
 
 class HTTPDatastores:
-    """Reads over the datastore HTTP endpoint; it cannot write into a disk in place."""
+    """Reads over the datastore HTTP endpoint; it cannot write into a disk in place.
 
-    def __init__(self, conn: Connection, datacenter: str) -> None:
+    Each disk is read with `dcPath` the inventory path of its datastore's
+    datacenter ("Sites/DC0" for a datacenter in folder Sites), read from the
+    inventory. `datacenter` (a datacenter's name or path, or a VM's folder
+    path) only chooses among datacenters holding datastores of the same name.
+    """
+
+    def __init__(self, conn: Connection, datacenter: str | None = None) -> None:
         self._conn = conn
-        self._datacenter = datacenter
+        self._near = datacenter
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _dc_path(self, datastore: str) -> str:
+        with self._lock:
+            known = self._paths.get(datastore)
+        if known is None:
+            known = datacenter_path(self._conn, datastore, near=self._near)
+            with self._lock:
+                self._paths[datastore] = known
+        return known
 
     def check(self, disk: DiskInfo) -> None:
         """The endpoint is vCenter's own: reachable whenever the session is."""
 
     def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
-        return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=self._datacenter)
+        datacenter = self._dc_path(flat_extent_path(disk.file_name)[0])
+        return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=datacenter)
 
     def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
         raise InvalidInput(

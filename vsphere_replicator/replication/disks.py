@@ -45,11 +45,11 @@ def referenced_files(conn: Connection, vm: VMInfo) -> set[str]:
 
 
 def _datacenter(conn: Connection, vm: VMInfo) -> vim.Datacenter:
-    name = vm.folder.split("/", 1)[0]
+    """The VM's datacenter: the one whose inventory path ("Sites/DC0") its folder path starts with."""
     for obj in named_objects(conn):
-        if obj.kind == "Datacenter" and obj.name == name:
+        if obj.kind == "Datacenter" and vm.folder.startswith(obj.path + "/"):
             return conn.handle(vim.Datacenter, obj.moref)
-    raise NotFound(f"datacenter {name} of {vm.name} not found")
+    raise NotFound(f"the datacenter of {vm.name} (in {vm.folder}) not found")
 
 
 def remove_unreferenced_disks(

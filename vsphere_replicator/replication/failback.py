@@ -270,7 +270,7 @@ class _Failback:
             target=original,
             target_ids=dict(promoted_at.change_ids),
             mirrors=[(d.replica_key, d.source_key) for d in state.disks],
-            reader=source_access or HTTPDatastores(self.conn, running.folder.split("/", 1)[0]),
+            reader=source_access or HTTPDatastores(self.conn, running.folder),
             writer=replica_access,
             on_progress=self.on_progress,
         )
@@ -286,7 +286,7 @@ class _Failback:
                 name="{vm}",
                 networks=tuple((b, a) for a, b in state.target.networks),
             ),
-            reader=source_access or HTTPDatastores(self.conn, running.folder.split("/", 1)[0]),
+            reader=source_access or HTTPDatastores(self.conn, running.folder),
             writer=replica_access,
         )
         self.log.info("original_reversed", restore_point=reverse.latest.id)
@@ -393,7 +393,7 @@ class _Failback:
             )
         snap = self._snapshot_of(original, journal)
         promoted_at = find_restore_point(reverse, reverse.promoted_point)
-        reader = source_access or HTTPDatastores(self.conn, original.folder.split("/", 1)[0])
+        reader = source_access or HTTPDatastores(self.conn, original.folder)
         pairs = _copy_changes(
             self.conn,
             running=original,

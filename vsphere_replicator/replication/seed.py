@@ -124,7 +124,7 @@ def protect(
                     replica = _clone(conn, source, target, snapshot, record, on_progress)
                 else:
                     assert replica_access is not None
-                    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+                    reader = source_access or HTTPDatastores(conn, source.folder)
                     replica = _adopt(conn, source, snapshot, copy, record, reader, replica_access)
             except (
                 Exception
@@ -132,7 +132,7 @@ def protect(
                 remove_snapshot(conn, source, snapshot)
                 raise
             failpoints.point("seed-replica-made")
-        reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+        reader = source_access or HTTPDatastores(conn, source.folder)
         seeded = Replica(vm=replica, state=None, journal=None, seed=record)
         with Lease(conn, replica.moref, operation="protect", vm=replica.name) as lease:
             return _finish(conn, lease, source, seeded, target, chosen, started, reader, replica_access)

@@ -8,6 +8,11 @@ answer's range and length: a response cut short is retried, never handed on.
 Retries follow the connection's one `RetryPolicy` (vsphere_replicator.retry),
 as its SOAP calls do; a 401 or 403 (the session expired) renews the session
 once through `Connection.renewing_once` and reads again, never in a loop.
+
+`dcPath` is the inventory path of the datastore's datacenter ("Sites/DC0"
+when the datacenter sits in folder Sites), not its name: vCenter answers 404
+to a bare name then. Unless the caller names it, it is read from the
+inventory (`inventory.datacenter_path`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import urllib.parse
 
 from vsphere_replicator.connection import Connection, tls_context
 from vsphere_replicator.errors import InvalidInput, TLSVerificationFailed, TransportError
+from vsphere_replicator.inventory import datacenter_path
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.retry import TRANSIENT
 from vsphere_replicator.transport.base import BlockDevice, check_range
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-# What the /folder endpoint answers to a session it no longer knows.
+# What the /folder endpoint answers to a session it no longer knows: vCenter answers 401 with a Basic
+# challenge (as to any request without a valid session); 403 is renewed as well, as some releases and
+# proxies in front of vCenter answer it. A 404 is a wrong dcPath or dsName, or a missing file; a 500, a
+# file the host vCenter picked cannot open (locked by a running VM's host). See docs/transports.md.
 _SESSION_REFUSED = (401, 403)
 
 
@@ -43,12 +52,21 @@ class DatastoreHTTPSource(BlockDevice):
     """Reads one flat extent over `/folder` with Range requests (thread-safe)."""
 
     def __init__(
-        self, conn: Connection, file_name: str, size: int, *, datacenter: str, pool_size: int = 8
+        self,
+        conn: Connection,
+        file_name: str,
+        size: int,
+        *,
+        datacenter: str | None = None,
+        pool_size: int = 8,
     ) -> None:
+        """`datacenter`: the inventory path of the datastore's datacenter (read from vCenter when None)."""
         self.size = size
         self._conn = conn
         settings = conn.settings
         datastore, path = flat_extent_path(file_name)
+        if datacenter is None:
+            datacenter = datacenter_path(conn, datastore)
         self._url = f"https://{settings.host}:{settings.port}/folder/{path}"
         params = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
         self._path = f"/folder/{urllib.parse.quote(path)}?{params}"
@@ -141,13 +159,18 @@ class _ShortRead(http.client.HTTPException):
 
 
 def read_datastore_file(
-    conn: Connection, datastore: str, path: str, *, datacenter: str, limit: int = 1 << 16
+    conn: Connection, datastore: str, path: str, *, datacenter: str | None = None, limit: int = 1 << 16
 ) -> bytes | None:
     """A small file's bytes through vCenter's `/folder` endpoint; None when the file is not there.
 
     Used to prove that a directory mounted here is the datastore vCenter
     means: a marker written through the mount must be read back this way.
+    `datacenter` is the inventory path of the datastore's datacenter (read
+    from vCenter when None). vCenter answers 404 alike to a missing file and
+    to a wrong dcPath or dsName, so a None only means "not there" when those are right.
     """
+    if datacenter is None:
+        datacenter = datacenter_path(conn, datastore)
     params = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
     target = f"/folder/{urllib.parse.quote(path)}?{params}"
     settings = conn.settings

@@ -39,6 +39,7 @@ const (
 	testDiskSize = 4 << 20
 	testWindow   = 1 << 20
 	testBlock    = 64 << 10
+	testDCFolder = "Sites/West"
 )
 
 func TestMain(m *testing.M) {
@@ -56,6 +57,7 @@ func runTests(m *testing.M) int {
 	cfg := config{
 		stateDir: dir, listen: "127.0.0.1:0", vms: testVMCount, disksPerVM: 2, diskSize: testDiskSize,
 		hosts: 2, cbtWindow: testWindow, cbtBlock: testBlock, user: "tester", password: "secret",
+		dcFolder: testDCFolder, // every test runs with the datacenter two folders down
 	}
 	if err := validate(&cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)

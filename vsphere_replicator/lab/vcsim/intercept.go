@@ -7,9 +7,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"os"
-	"path"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -347,9 +344,9 @@ func (c *cuttingWriter) finish() {
 	}
 }
 
-// serveFolder serves datastore files as vCenter does: only to a logged-in
-// session (or HTTP basic auth), with Range support, and with the lab's
-// read faults applied.
+// serveFolder serves datastore files as vCenter does (folder.go): only to a
+// logged-in session (or HTTP basic auth; anything else gets 401), with Range
+// support, and with the lab's read faults applied.
 func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	l.stats.folderRequest()
 	_, state := l.sessions.state(r)
@@ -369,7 +366,7 @@ func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Hand
 	}
 	serve := next
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
-		serve = http.HandlerFunc(serveDatastoreFile)
+		serve = http.HandlerFunc(l.serveDatastoreFile)
 	}
 	if l.dropFor("folder", "") {
 		cw := &cuttingWriter{ResponseWriter: w}
@@ -378,30 +375,6 @@ func (l *lab) serveFolder(w http.ResponseWriter, r *http.Request, next http.Hand
 		return
 	}
 	serve.ServeHTTP(w, r)
-}
-
-// serveDatastoreFile reads a datastore file for GET/HEAD (with Range). vcsim
-// resolves the datacenter and datastore through its own API on every
-// request, which made each range read cost far more than vCenter's does.
-func serveDatastoreFile(w http.ResponseWriter, r *http.Request) {
-	dir, err := datastoreDir(r.URL.Query().Get("dsName"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
-	rel := path.Clean("/" + strings.TrimPrefix(r.URL.Path, "/folder/"))
-	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(rel)))
-	if err != nil {
-		http.Error(w, "not found", http.StatusNotFound)
-		return
-	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil || info.IsDir() {
-		http.Error(w, "not a file", http.StatusNotFound)
-		return
-	}
-	http.ServeContent(w, r, info.Name(), info.ModTime(), f)
 }
 
 // fetch answers pyVmomi's property accessor; vcsim's own Fetch fails on a

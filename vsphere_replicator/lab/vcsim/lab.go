@@ -62,7 +62,7 @@ type snapshotExtra struct {
 }
 
 type inventory struct {
-	datacenter string
+	datacenter string // its inventory path, what /folder's dcPath names: "DC0", "Sites/DC0"
 	datastores map[string]string
 }
 
@@ -130,6 +130,12 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 	}
 	if err := l.createVMs(ctx, folders.VmFolder, pool, hosts, network); err != nil {
 		return nil, err
+	}
+	// Last: the finder above resolves paths below the datacenter's old one.
+	if l.cfg.dcFolder != "" {
+		if inv.datacenter, err = l.moveDatacenterIntoFolder(ctx, dc, l.cfg.dcFolder); err != nil {
+			return nil, err
+		}
 	}
 	return inv, nil
 }

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,6 +41,12 @@ type config struct {
 	password   string
 	poweredOff bool
 	latency    time.Duration
+	// dcFolder puts the datacenter inside this folder path ("Sites"): its
+	// dcPath becomes "Sites/DC0". Empty: the datacenter is in the root folder.
+	dcFolder string
+	// lockRunningDisks refuses /folder reads of a powered-on VM's current
+	// disk layer, as the host holding its lock makes vCenter do (folder.go).
+	lockRunningDisks bool
 }
 
 // labInfo is what lab.json holds: everything a client needs to connect.
@@ -70,6 +77,8 @@ func parseFlags() config {
 	flag.StringVar(&c.password, "password", "", "login password (random when empty)")
 	flag.BoolVar(&c.poweredOff, "powered-off", false, "leave the VMs powered off")
 	flag.DurationVar(&c.latency, "latency", 0, "added to every SOAP call, as a WAN link and a busy vCenter would (e.g. 5ms)")
+	flag.StringVar(&c.dcFolder, "dc-folder", "", "put the datacenter inside this folder path (e.g. Sites): its dcPath becomes Sites/DC0")
+	flag.BoolVar(&c.lockRunningDisks, "lock-running-disks", false, "refuse /folder reads of a powered-on VM's current disk layer with 500, as vCenter does")
 	flag.Parse()
 	return c
 }
@@ -92,6 +101,8 @@ func validate(c *config) error {
 		return fmt.Errorf("-cbt-block must be a power of two of at least 512")
 	case c.cbtWindow < c.cbtBlock || c.cbtWindow%c.cbtBlock != 0:
 		return fmt.Errorf("-cbt-window must be a positive multiple of -cbt-block")
+	case !validFolderPath(c.dcFolder):
+		return fmt.Errorf("-dc-folder must be folder names separated by /, without empty names, %%2f or more than 8 levels")
 	}
 	host, _, err := net.SplitHostPort(c.listen)
 	if err != nil {
@@ -108,6 +119,24 @@ func validate(c *config) error {
 		c.password = hex.EncodeToString(b)
 	}
 	return nil
+}
+
+// validFolderPath accepts "" or names joined by "/"; a name cannot hold
+// "/" (vSphere escapes it as %2f in names, which the lab does not model).
+func validFolderPath(p string) bool {
+	if p == "" {
+		return true
+	}
+	names := strings.Split(p, "/")
+	if len(names) > 8 {
+		return false
+	}
+	for _, name := range names {
+		if strings.TrimSpace(name) == "" || len(name) > 80 || strings.Contains(strings.ToLower(name), "%2f") {
+			return false
+		}
+	}
+	return true
 }
 
 func main() {
