@@ -2,7 +2,9 @@
 
 One suite, parametrised over the backends (as borg's repository tests and
 benji's storage tests are): memory, a mounted path (a file), NBD through
-qemu-nbd and through nbdkit, and the datastore HTTP endpoint of the lab.
+qemu-nbd and through nbdkit, the datastore HTTP endpoint of the lab, and
+VDDK (a private nbdkit per device, with the lab's VDDK stand-in as plugin,
+on the disk of a powered-off VM: VDDK writes only to a VM that is off).
 Each backend hands out a source and a sink over the same bytes; for HTTP,
 which only reads, the sink is the datastore's mounted path (the lab's
 datastores are local directories), so what is written there must read back
@@ -27,6 +29,7 @@ from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import get_vm
+from vsphere_replicator.lab import vddk_standin
 from vsphere_replicator.transport import (
     BlockSink,
     BlockSource,
@@ -40,6 +43,7 @@ from vsphere_replicator.transport import (
     read_chunks,
 )
 from vsphere_replicator.transport.base import ALIGN, DEFAULT_CHUNK
+from vsphere_replicator.transport.vddk import VDDKBlockDevice, VDDKServer, verified_thumbprint
 
 SIZE = 2 * DEFAULT_CHUNK + 4 * ALIGN  # past one library chunk boundary, small enough to stay fast
 BOUNDARY = DEFAULT_CHUNK  # where plan_chunks cuts a long area at its default chunk size
@@ -147,7 +151,51 @@ def _http_backend(disk: LabDisk) -> Backend:
     )
 
 
-@pytest.fixture(params=["memory", "file", "qemu-nbd", "nbdkit", pytest.param("http", marks=pytest.mark.lab)])
+@pytest.fixture(scope="module")
+def vddk_disk(lab: Any) -> Iterator[tuple[LabDisk, VDDKServer, str]]:
+    """One disk of a powered-off VM (VDDK writes only to a VM that is off), served by the stand-in."""
+    name = _fresh_vm()
+    si = labutil.connect(lab)
+    labutil.wait(labutil.find_vm(si, name).PowerOffVM_Task())
+    labutil.disconnect(si)
+    with connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn:
+        vm = get_vm(conn, name)
+        disk = vm.disks[0]
+        server = VDDKServer(
+            host=lab.host,
+            port=lab.port,
+            user=lab.user,
+            password=lab.password,
+            thumbprint=verified_thumbprint(conn.settings),
+            plugin=str(vddk_standin()),
+        )
+        local = labutil.local_extent(lab, disk.file_name)
+        yield LabDisk(conn, disk.file_name, disk.capacity, local, lab.datacenter), server, vm.moref
+
+
+def _vddk_backend(disk: LabDisk, server: VDDKServer, vm: str) -> Backend:
+    image = _image(disk.capacity, 5)
+    with FileBlockSink(disk.local) as sink:
+        sink.write(0, image)
+        sink.flush()
+    return Backend(
+        "vddk",
+        image,
+        lambda: VDDKBlockDevice(server, vm=vm, file=disk.file_name, read_only=True),
+        lambda: VDDKBlockDevice(server, vm=vm, file=disk.file_name, read_only=False),
+    )
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        "qemu-nbd",
+        "nbdkit",
+        pytest.param("http", marks=pytest.mark.lab),
+        pytest.param("vddk", marks=pytest.mark.lab),
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     started: list[Any] = []
     if request.param == "memory":
@@ -156,6 +204,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield _file_backend(tmp_path)
     elif request.param == "http":
         yield _http_backend(request.getfixturevalue("lab_disk"))
+    elif request.param == "vddk":
+        yield _vddk_backend(*request.getfixturevalue("vddk_disk"))
     else:
         yield _nbd_backend(request.param, tmp_path, started)
     for process in started:

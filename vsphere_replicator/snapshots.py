@@ -302,15 +302,19 @@ def sweep_orphans(
 ) -> tuple[OrphanSnapshot, ...]:
     """Remove our snapshots older than `older_than` (never anyone else's); returns what it removed."""
     orphans = find_orphans(conn, older_than=older_than, selector=selector)
-    log = get_logger(operation="sweep_orphans")
     if dry_run:
         return orphans
     for orphan in orphans:
-        log.warning(
-            "orphan_snapshot_removed",
-            vm=orphan.vm,
-            snapshot=orphan.snapshot.name,
-            age_s=int(orphan.age.total_seconds()),
-        )
-        remove_snapshot(conn, VMSelector(moref=orphan.vm_moref), orphan.snapshot)
+        remove_orphan(conn, orphan)
     return orphans
+
+
+def remove_orphan(conn: Connection, orphan: OrphanSnapshot) -> None:
+    """Remove one snapshot a sweep found, saying so in the log (a sweep deletes nothing silently)."""
+    get_logger(operation="sweep_orphans").warning(
+        "orphan_snapshot_removed",
+        vm=orphan.vm,
+        snapshot=orphan.snapshot.name,
+        age_s=int(orphan.age.total_seconds()),
+    )
+    remove_snapshot(conn, VMSelector(moref=orphan.vm_moref), orphan.snapshot)

@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.inventory import VMSelector, vm_options
-from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.lease import Busy, Lease, is_live, lease_holder
 from vsphere_replicator.replication.options import PREFIX
 from vsphere_replicator.replication.store import find_replicas
-from vsphere_replicator.snapshots import OrphanSnapshot, find_orphans, remove_snapshot
+from vsphere_replicator.snapshots import OrphanSnapshot, find_orphans, remove_orphan
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +62,6 @@ def sweep_snapshots(
     conn: Connection, *, older_than: timedelta, dry_run: bool = False, selector: VMSelector | None = None
 ) -> SweepResult:
     """Remove our snapshots older than `older_than` that nothing needs; report those spared and why."""
-    log = get_logger(operation="sweep_orphans")
     orphans = find_orphans(conn, older_than=older_than, selector=selector)
     if not orphans:
         return SweepResult(removed=(), spared=())
@@ -102,13 +100,7 @@ def sweep_snapshots(
                 if orphan.snapshot.moref in still_named:
                     spared.append(SpareReason(orphan, f"needed by {still_named[orphan.snapshot.moref]}"))
                     continue
-                log.warning(
-                    "orphan_snapshot_removed",
-                    vm=orphan.vm,
-                    snapshot=orphan.snapshot.name,
-                    age_s=int(orphan.age.total_seconds()),
-                )
-                remove_snapshot(conn, VMSelector(moref=orphan.vm_moref), orphan.snapshot)
+                remove_orphan(conn, orphan)
                 removed.append(orphan)
         finally:
             if lease is not None:
