@@ -20,7 +20,7 @@ from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.transport import NBDEndpoint
 
-LAB_VMS = 180
+LAB_VMS = 320
 DISK_SIZE = 32 << 20
 CBT_WINDOW = 4 << 20
 CBT_BLOCK = 64 << 10

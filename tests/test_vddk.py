@@ -28,8 +28,12 @@ from vsphere_replicator.replication import VDDKDisks
 from vsphere_replicator.transport.vddk import VDDKBlockDevice, VDDKServer
 
 
-def nbdkit_processes() -> dict[int, tuple[bytes, bytes]]:
-    """{pid: (cmdline, environ)} of every running nbdkit."""
+def nbdkit_processes(port: int) -> dict[int, tuple[bytes, bytes]]:
+    """{pid: (cmdline, environ)} of every running nbdkit serving the lab on `port`.
+
+    Only this lab's: other xdist workers run their own labs (other ports) and
+    may start and stop nbdkits of their own at any time.
+    """
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -39,7 +43,7 @@ def nbdkit_processes() -> dict[int, tuple[bytes, bytes]]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if cmdline.split(b"\0", 1)[0].endswith(b"nbdkit"):
+        if cmdline.split(b"\0", 1)[0].endswith(b"nbdkit") and f"port={port}".encode() in cmdline.split(b"\0"):
             found[int(entry.name)] = (cmdline, environ)
     return found
 
@@ -47,8 +51,9 @@ def nbdkit_processes() -> dict[int, tuple[bytes, bytes]]:
 class Sampler(threading.Thread):
     """Records every nbdkit process seen while the commands run (a bounded loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
+        self.port = port
         self.seen: dict[int, tuple[bytes, bytes]] = {}
         self.done = threading.Event()
 
@@ -56,7 +61,7 @@ class Sampler(threading.Thread):
         for _ in range(20_000):  # at most ~200 s of 10 ms samples
             if self.done.wait(0.01):
                 return
-            self.seen.update(nbdkit_processes())
+            self.seen.update(nbdkit_processes(self.port))
 
 
 def vr(lab: LabInfo, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -74,7 +79,7 @@ def test_protect_and_two_cycles_through_vddk(
     lab: LabInfo, si: Any, control: Any, vm_name: str, tmp_path: Path
 ) -> None:
     assert len(labutil.disks(find(si, vm_name))) == 2
-    sampler = Sampler()
+    sampler = Sampler(lab.port)
     sampler.start()
     try:
         vr(lab, tmp_path, "protect", vm_name, "--datastore", "secondary-ds", "--verify")
@@ -97,7 +102,7 @@ def test_protect_and_two_cycles_through_vddk(
         assert secret not in cmdline
         assert secret not in environ
         assert b"--exit-with-parent" in cmdline and b"maxdata=2M" in cmdline
-    assert not (set(ours) & set(nbdkit_processes())), "an nbdkit vddk outlived the commands"
+    assert not (set(ours) & set(nbdkit_processes(lab.port))), "an nbdkit vddk outlived the commands"
 
 
 def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
@@ -112,14 +117,14 @@ def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
         thumbprint=":".join(["0F"] * 20),  # not the lab's certificate
         plugin=str(vddk_standin()),
     )
-    before = set(nbdkit_processes())
+    before = set(nbdkit_processes(lab.port))
     with pytest.raises(TransportError) as caught:
         VDDKBlockDevice(server, vm=vm._moId, file=labutil.disks(vm)[0].backing.fileName, read_only=True)
     message = str(caught.value)
     assert "exited with status 1" in message
     assert "not thumbprint=0F:0F" in message
     assert lab.password not in message
-    assert not set(nbdkit_processes()) - before
+    assert not set(nbdkit_processes(lab.port)) - before
     assert not list(Path(tempfile.gettempdir()).glob("vr-vddk-*/password"))
 
 
@@ -130,9 +135,9 @@ def test_a_source_device_reads_the_snapshot_and_stops_nbdkit_on_close(
     snap = labutil.snapshot(vm, "vddk-device")
     disk = snapshot_disks(conn, snap._moId)[1]
     access = VDDKDisks(conn, plugin=str(vddk_standin()))
-    before = set(nbdkit_processes())
+    before = set(nbdkit_processes(lab.port))
     device = access.source(disk, vm=vm._moId, snapshot=snap._moId)
-    started = set(nbdkit_processes()) - before
+    started = set(nbdkit_processes(lab.port)) - before
     try:
         assert len(started) == 1
         assert device.size == disk.capacity
@@ -140,4 +145,4 @@ def test_a_source_device_reads_the_snapshot_and_stops_nbdkit_on_close(
     finally:
         device.close()
     assert hashlib.sha256(data).hexdigest() == labutil.sha256(labutil.local_extent(lab, disk.file_name))
-    assert not started & set(nbdkit_processes())
+    assert not started & set(nbdkit_processes(lab.port))
