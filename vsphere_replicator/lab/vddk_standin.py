@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -50,6 +51,7 @@ import os
 import re
 import ssl
 import stat
+import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -86,6 +88,8 @@ SOAP_NS = "urn:vim25"
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
 _params: dict[str, str] = {}
+_sessions: set[int] = set()  # the lab's ids of the disk sessions this process holds open
+_sessions_lock = threading.Lock()
 _config: dict[str, Any] = {}
 
 
@@ -401,18 +405,41 @@ def open(readonly: bool) -> dict[str, Any]:
                 )
     fd = os.open(_config["extent"], os.O_RDONLY if readonly else os.O_RDWR)
     try:
-        session = _disk_session(
-            "POST", {"vm": _config["vm"], "file": _config["file"], "readonly": str(int(readonly))}
-        )
+        query = {
+            "vm": _config["vm"],
+            "file": _config["file"],
+            "readonly": str(int(readonly)),
+            "pid": str(os.getpid()),
+        }
+        session = _disk_session("POST", query)
     except BaseException:
         os.close(fd)
         raise
+    with _sessions_lock:
+        _sessions.add(session["id"])
     return {"fd": fd, "readonly": readonly, "session": session["id"]}
 
 
 def close(h: dict[str, Any]) -> None:
     os.close(h["fd"])
-    _disk_session("DELETE", {"id": str(h["session"])})
+    _end_session(h["session"])
+
+
+def cleanup() -> None:
+    """At nbdkit's exit: a connection cut by a signal may never reach `close`."""
+    with _sessions_lock:
+        left = list(_sessions)
+    for session in left:
+        with contextlib.suppress(VDDKError):
+            _end_session(session)
+
+
+def _end_session(session: int) -> None:
+    with _sessions_lock:
+        if session not in _sessions:
+            return
+        _sessions.discard(session)
+    _disk_session("DELETE", {"id": str(session)})
 
 
 def _disk_session(method: str, query: dict[str, str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -42,6 +43,7 @@ type dataSession struct {
 	VM       string    `json:"vm"`
 	File     string    `json:"file"` // the layer's datastore path, "[ds] dir/disk-000001.vmdk"
 	ReadOnly bool      `json:"readonly"`
+	PID      int       `json:"pid,omitempty"` // the serving process: its locks end with it
 	Opened   time.Time `json:"opened"`
 }
 
@@ -55,14 +57,15 @@ func newSessionRegistry() *sessionRegistry { return &sessionRegistry{open: map[i
 
 const maxDataSessions = 1024
 
-func (s *sessionRegistry) add(vm, file string, readOnly bool) (dataSession, error) {
+func (s *sessionRegistry) add(vm, file string, readOnly bool, pid int) (dataSession, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.prune()
 	if len(s.open) >= maxDataSessions {
 		return dataSession{}, fmt.Errorf("%d data-path sessions are open already", maxDataSessions)
 	}
 	s.nextID++
-	d := &dataSession{ID: s.nextID, VM: vm, File: file, ReadOnly: readOnly, Opened: time.Now()}
+	d := &dataSession{ID: s.nextID, VM: vm, File: file, ReadOnly: readOnly, PID: pid, Opened: time.Now()}
 	s.open[d.ID] = d
 	return *d, nil
 }
@@ -75,9 +78,21 @@ func (s *sessionRegistry) remove(id int) bool {
 	return ok
 }
 
+// prune forgets the sessions of processes that have ended: ESXi releases a
+// dead client's file locks too (its lock lease is no longer renewed), and a
+// data path killed by a signal never says goodbye. Callers hold s.mu.
+func (s *sessionRegistry) prune() {
+	for id, d := range s.open {
+		if d.PID > 0 && syscall.Kill(d.PID, 0) == syscall.ESRCH {
+			delete(s.open, id)
+		}
+	}
+}
+
 func (s *sessionRegistry) list() []dataSession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.prune()
 	out := []dataSession{}
 	for _, d := range s.open {
 		out = append(out, *d)
@@ -90,6 +105,7 @@ func (s *sessionRegistry) list() []dataSession {
 func (s *sessionRegistry) held(files []string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.prune()
 	for _, f := range files {
 		for _, d := range s.open {
 			if d.File == f {
@@ -156,7 +172,7 @@ func removalLayers(vm *simulator.VirtualMachine, targets []types.ManagedObjectRe
 }
 
 // serveDataSessions is the control endpoint the VDDK stand-in calls:
-// POST ?vm=&file=&readonly=1 opens a session on a layer of the VM (its
+// POST ?vm=&file=&readonly=1&pid= opens a session on a layer of the VM (its
 // current disks or a snapshot's), DELETE ?id= closes it, GET lists them.
 func (l *lab) serveDataSessions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -180,7 +196,12 @@ func (l *lab) serveDataSessions(w http.ResponseWriter, r *http.Request) {
 			jsonError(w, http.StatusNotFound, fmt.Sprintf("%s is no disk layer of %s", file, vm.Self.Value))
 			return
 		}
-		d, err := l.dataSessions.add(vm.Self.Value, file, q.Get("readonly") == "1")
+		pid, err := intParam(q, "pid", 0)
+		if err != nil {
+			jsonError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		d, err := l.dataSessions.add(vm.Self.Value, file, q.Get("readonly") == "1", pid)
 		if err != nil {
 			jsonError(w, http.StatusServiceUnavailable, err.Error())
 			return
