@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 
 from tests import labutil
 from vsphere_replicator.errors import TransportError
 from vsphere_replicator.lab import LabInfo, vddk_standin
+from vsphere_replicator.lab.control import LabControl
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDConnection, NBDEndpoint
 
 MIB = 1 << 20
@@ -158,6 +160,32 @@ def test_a_snapshot_disk_reads_byte_exact(lab: LabInfo, vm: Any, tmp_path: Path)
         finally:
             device.close()
     assert digest.hexdigest() == expected
+
+
+def open_on(control: LabControl, file: str) -> list[dict[str, Any]]:
+    return [s for s in control.disk_sessions() if s["file"] == file]
+
+
+def test_a_disk_open_through_vddk_is_locked_until_closed(lab: LabInfo, vm: Any, tmp_path: Path) -> None:
+    """While the stand-in serves a snapshot's disk, ESXi's answer to removing that snapshot is FileLocked."""
+    control = LabControl(lab)
+    snap = labutil.snapshot(vm, "vddk-locked")
+    file = first_disk(snap)
+    with served(disk_args(lab, tmp_path, vm, file, snap), tmp_path) as (endpoint, _):
+        device = NBDBlockDevice(endpoint, connections=2)
+        try:
+            device.read(0, 4096)
+            assert open_on(control, file), "the open disk is not registered with the lab"
+            with pytest.raises(vim.fault.FileLocked) as locked:
+                labutil.wait(snap.RemoveSnapshot_Task(removeChildren=False))
+            assert locked.value.file == file
+        finally:
+            device.close()
+        deadline = time.monotonic() + 30  # nbdkit runs `close` once the client has gone
+        while open_on(control, file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert open_on(control, file) == []
+    labutil.wait(snap.RemoveSnapshot_Task(removeChildren=False))
 
 
 def test_a_powered_off_vms_current_layer_takes_writes(lab: LabInfo, vm: Any, tmp_path: Path) -> None:

@@ -271,6 +271,11 @@ class LabControl:
         check_int(count, "count", 1, MAX_FAULT_COUNT)
         return self.inject_fault("consolidation-needed", count=count)
 
+    def disk_sessions(self) -> list[dict[str, Any]]:
+        """The disk layers a data path (the VDDK stand-in) holds open: ESXi refuses to change them."""
+        result: list[dict[str, Any]] = self._call("GET", "disk-sessions")
+        return result
+
     def faults(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "faults")
         return result

@@ -26,6 +26,10 @@ parameters and nothing else, and enforces what VDDK enforces, against the lab:
   `compression`, `config`, `cookie`, `nfchostport`, `single-link` and
   `unbuffered` are accepted and ignored; `create*` is refused.
 
+While a client has the disk open, the stand-in registers it with the lab
+(`/lab/v1/disk-sessions`), which then refuses to remove, consolidate, revert
+over or move that layer with FileLocked, as ESXi does while VDDK holds it.
+
 Configuration errors end nbdkit at start (exit status 1, the message on
 stderr); open errors fail the client's handshake and are logged on stderr.
 
@@ -36,14 +40,19 @@ it is imported where it is used.
 
 from __future__ import annotations
 
+import base64
 import builtins
+import contextlib
 import errno
 import hashlib
 import http.client
+import json
 import os
 import re
 import ssl
 import stat
+import threading
+import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
 from xml.sax.saxutils import escape
@@ -79,6 +88,8 @@ SOAP_NS = "urn:vim25"
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
 _params: dict[str, str] = {}
+_sessions: set[int] = set()  # the lab's ids of the disk sessions this process holds open
+_sessions_lock = threading.Lock()
 _config: dict[str, Any] = {}
 
 
@@ -341,6 +352,29 @@ class _Lab:
                 return summary["summary.url"].text or ""
         raise VDDKError(f"vddk: datastore {name} is not one of {vm}'s datastores")
 
+    def disk_session(self, method: str, query: dict[str, str], user: str, password: str) -> dict[str, Any]:
+        """Open (POST) or close (DELETE) the lab's record of a disk held open by this data path.
+
+        VDDK holds a disk it opened locked on its datastore, so ESXi refuses to
+        remove, consolidate or move it meanwhile (FileLocked). The lab learns
+        of the open disk here: its control API, with the lab's login.
+        """
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        try:
+            self._http.request(
+                method,
+                "/lab/v1/disk-sessions?" + urllib.parse.urlencode(query),
+                headers={"Authorization": "Basic " + token},
+            )
+            response = self._http.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise VDDKError(f"vddk: the lab's disk-session endpoint failed: {exc}") from None
+        if response.status != 200:
+            raise VDDKError(f"vddk: the lab refused the disk session: HTTP {response.status} {data[:200]!r}")
+        found: dict[str, Any] = json.loads(data)
+        return found
+
     def power_state(self, vm: str) -> str:
         found = self.properties("VirtualMachine", vm, ["runtime.powerState"])
         return (found["runtime.powerState"].text or "") if found else ""
@@ -370,11 +404,47 @@ def open(readonly: bool) -> dict[str, Any]:
                     "(an older layer belongs to a snapshot and is read-only)"
                 )
     fd = os.open(_config["extent"], os.O_RDONLY if readonly else os.O_RDWR)
-    return {"fd": fd, "readonly": readonly}
+    try:
+        query = {
+            "vm": _config["vm"],
+            "file": _config["file"],
+            "readonly": str(int(readonly)),
+            "pid": str(os.getpid()),
+        }
+        session = _disk_session("POST", query)
+    except BaseException:
+        os.close(fd)
+        raise
+    with _sessions_lock:
+        _sessions.add(session["id"])
+    return {"fd": fd, "readonly": readonly, "session": session["id"]}
 
 
 def close(h: dict[str, Any]) -> None:
     os.close(h["fd"])
+    _end_session(h["session"])
+
+
+def cleanup() -> None:
+    """At nbdkit's exit: a connection cut by a signal may never reach `close`."""
+    with _sessions_lock:
+        left = list(_sessions)
+    for session in left:
+        with contextlib.suppress(VDDKError):
+            _end_session(session)
+
+
+def _end_session(session: int) -> None:
+    with _sessions_lock:
+        if session not in _sessions:
+            return
+        _sessions.discard(session)
+    _disk_session("DELETE", {"id": str(session)})
+
+
+def _disk_session(method: str, query: dict[str, str]) -> dict[str, Any]:
+    with _Lab(_config["server"], _config["port"], _config["thumbprint"]) as lab:
+        return lab.disk_session(method, query, _config["user"], _config["password"])
 
 
 def get_size(h: dict[str, Any]) -> int:

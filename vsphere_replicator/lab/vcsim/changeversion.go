@@ -126,6 +126,10 @@ func (l *lab) serveVcsimConfigChange(w http.ResponseWriter, r *http.Request, bod
 		return false
 	}
 	vm, _ := simulator.Map.Get(method.This).(*simulator.VirtualMachine)
+	if req, ok := method.Body.(*types.RelocateVM_Task); ok && vm != nil && relocatesStorage(req.Spec) {
+		l.serveRelocate(w, vm, req) // a Storage vMotion moves files: the lab's (relocate.go)
+		return true
+	}
 	if vm == nil && method.This.Type == "VirtualMachine" {
 		return false // vcsim answers ManagedObjectNotFound
 	}

@@ -56,6 +56,8 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 	case route == "tools" && r.Method == http.MethodPost:
 		res, err := l.setTools(q.Get("vm"), q.Get("state"))
 		reply(w, res, err)
+	case route == "disk-sessions":
+		l.serveDataSessions(w, r)
 	case route == "faults":
 		l.serveFaults(w, r)
 	case route == "status" && r.Method == http.MethodGet:

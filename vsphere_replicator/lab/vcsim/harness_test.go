@@ -35,7 +35,7 @@ var (
 )
 
 const (
-	testVMCount  = 20
+	testVMCount  = 24
 	testDiskSize = 4 << 20
 	testWindow   = 1 << 20
 	testBlock    = 64 << 10

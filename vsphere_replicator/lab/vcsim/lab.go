@@ -33,19 +33,20 @@ type lab struct {
 	inproc   *vim25.Client
 	shutdown chan struct{}
 
-	mu          sync.Mutex
-	trackers    map[diskID]*cbtTracker     // live tracking state per disk
-	snapshots   map[string]*snapshotExtra  // by snapshot moref value
-	snapshotSeq map[string]int32           // last snapshot id per VM
-	deltas      map[string]map[string]bool // delta layers the lab created, per VM
-	faults      *faultBox
-	sessions    *sessionBook
-	stats       *requestStats
-	pages       *pager
-	versions    *versionClock     // config.changeVersion, lab-wide
-	busy        *busyBook         // VMs a task is running on (vmtasks.go)
-	tools       map[string]string // VMware Tools state per VM moref value, when not "running"
-	started     time.Time
+	mu           sync.Mutex
+	trackers     map[diskID]*cbtTracker     // live tracking state per disk
+	snapshots    map[string]*snapshotExtra  // by snapshot moref value
+	snapshotSeq  map[string]int32           // last snapshot id per VM
+	deltas       map[string]map[string]bool // delta layers the lab created, per VM
+	faults       *faultBox
+	sessions     *sessionBook
+	stats        *requestStats
+	pages        *pager
+	versions     *versionClock     // config.changeVersion, lab-wide
+	busy         *busyBook         // VMs a task is running on (vmtasks.go)
+	tools        map[string]string // VMware Tools state per VM moref value, when not "running"
+	dataSessions *sessionRegistry  // disk layers a data-path session holds open (datapath.go)
+	started      time.Time
 }
 
 type diskID struct {
@@ -68,21 +69,22 @@ type inventory struct {
 
 func newLab(cfg config, inproc *vim25.Client) *lab {
 	return &lab{
-		cfg:         cfg,
-		inproc:      inproc,
-		shutdown:    make(chan struct{}),
-		trackers:    make(map[diskID]*cbtTracker),
-		snapshots:   make(map[string]*snapshotExtra),
-		snapshotSeq: make(map[string]int32),
-		deltas:      make(map[string]map[string]bool),
-		started:     time.Now(),
-		faults:      newFaultBox(),
-		sessions:    newSessionBook(),
-		stats:       newRequestStats(),
-		pages:       newPager(),
-		versions:    newVersionClock(time.Now),
-		busy:        newBusyBook(),
-		tools:       make(map[string]string),
+		cfg:          cfg,
+		inproc:       inproc,
+		shutdown:     make(chan struct{}),
+		trackers:     make(map[diskID]*cbtTracker),
+		snapshots:    make(map[string]*snapshotExtra),
+		snapshotSeq:  make(map[string]int32),
+		deltas:       make(map[string]map[string]bool),
+		started:      time.Now(),
+		faults:       newFaultBox(),
+		sessions:     newSessionBook(),
+		stats:        newRequestStats(),
+		pages:        newPager(),
+		versions:     newVersionClock(time.Now),
+		busy:         newBusyBook(),
+		tools:        make(map[string]string),
+		dataSessions: newSessionRegistry(),
 	}
 }
 

@@ -150,6 +150,9 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 		return nil, newFault(&types.InvalidName{Name: req.Name}, "invalid snapshot name %q", req.Name)
 	}
 	poweredOn := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+	if fault := l.lockedLayer(currentLayers(vm)); fault != nil {
+		return nil, fault // the current layers become the snapshot's, read-only
+	}
 	if req.Quiesce {
 		if fault := l.quiesceFault(vm); fault != nil {
 			return nil, fault
@@ -506,6 +509,9 @@ func (l *lab) removeSnapshot(snap *simulator.VirtualMachineSnapshot, removeChild
 			node, _ := findTree(vm.Snapshot.RootSnapshotList, snap.Self)
 			targets = postOrder([]types.VirtualMachineSnapshotTree{*node})
 		}
+		if fault = l.lockedLayer(removalLayers(vm, targets)); fault != nil {
+			return
+		}
 		ownVM(vm)
 		fault = l.removeMany(vm, targets)
 	})
@@ -548,6 +554,9 @@ func (l *lab) removeAllSnapshots(vm *simulator.VirtualMachine) (types.AnyType, *
 		if vm.Snapshot == nil {
 			return
 		}
+		if fault = l.lockedLayer(allLayers(vm)); fault != nil {
+			return
+		}
 		ownVM(vm)
 		fault = l.removeMany(vm, postOrder(vm.Snapshot.RootSnapshotList))
 	})
@@ -578,6 +587,9 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 		if !hasSnapshot(vm, snap.Self) {
 			fault = snapshotGone(snap.Self) // removed after this task was queued
 			return
+		}
+		if fault = l.lockedLayer(currentLayers(vm)); fault != nil {
+			return // a revert deletes the current layers
 		}
 		extra := l.snapshots[snap.Self.Value]
 		config := deepCopy(snap.Config)

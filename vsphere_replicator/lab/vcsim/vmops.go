@@ -363,6 +363,9 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 			files = append(files, b.FileName)
 		}
 	})
+	if fault := l.lockedLayer(files); fault != nil {
+		return nil, fault
+	}
 	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Destroy(context.Background())
 	if f := waitInproc(t, err); f != nil {
 		return nil, f
@@ -391,6 +394,11 @@ func (l *lab) consolidate(vm *simulator.VirtualMachine) (types.AnyType, *methodF
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if fault := vmGone(vm); fault != nil {
+		return nil, fault
+	}
+	var fault *methodFault
+	simulator.Map.WithLock(vm, func() { fault = l.lockedLayer(allLayers(vm)) })
+	if fault != nil {
 		return nil, fault
 	}
 	simulator.Map.WithLock(vm, func() {
