@@ -56,6 +56,11 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 	case route == "tools" && r.Method == http.MethodPost:
 		res, err := l.setTools(q.Get("vm"), q.Get("state"))
 		reply(w, res, err)
+	case route == "datastores" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, l.datastores.list())
+	case route == "star-answer" && r.Method == http.MethodPost:
+		res, err := l.datastores.setStarAnswer(q.Get("datastore"), q.Get("answer"))
+		reply(w, res, err)
 	case route == "faults":
 		l.serveFaults(w, r)
 	case route == "status" && r.Method == http.MethodGet:
@@ -63,7 +68,7 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 			"vms":       len(simulator.Map.All("VirtualMachine")),
 			"uptime_s":  time.Since(l.started).Seconds(),
 			"cbt_block": l.cfg.cbtBlock, "cbt_window": l.cfg.cbtWindow,
-			"faults": l.faults.list(),
+			"faults": l.faults.list(), "datastores": l.datastores.list(),
 		})
 	case route == "stats" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, l.stats.snapshot())

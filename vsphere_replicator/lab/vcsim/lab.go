@@ -45,6 +45,7 @@ type lab struct {
 	versions    *versionClock     // config.changeVersion, lab-wide
 	busy        *busyBook         // VMs a task is running on (vmtasks.go)
 	tools       map[string]string // VMware Tools state per VM moref value, when not "running"
+	datastores  *datastoreBook    // kinds and changeId="*" answers (datastores.go)
 	started     time.Time
 }
 
@@ -83,6 +84,7 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		versions:    newVersionClock(time.Now),
 		busy:        newBusyBook(),
 		tools:       make(map[string]string),
+		datastores:  newDatastoreBook(cfg),
 	}
 }
 
@@ -98,7 +100,7 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 		return nil, err
 	}
 	inv := &inventory{datacenter: dc.Name(), datastores: map[string]string{}}
-	for _, name := range []string{primaryDatastore, secondaryDatastore} {
+	for _, name := range l.cfg.datastoreNames() {
 		dir := filepath.Join(dsRoot, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
@@ -108,8 +110,12 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 			if err != nil {
 				return nil, err
 			}
-			if _, err := dss.CreateLocalDatastore(ctx, name, dir); err != nil {
+			ds, err := dss.CreateLocalDatastore(ctx, name, dir)
+			if err != nil {
 				return nil, fmt.Errorf("datastore %s on %s: %w", name, host.Name(), err)
+			}
+			if err := setSummaryType(ds.Reference(), l.datastores.kind(name)); err != nil {
+				return nil, err
 			}
 		}
 		inv.datastores[name] = dir
