@@ -26,7 +26,8 @@ from tests.test_vddk import vr
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import DiskInfo, datastore_type, resolve_vm, snapshot_disks
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab
+from vsphere_replicator.lab.process import check_datastore_options
 from vsphere_replicator.replication import HTTPDatastores, MountedDatastores
 from vsphere_replicator.retry import RetryPolicy
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
@@ -210,3 +211,39 @@ def test_a_vsan_vm_replicates_through_vddk_and_is_refused_otherwise(
     replica = find(kinds_si, f"{clone.name}-replica")
     points = [p["id"] for p in state(replica)["restore_points"]]
     assert_replica_matches(kinds_lab, source, replica, points[-1])
+
+
+def test_lab_fault_star_answer_changes_a_datastores_answer(kinds_lab: LabInfo) -> None:
+    def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "vsphere_replicator.cli", "lab", "fault", *args]
+        return subprocess.run(
+            [*command, "--state-dir", kinds_lab.state_dir], capture_output=True, text=True, timeout=60
+        )
+
+    control = LabControl(kinds_lab)
+    try:
+        done = lab_cli("star-answer", "vsan-ds", "fault")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["star_answer"] == "fault"
+        assert control.datastores()["vsan-ds"]["star_answer"] == "fault"
+        assert lab_cli("star-answer", "nowhere-ds", "whole").returncode != 0
+    finally:
+        assert lab_cli("star-answer", "vsan-ds", "default").returncode == 0
+    assert control.datastores()["vsan-ds"]["star_answer"] == "whole"
+
+
+@pytest.mark.parametrize(
+    ("kinds", "answers"),
+    [
+        ({"a b": "nfs"}, None),
+        ({"x": "vvol"}, None),
+        ({"x": "nfs"}, {"nowhere": "whole"}),
+        (None, {"primary-ds": "sometimes"}),
+        (["primary-ds"], None),
+    ],
+)
+def test_start_lab_refuses_bad_datastore_options_before_starting(kinds: Any, answers: Any) -> None:
+    with pytest.raises(InvalidInput):
+        check_datastore_options(kinds, answers)
+    with pytest.raises(InvalidInput):
+        start_lab("/nonexistent/never-started", datastore_kinds=kinds, star_answers=answers)
