@@ -18,7 +18,7 @@ import structlog
 from tests import labutil
 from tests.replication_util import assert_replica_matches, find, state
 from tests.test_vddk import vr
-from vsphere_replicator.cbt import enable_cbt
+from vsphere_replicator.cbt import ALL_ALLOCATED, changed_areas, enable_cbt
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import VSphereFault
 from vsphere_replicator.extents import Extent, merge_extents
@@ -62,6 +62,33 @@ def test_a_failing_star_query_takes_the_vddk_disks_block_status(
     assert total == sum(e.length for e in expected)
     assert any(e["event"] == "allocation_from_block_status" and e["cbt"] == "fault" for e in logs)
     assert any(a.start <= 3 * MIB and a.end >= 3 * MIB + 700_000 for a in areas)
+
+
+def test_a_whole_disk_star_answer_takes_the_vddk_disks_block_status(
+    lab: LabInfo, conn: Connection, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    """As on NFS: changeId="*" answers one extent covering the disk; block status says what is in it."""
+    info = enable_cbt(conn, vm_name)
+    control.write_random(vm_name, offset=2 * MIB, length=500_000, seed=3)
+    snap = create_snapshot(conn, info, "whole-disk").snapshot
+    disk = snapshot_disks(conn, snap.moref)[0]
+    expected = layer_data(labutil.local_extent(lab, disk.file_name))
+    access = VDDKDisks(conn, plugin=str(vddk_standin()), libdir=str(tmp_path))
+    control.set_star_answer("primary-ds", "whole")
+    try:
+        whole = changed_areas(conn, info, snap, disk.key, ALL_ALLOCATED)
+        assert whole.areas == (Extent(0, disk.capacity),)  # what the lab now answers for "*"
+        with structlog.testing.capture_logs() as logs:
+            areas, total = allocated_areas(conn, info, snap, disk.key, access)
+        # Without an allocation map (the HTTP source), the whole-disk answer stands.
+        plain = allocated_areas(conn, info, snap, disk.key, HTTPDatastores(conn, lab.datacenter))
+    finally:
+        control.set_star_answer("primary-ds")  # back to the VMFS default for the other tests
+    assert areas == expected
+    assert total == sum(e.length for e in expected) < disk.capacity
+    assert any(e["event"] == "allocation_from_block_status" and e["cbt"] == "whole disk" for e in logs)
+    assert plain == ((Extent(0, disk.capacity),), disk.capacity)
+    assert control.datastores()["primary-ds"]["star_answer"] == "allocated"
 
 
 def test_without_an_allocation_map_the_fault_stands(

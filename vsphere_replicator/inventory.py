@@ -75,6 +75,9 @@ class DiskInfo:
     parent_file: str | None
     # Every layer under file_name, nearest first (parent_file is the first): the backing chain.
     parents: tuple[str, ...] = ()
+    # The backing's deltaDiskFormat: "redoLogFormat" (vmfsSparse), "seSparseFormat" or "nativeFormat"
+    # on a snapshot's delta layer, None on a flat base disk. A delta has no `-flat.vmdk` extent.
+    delta_format: str | None = None
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -274,6 +277,7 @@ def _disk(device: Any, names: _Names) -> DiskInfo:
         uuid=getattr(backing, "uuid", None),
         parent_file=parent.fileName if parent is not None else None,
         parents=_parents(backing),
+        delta_format=getattr(backing, "deltaDiskFormat", None) or None,
     )
 
 
@@ -510,6 +514,40 @@ def _datacenters_of(names: _Names, datastore: str) -> list[str]:
         if walked is not None:
             found.add(names.path(walked))
     return sorted(found)
+
+
+_types_cache: weakref.WeakKeyDictionary[Connection, tuple[float, dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def datastore_type(conn: Connection, datastore: str) -> str:
+    """A datastore's `summary.type` by name: "VMFS", "NFS", "NFS41", "vsan", "VVOL", … ("" if unknown).
+
+    The types of every datastore are read in one call and cached a minute per
+    connection (reloaded once for a name not in them), as the names map is.
+    A datastore's type never changes; a name in several datacenters with
+    different types gives the first one met that is not VMFS or NFS.
+    """
+    check_type(datastore, str, "datastore")
+    for fresh in (False, True):
+        with _names_lock:
+            cached = _types_cache.get(conn)
+        if cached is None or fresh or time.monotonic() - cached[0] >= _NAMES_TTL:
+            with _View(conn, [vim.Datastore]) as v:
+                objects = _retrieve(conn, [_view_spec(v.view, [(vim.Datastore, ["name", "summary.type"])])])
+            types: dict[str, str] = {}
+            for o in objects:
+                props = _props(o)
+                name, kind = props.get("name"), props.get("summary.type") or ""
+                if name is not None and (name not in types or types[name] in ("VMFS", "NFS")):
+                    types[name] = kind
+            cached = (time.monotonic(), types)
+            with _names_lock:
+                _types_cache[conn] = cached
+        if datastore in cached[1]:
+            return cached[1][datastore]
+    return ""
 
 
 def datastore_datacenters(conn: Connection, datastore: str) -> tuple[str, ...]:

@@ -44,8 +44,16 @@ from vsphere_replicator.lab.process import (
     MAX_LATENCY_MS,
     MAX_VMS,
     MIN_DISK_SIZE,
+    STAR_ANSWERS,
 )
 from vsphere_replicator.units import MAX_SIZE, format_size
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
@@ -60,6 +68,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         dc_folder=args.dc_folder,
         lock_running_disks=args.lock_running_disks,
+        datastore_kinds=dict(args.datastore_kind),
+        star_answers=dict(args.star_answer),
     )
     print(info.to_json())
     return EXIT_OK
@@ -130,6 +140,8 @@ def cmd_lab_fault(args: argparse.Namespace) -> int:
         result = control.fail_quiesce(args.fault, count=args.count, message=args.message)
     elif args.fault_kind == "consolidation-needed":
         result = control.leave_consolidation_needed(count=args.count)
+    elif args.fault_kind == "star-answer":
+        result = control.set_star_answer(args.datastore, None if args.answer == "default" else args.answer)
     elif args.fault_kind == "list":
         result = control.faults()
     else:
@@ -202,6 +214,23 @@ def add_commands(commands: Commands) -> None:
         "--lock-running-disks",
         action="store_true",
         help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does",
+    )
+    up.add_argument(
+        "--datastore-kind",
+        type=_name_value,
+        action="append",
+        default=[],
+        metavar="NAME=KIND",
+        help="a datastore's kind, vmfs (default), nfs or vsan; a new NAME adds a datastore (repeatable)",
+    )
+    up.add_argument(
+        "--star-answer",
+        type=_name_value,
+        action="append",
+        default=[],
+        metavar="NAME=ANSWER",
+        help='what QueryChangedDiskAreas(changeId="*") answers on NAME: allocated, whole or fault '
+        "(default: allocated on VMFS, whole on NFS and vSAN; repeatable)",
     )
     command("status", cmd_lab_status, "print the running lab's JSON line")
     command("down", cmd_lab_down, "stop the lab")
@@ -282,5 +311,10 @@ def add_commands(commands: Commands) -> None:
     quiesce.add_argument("--message", default=None, help="the fault's message")
     consolidation = kind("consolidation-needed", "leave consolidationNeeded set after snapshot removals")
     consolidation.add_argument("--count", type=count, default=1, metavar="N", help="removals to affect")
+    star = kind("star-answer", 'set what QueryChangedDiskAreas(changeId="*") answers on a datastore (stays)')
+    star.add_argument("datastore", help="the datastore's name, e.g. primary-ds")
+    star.add_argument(
+        "answer", choices=(*STAR_ANSWERS, "default"), help="allocated, whole, fault, or the kind's default"
+    )
     kind("list", "show armed faults")
     kind("clear", "disarm every fault")

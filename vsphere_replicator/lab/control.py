@@ -13,7 +13,7 @@ import requests
 
 from vsphere_replicator.checks import check_int, check_text, check_type
 from vsphere_replicator.errors import InvalidInput, LabError
-from vsphere_replicator.lab.process import MAX_DISK_SIZE, MAX_DISKS_PER_VM, LabInfo
+from vsphere_replicator.lab.process import MAX_DISK_SIZE, MAX_DISKS_PER_VM, STAR_ANSWERS, LabInfo
 
 MAX_WRITE = 1 << 30  # bytes one write may carry: the lab's own limit (maxWrite in vcsim/control.go)
 WRITE_PIECE = 64 << 20  # write_file and write_random_digest send at most this much per request
@@ -264,6 +264,25 @@ class LabControl:
         if state not in TOOLS_STATES:
             raise InvalidInput(f"tools state must be one of {', '.join(TOOLS_STATES)}, not {state!r}")
         result: dict[str, Any] = self._call("POST", "tools", params={"vm": vm, "state": state})
+        return result
+
+    def set_star_answer(self, datastore: str, answer: str | None = None) -> dict[str, Any]:
+        """What QueryChangedDiskAreas(changeId="*") answers for disks on `datastore` from now on.
+
+        One of STAR_ANSWERS: "allocated" (the allocated areas, VMFS), "whole" (one
+        extent covering the disk, NFS and vSAN by default), "fault" (FileFault).
+        None restores the datastore kind's default. Not a one-shot fault: it stays.
+        """
+        check_text(datastore, "datastore")
+        if answer is not None and answer not in STAR_ANSWERS:
+            raise InvalidInput(f"star answer must be one of {', '.join(STAR_ANSWERS)}, not {answer!r}")
+        params = {"datastore": datastore, "answer": answer or ""}
+        result: dict[str, Any] = self._call("POST", "star-answer", params=params)
+        return result
+
+    def datastores(self) -> dict[str, dict[str, str]]:
+        """Each datastore's kind, summary.type and changeId="*" answer."""
+        result: dict[str, dict[str, str]] = self._call("GET", "datastores")
         return result
 
     def leave_consolidation_needed(self, count: int = 1) -> dict[str, Any]:

@@ -30,6 +30,11 @@ MIN_DISK_SIZE = 1 << 20
 MAX_DISK_SIZE = 62 << 40
 MAX_LATENCY_MS = 10_000
 MAX_DC_FOLDER_DEPTH = 8
+# Datastore kinds (vcsim/datastores.go): vmfs is the default; nfs answers changeId="*" with the
+# whole disk; vsan has no disk extents as files (/folder: 404). What "*" may answer per datastore.
+DATASTORE_KINDS = ("vmfs", "nfs", "vsan")
+STAR_ANSWERS = ("allocated", "whole", "fault")
+MAX_EXTRA_DATASTORES = 8
 
 
 def check_dc_folder(dc_folder: object) -> str | None:
@@ -79,6 +84,41 @@ def check_lab_options(
         window = check_int(cbt_window, "cbt_window", block, MAX_DISK_SIZE, unit="bytes")
     if window % block:
         raise InvalidInput(f"cbt_window ({window}) must be a multiple of cbt_block ({block})")
+
+
+def _check_names(values: object, what: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise InvalidInput(f"{what} must map datastore names to one of {', '.join(allowed)}")
+    checked: dict[str, str] = {}
+    for name, value in values.items():
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= 80
+            or name in (".", "..")
+            or any(c in name for c in "/[]\\ \t\n%")
+        ):
+            raise InvalidInput(f"{what}: {name!r} is not a datastore name the lab can create")
+        if value not in allowed:
+            raise InvalidInput(f"{what}: {value!r} for {name} is not one of {', '.join(allowed)}")
+        checked[name] = value
+    return checked
+
+
+def check_datastore_options(
+    datastore_kinds: object, star_answers: object
+) -> tuple[dict[str, str], dict[str, str]]:
+    """`datastore_kinds` and `star_answers` as the lab takes them; InvalidInput otherwise."""
+    kinds = _check_names(datastore_kinds, "datastore_kinds", DATASTORE_KINDS)
+    if len(kinds) > MAX_EXTRA_DATASTORES:
+        raise InvalidInput(f"datastore_kinds names at most {MAX_EXTRA_DATASTORES} datastores")
+    star = _check_names(star_answers, "star_answers", STAR_ANSWERS)
+    known = {"primary-ds", "secondary-ds", *kinds}
+    for name in star:
+        if name not in known:
+            raise InvalidInput(f"star_answers: the lab has no datastore {name!r} (add it in datastore_kinds)")
+    return kinds, star
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +201,8 @@ def start_lab(
     latency_ms: int = 0,
     dc_folder: str | None = None,
     lock_running_disks: bool = False,
+    datastore_kinds: Mapping[str, str] | None = None,
+    star_answers: Mapping[str, str] | None = None,
     timeout: float = 120.0,
 ) -> LabInfo:
     """Start a lab in the background and return once it serves.
@@ -171,8 +213,15 @@ def start_lab(
     `dcPath` of `/folder` and `LabInfo.datacenter`, becomes "Sites/DC0").
     `lock_running_disks` makes `/folder` refuse a powered-on VM's current
     disk layer with 500, as vCenter does (off by default: docs/lab.md).
+    `datastore_kinds` gives datastores a kind other than "vmfs" ("nfs",
+    "vsan"); a name other than primary-ds and secondary-ds adds a datastore
+    ({"vsan-ds": "vsan"}). `star_answers` overrides what
+    QueryChangedDiskAreas(changeId="*") answers on a datastore ("allocated",
+    "whole", "fault"; by default VMFS answers the allocated areas, NFS and
+    vSAN one whole-disk extent).
     """
     check_dc_folder(dc_folder)
+    kinds, star = check_datastore_options(datastore_kinds, star_answers)
     if not isinstance(lock_running_disks, bool):
         raise InvalidInput(f"lock_running_disks must be True or False, not {lock_running_disks!r}")
     check_lab_options(
@@ -218,6 +267,10 @@ def start_lab(
         args += ["-dc-folder", dc_folder]
     if lock_running_disks:
         args.append("-lock-running-disks")
+    for name, kind in sorted(kinds.items()):
+        args += ["-datastore-kind", f"{name}={kind}"]
+    for name, answer in sorted(star.items()):
+        args += ["-star-answer", f"{name}={answer}"]
     log_path = directory / LOG_FILE
     with _private_log(log_path) as log:
         process = subprocess.Popen(

@@ -17,9 +17,16 @@ from typing import Protocol
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.inventory import DiskInfo, datacenter_path, datastore_datacenters
+from vsphere_replicator.inventory import DiskInfo, datacenter_path, datastore_datacenters, datastore_type
 from vsphere_replicator.transport.base import BlockSink, BlockSource
-from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path, read_datastore_file
+from vsphere_replicator.transport.http import (
+    OBJECT_DATASTORE_TYPES,
+    USE_VDDK,
+    DatastoreHTTPSource,
+    flat_extent_path,
+    folder_refusal,
+    read_datastore_file,
+)
 from vsphere_replicator.transport.mounted import FileBlockSink, FileBlockSource
 from vsphere_replicator.transport.nbd import NBDBlockDevice, NBDEndpoint
 from vsphere_replicator.transport.vddk import (
@@ -73,13 +80,52 @@ class MountedDatastores:
         return self.mounts[datastore] / extent
 
     def check(self, disk: DiskInfo) -> None:
+        """Refuse what a mount cannot serve: a vSAN or vVol datastore, a layer that is no flat extent.
+
+        A mounted datastore serves a layer's bytes from its `-flat.vmdk` file:
+        NFS datastores (and the lab's) have them; vSAN and vVol keep disks in
+        objects, and a snapshot's delta layer (a redo log) has no flat extent.
+        """
+        datastore = flat_extent_path(disk.file_name)[0]
+        if self._conn is not None:
+            kind = datastore_type(self._conn, datastore)
+            if kind in OBJECT_DATASTORE_TYPES:
+                raise InvalidInput(
+                    f"datastore {datastore} is {kind}: its disks are objects, not files a mount can "
+                    f"serve ({disk.file_name}); {USE_VDDK}"
+                )
+        if disk.delta_format is not None:
+            raise InvalidInput(
+                f"{disk.file_name} is a snapshot's delta layer ({disk.delta_format}), not a flat extent "
+                f"a mount can serve; {USE_VDDK}"
+            )
         path = self.path(disk)
         if not path.is_file():
-            raise InvalidInput(
-                f"{path} does not exist: is {disk.datastore or 'the datastore'} mounted there?"
-            )
+            raise InvalidInput(self._missing(path, disk))
         if self._conn is not None:
-            self.prove(flat_extent_path(disk.file_name)[0])
+            self.prove(datastore)
+
+    @staticmethod
+    def _missing(path: Path, disk: DiskInfo) -> str:
+        """Why the flat extent is not there: a layer whose descriptor says it is no flat disk, or no mount."""
+        descriptor = path.with_name(path.name.removesuffix("-flat.vmdk") + ".vmdk")
+        try:
+            with descriptor.open("rb") as handle:
+                head = handle.read(4096).decode("ascii", "replace")
+        except OSError:
+            return f"{path} does not exist: is {disk.datastore or 'the datastore'} mounted there?"
+        kind = next(
+            (
+                line.split("=", 1)[1].strip().strip('"')
+                for line in head.splitlines()
+                if line.startswith("createType")
+            ),
+            "unknown",
+        )
+        return (
+            f"{disk.file_name} has no flat extent ({path.name} is missing; its descriptor's createType is "
+            f"{kind}): a mount cannot serve this layer; {USE_VDDK}"
+        )
 
     def prove(self, datastore: str) -> None:
         """Show that the directory mounted for `datastore` is that datastore (once per datastore)."""
@@ -162,9 +208,22 @@ class HTTPDatastores:
         return known
 
     def check(self, disk: DiskInfo) -> None:
-        """The endpoint is vCenter's own: reachable whenever the session is."""
+        """Refuse, before anything changes, a disk whose datastore keeps no flat files (vSAN, vVol).
+
+        The endpoint is vCenter's own, reachable whenever the session is; a
+        snapshot's delta layer is refused when it is opened (`source`).
+        """
+        self._refuse(disk, delta_format=None)
+
+    def _refuse(self, disk: DiskInfo, *, delta_format: str | None) -> None:
+        kind = datastore_type(self._conn, flat_extent_path(disk.file_name)[0])
+        why = folder_refusal(disk.file_name, datastore_type=kind, delta_format=delta_format)
+        if why is not None:
+            raise InvalidInput(why)
 
     def source(self, disk: DiskInfo, *, vm: str, snapshot: str | None = None) -> BlockSource:
+        """The layer's flat extent over `/folder`; refused before any request when it has none."""
+        self._refuse(disk, delta_format=disk.delta_format)
         datacenter = self._dc_path(flat_extent_path(disk.file_name)[0])
         return DatastoreHTTPSource(self._conn, disk.file_name, disk.capacity, datacenter=datacenter)
 

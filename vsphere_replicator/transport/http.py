@@ -48,6 +48,31 @@ def flat_extent_path(file_name: str) -> tuple[str, str]:
     return match.group(1), match.group(2) + "-flat.vmdk"
 
 
+# Datastore types (summary.type) whose disks are objects, not files: `/folder` has no extent to read (404).
+OBJECT_DATASTORE_TYPES = ("vsan", "VVOL")
+USE_VDDK = "use the VDDK transport (--transport vddk), which reads any layer on any datastore kind"
+
+
+def folder_refusal(file_name: str, *, datastore_type: str, delta_format: str | None) -> str | None:
+    """Why `/folder` cannot read this layer's bytes (a message naming the VDDK transport), or None.
+
+    A vSAN or vVol datastore keeps a disk's data in objects, with no `-flat.vmdk`
+    file (vCenter answers 404); a snapshot's delta layer (a redo log:
+    vmfsSparse, seSparse, or a native snapshot) has no flat extent either.
+    """
+    if datastore_type in OBJECT_DATASTORE_TYPES:
+        return (
+            f"{file_name} is on a {datastore_type} datastore, whose disks are objects with no flat file: "
+            f"the datastore HTTP endpoint (/folder) cannot read it; {USE_VDDK}"
+        )
+    if delta_format is not None:
+        return (
+            f"{file_name} is a snapshot's delta layer ({delta_format}), not a flat extent: "
+            f"the datastore HTTP endpoint (/folder) cannot read it; {USE_VDDK}"
+        )
+    return None
+
+
 class DatastoreHTTPSource(BlockDevice):
     """Reads one flat extent over `/folder` with Range requests (thread-safe)."""
 

@@ -58,6 +58,11 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 		reply(w, res, err)
 	case route == "disk-sessions":
 		l.serveDataSessions(w, r)
+	case route == "datastores" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, l.datastores.list())
+	case route == "star-answer" && r.Method == http.MethodPost:
+		res, err := l.datastores.setStarAnswer(q.Get("datastore"), q.Get("answer"))
+		reply(w, res, err)
 	case route == "faults":
 		l.serveFaults(w, r)
 	case route == "status" && r.Method == http.MethodGet:
@@ -65,7 +70,7 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 			"vms":       len(simulator.Map.All("VirtualMachine")),
 			"uptime_s":  time.Since(l.started).Seconds(),
 			"cbt_block": l.cfg.cbtBlock, "cbt_window": l.cfg.cbtWindow,
-			"faults": l.faults.list(),
+			"faults": l.faults.list(), "datastores": l.datastores.list(),
 		})
 	case route == "stats" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, l.stats.snapshot())

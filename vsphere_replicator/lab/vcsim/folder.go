@@ -172,6 +172,11 @@ func (l *lab) serveDatastoreFile(w http.ResponseWriter, r *http.Request) {
 	}
 	rel := path.Clean("/" + strings.TrimPrefix(r.URL.Path, "/folder/"))
 	full := filepath.Join(dir, filepath.FromSlash(rel))
+	if l.datastores.kind(query.Get("dsName")) == kindVSAN && isDiskExtent(rel) {
+		// A vSAN disk's data is an object, not a file (datastores.go).
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
 	if l.cfg.lockRunningDisks {
 		if vm := lockedByRunningVM(full); vm != "" {
 			http.Error(w, fmt.Sprintf("Unable to access file %s since it is locked (by running VM %s)", rel, vm), statusLocked)

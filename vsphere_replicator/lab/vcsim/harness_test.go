@@ -40,6 +40,8 @@ const (
 	testWindow   = 1 << 20
 	testBlock    = 64 << 10
 	testDCFolder = "Sites/West"
+	testNFS      = "nfs-ds"
+	testVSAN     = "vsan-ds"
 )
 
 func TestMain(m *testing.M) {
@@ -58,6 +60,8 @@ func runTests(m *testing.M) int {
 		stateDir: dir, listen: "127.0.0.1:0", vms: testVMCount, disksPerVM: 2, diskSize: testDiskSize,
 		hosts: 2, cbtWindow: testWindow, cbtBlock: testBlock, user: "tester", password: "secret",
 		dcFolder: testDCFolder, // every test runs with the datacenter two folders down
+		// Two more datastores, of the kinds that are not VMFS (datastores_test.go).
+		datastoreKinds: nameValues{testNFS: kindNFS, testVSAN: kindVSAN},
 	}
 	if err := validate(&cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -46,6 +46,7 @@ type lab struct {
 	busy         *busyBook         // VMs a task is running on (vmtasks.go)
 	tools        map[string]string // VMware Tools state per VM moref value, when not "running"
 	dataSessions *sessionRegistry  // disk layers a data-path session holds open (datapath.go)
+	datastores   *datastoreBook    // kinds and changeId="*" answers (datastores.go)
 	started      time.Time
 }
 
@@ -85,6 +86,7 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		busy:         newBusyBook(),
 		tools:        make(map[string]string),
 		dataSessions: newSessionRegistry(),
+		datastores:   newDatastoreBook(cfg),
 	}
 }
 
@@ -100,7 +102,7 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 		return nil, err
 	}
 	inv := &inventory{datacenter: dc.Name(), datastores: map[string]string{}}
-	for _, name := range []string{primaryDatastore, secondaryDatastore} {
+	for _, name := range l.cfg.datastoreNames() {
 		dir := filepath.Join(dsRoot, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
@@ -110,8 +112,12 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 			if err != nil {
 				return nil, err
 			}
-			if _, err := dss.CreateLocalDatastore(ctx, name, dir); err != nil {
+			ds, err := dss.CreateLocalDatastore(ctx, name, dir)
+			if err != nil {
 				return nil, fmt.Errorf("datastore %s on %s: %w", name, host.Name(), err)
+			}
+			if err := setSummaryType(ds.Reference(), l.datastores.kind(name)); err != nil {
+				return nil, err
 			}
 		}
 		inv.datastores[name] = dir

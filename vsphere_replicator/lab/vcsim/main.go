@@ -47,6 +47,11 @@ type config struct {
 	// lockRunningDisks refuses /folder reads of a powered-on VM's current
 	// disk layer, as the host holding its lock makes vCenter do (folder.go).
 	lockRunningDisks bool
+	// datastoreKinds is each datastore's kind (vmfs, nfs, vsan) when not
+	// vmfs; a name beyond primary-ds and secondary-ds adds a datastore.
+	datastoreKinds nameValues
+	// starAnswers overrides a datastore's answer to changeId="*".
+	starAnswers nameValues
 }
 
 // labInfo is what lab.json holds: everything a client needs to connect.
@@ -79,6 +84,8 @@ func parseFlags() config {
 	flag.DurationVar(&c.latency, "latency", 0, "added to every SOAP call, as a WAN link and a busy vCenter would (e.g. 5ms)")
 	flag.StringVar(&c.dcFolder, "dc-folder", "", "put the datacenter inside this folder path (e.g. Sites): its dcPath becomes Sites/DC0")
 	flag.BoolVar(&c.lockRunningDisks, "lock-running-disks", false, "refuse /folder reads of a powered-on VM's current disk layer with 500, as vCenter does")
+	flag.Var(&c.datastoreKinds, "datastore-kind", "NAME=vmfs|nfs|vsan, repeatable: a datastore's kind; a new NAME adds a datastore")
+	flag.Var(&c.starAnswers, "star-answer", "NAME=allocated|whole|fault, repeatable: what QueryChangedDiskAreas(changeId=\"*\") answers for disks on NAME")
 	flag.Parse()
 	return c
 }
@@ -103,6 +110,9 @@ func validate(c *config) error {
 		return fmt.Errorf("-cbt-window must be a positive multiple of -cbt-block")
 	case !validFolderPath(c.dcFolder):
 		return fmt.Errorf("-dc-folder must be folder names separated by /, without empty names, %%2f or more than 8 levels")
+	}
+	if err := validateDatastoreOptions(c); err != nil {
+		return err
 	}
 	host, _, err := net.SplitHostPort(c.listen)
 	if err != nil {

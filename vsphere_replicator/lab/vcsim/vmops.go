@@ -91,6 +91,16 @@ func (l *lab) queryLocked(vm *simulator.VirtualMachine, req *types.QueryChangedD
 	}
 	var areas [][2]int64
 	if id.all {
+		switch l.datastores.starAnswer(datastoreOfPath(file)) {
+		case starFault:
+			return nil, newFault(&types.FileFault{File: file},
+				"Error caused by file %s: changed block tracking cannot list the allocated areas on this datastore", file)
+		case starWhole:
+			rest := capacity - req.StartOffset
+			info := &types.DiskChangeInfo{StartOffset: req.StartOffset, Length: rest}
+			info.ChangedArea = []types.DiskChangeExtent{{Start: req.StartOffset, Length: rest}}
+			return info, nil
+		}
 		layer, err := resolveLayer(file)
 		if err != nil {
 			return nil, newFault(&types.FileFault{File: file}, "%v", err)
