@@ -53,14 +53,19 @@ def _shared_si(lab: LabInfo) -> Iterator[Any]:
     labutil.disconnect(connection)
 
 
+def logged_in(lab: LabInfo, connection: Any) -> Any:
+    """`connection`, logged in again if a test expired every session (lab fault expire-sessions)."""
+    try:
+        connection.content.sessionManager.currentSession  # noqa: B018 - a cheap liveness probe
+    except vim.fault.NotAuthenticated:
+        connection.content.sessionManager.Login(lab.user, lab.password)
+    return connection
+
+
 @pytest.fixture
 def si(lab: LabInfo, _shared_si: Any) -> Any:
     """A plain pyVmomi session, logged in again if a test expired it."""
-    try:
-        _shared_si.content.sessionManager.currentSession  # noqa: B018 - a cheap liveness probe
-    except vim.fault.NotAuthenticated:
-        _shared_si.content.sessionManager.Login(lab.user, lab.password)
-    return _shared_si
+    return logged_in(lab, _shared_si)
 
 
 _names = (f"lab-vm-{i:04d}" for i in itertools.count(1))

@@ -33,7 +33,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from tests import labutil
-from tests.conftest import _fresh_vm
+from tests.conftest import _fresh_vm, logged_in
 from tests.test_replication_crash import cli_env
 from vsphere_replicator import (
     ConnectionFailed,
@@ -784,7 +784,7 @@ def ctx(lab: LabInfo, control: LabControl, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def before(ctx: Context, _shared_si: Any) -> dict[str, Any]:
     """vCenter as the cases found it: each must leave it exactly so."""
-    return snapshot_of_everything(ctx, _shared_si)
+    return snapshot_of_everything(ctx, logged_in(ctx.lab, _shared_si))  # an earlier test may have expired it
 
 
 _rows: list[str] = []
