@@ -59,11 +59,18 @@ def test_a_clone_that_cannot_fit_is_refused_before_anything_happens(conn: Any, v
     )
     change = vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=huge)
     labutil.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[change])))
-    placement = ClonePlacement(datastore="secondary-ds", provisioning="thick-eager")
-    with pytest.raises(InvalidInput, match="bytes free"):
-        clone_vm(conn, vm_name, "{vm}-too-big", placement)
-    with pytest.raises(NotFound):
-        get_vm(conn, f"{vm_name}-too-big")
+    try:
+        placement = ClonePlacement(datastore="secondary-ds", provisioning="thick-eager")
+        with pytest.raises(InvalidInput, match="bytes free"):
+            clone_vm(conn, vm_name, "{vm}-too-big", placement)
+        with pytest.raises(NotFound):
+            get_vm(conn, f"{vm_name}-too-big")
+    finally:
+        # vcsim counts the 8 TiB against the datastore's free space: give it back, or a later test's
+        # thick disk on that datastore is refused (the lab is shared, and the order is random).
+        added = next(d for d in labutil.disks(vm) if d.unitNumber == 5)
+        remove = vim.vm.device.VirtualDeviceSpec(operation="remove", fileOperation="destroy", device=added)
+        labutil.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[remove])))
 
 
 def test_bad_placements_and_names_are_refused(conn: Any, vm_name: str) -> None:
