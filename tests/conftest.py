@@ -95,17 +95,22 @@ def vm(si: Any, vm_name: str) -> Any:
     return labutil.find_vm(si, vm_name)
 
 
-@pytest.fixture
-def conn(lab: LabInfo) -> Iterator[Connection]:
-    """A library connection to the lab, with retries that do not sleep."""
-    with connect(
+def lab_connection(lab: LabInfo) -> Connection:
+    """A library connection to the lab, with retries that do not sleep (use it in a `with`)."""
+    return connect(
         lab.host,
         lab.user,
         lab.password,
         port=lab.port,
         ca_file=lab.ca_file,
         retry=RetryPolicy(sleep=lambda _: None),
-    ) as connection:
+    )
+
+
+@pytest.fixture
+def conn(lab: LabInfo) -> Iterator[Connection]:
+    """A library connection to the lab, with retries that do not sleep."""
+    with lab_connection(lab) as connection:
         yield connection
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -23,6 +22,7 @@ import pytest
 from pyVmomi import vim
 
 from tests import labutil
+from tests.conftest import _listening
 from vsphere_replicator.errors import TransportError
 from vsphere_replicator.lab import LabInfo, vddk_standin
 from vsphere_replicator.lab.control import LabControl
@@ -113,17 +113,6 @@ def served(args: Args, tmp_path: Path) -> Iterator[tuple[NBDEndpoint, subprocess
 def stderr_of(process: subprocess.Popen[str]) -> str:
     process.terminate()
     return process.communicate(timeout=10)[1]
-
-
-def _listening(sock: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(str(sock))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def first_disk(obj: Any) -> str:

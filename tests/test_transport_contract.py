@@ -24,8 +24,8 @@ from typing import Any, Protocol, Self
 import pytest
 
 from tests import labutil
-from tests.conftest import _fresh_vm, serve
-from vsphere_replicator.connection import Connection, RetryPolicy, connect
+from tests.conftest import _fresh_vm, lab_connection, serve
+from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import get_vm
@@ -96,14 +96,7 @@ class LabDisk:
 def lab_disk(lab: Any) -> Iterator[LabDisk]:
     """One disk of a VM no other test touches, for every HTTP case of this module."""
     name = _fresh_vm()
-    with connect(
-        lab.host,
-        lab.user,
-        lab.password,
-        port=lab.port,
-        ca_file=lab.ca_file,
-        retry=RetryPolicy(sleep=lambda _: None),
-    ) as conn:
+    with lab_connection(lab) as conn:
         disk = get_vm(conn, name).disks[0]
         local = labutil.local_extent(lab, disk.file_name)
         yield LabDisk(conn, disk.file_name, disk.capacity, local, lab.datacenter)
