@@ -56,6 +56,11 @@ def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ["JUPYTER_PATH"] = saved
 
 
+def read(path: Path) -> Any:
+    """The notebook at `path`, in format version 4 (nbformat is untyped)."""
+    return nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat has no annotations
+
+
 def outputs(notebook: Any) -> list[dict[str, Any]]:
     return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
 
@@ -66,7 +71,7 @@ def test_there_are_notebooks_to_run() -> None:
 
 def test_the_committed_notebooks_hold_no_outputs() -> None:
     for path in NOTEBOOKS:
-        notebook = nbformat.read(path, as_version=4)
+        notebook = read(path)
         for cell in notebook.cells:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
@@ -76,7 +81,7 @@ def test_the_committed_notebooks_hold_no_outputs() -> None:
 def test_the_notebook_runs_and_shows_reprs_plots_and_progress(
     path: Path, kernel_spec: str, tmp_path: Path
 ) -> None:
-    notebook = nbformat.read(path, as_version=4)
+    notebook = read(path)
     client = NotebookClient(
         notebook,
         kernel_name=kernel_spec,
