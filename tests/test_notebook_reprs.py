@@ -442,3 +442,16 @@ def test_progress_restarts_for_each_pass_and_reads_percentages() -> None:
         for percent in (0, 40, 100):
             clone.percent(percent)
         assert (clone.bar.n, clone.bar.total, clone.bar.unit) == (100, 100, "%")
+
+
+def test_in_ipython_a_returned_figure_shows_as_a_png_without_matplotlib_inline() -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        figure = plot_bytes_per_cycle([point(1)])
+        assert shell.display_formatter is not None
+        data, _ = shell.display_formatter.format(figure)  # type: ignore[no-untyped-call]  # IPython: untyped
+        assert data["image/png"][:4] in (b"\x89PNG", "iVBO")  # bytes, or base64 text of them
+    finally:
+        InteractiveShell.clear_instance()

@@ -9,14 +9,17 @@ bar's `percent` method. tqdm is a base dependency; the widget needs ipywidgets (
 
 `plot_rpo()` and `plot_bytes_per_cycle()` draw with matplotlib and answer a
 `matplotlib.figure.Figure` (no pyplot state, so they are safe in scripts and
-threads; Jupyter shows a returned Figure as a PNG). They need the `notebook`
-extra: `pip install 'vsphere-replicator[notebook]'`; without it they raise
+threads); in IPython and Jupyter a returned Figure shows as a PNG, with or
+without `%matplotlib inline`. They need the `notebook` extra:
+`pip install 'vsphere-replicator[notebook]'`; without it they raise
 MissingExtra naming it. `rpo_series()` is the data behind the RPO plot, with
 no dependency.
 """
 
 from __future__ import annotations
 
+import io
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,8 +185,32 @@ def rpo_series(
     return tuple(samples)
 
 
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _shown_in_ipython(figure_class: type) -> None:
+    """Have IPython show a returned Figure as a PNG, as `%matplotlib inline` would (if nothing else does).
+
+    Without pyplot no backend registers a formatter, and a notebook would print
+    "<Figure size 700x320 with 1 Axes>" instead of the plot.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        formatter.lookup_by_type(figure_class)
+    except KeyError:
+        formatter.for_type(figure_class, _png)
+
+
 def _figure(feature: str) -> FigureLike:
     figure_module = optional("matplotlib.figure", feature)
+    _shown_in_ipython(figure_module.Figure)
     figure: FigureLike = figure_module.Figure(figsize=(7, 3.2), layout="constrained")
     return figure
 
