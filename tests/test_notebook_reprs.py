@@ -24,8 +24,10 @@ from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo
 from vsphere_replicator.lab.process import LabInfo
 from vsphere_replicator.networks import NicChange
 from vsphere_replicator.notebook import RPOSample, plot_bytes_per_cycle, plot_rpo, progress, rpo_series
+from vsphere_replicator.policies.base import Selection
 from vsphere_replicator.policies.runner import RunRecord, RunRecords
 from vsphere_replicator.replication.failover import FailoverResult
+from vsphere_replicator.replication.protection import SettingsChange, UnprotectResult
 from vsphere_replicator.replication.restore_points import DiskCheck, RestorePointCheck
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
 from vsphere_replicator.replication.state import (
@@ -200,6 +202,11 @@ def everything(name: str) -> list[Any]:
             state_dir="/tmp/lab",
         ),
         ConnectionSettings(host=name, user=name, password="hunter2-secret"),
+        Selection(names=(name,), tags=(f"{name}:{name}",)),
+        UnprotectResult(vm=name, replica=f"{name}-replica", deleted=True, snapshots_removed=2),
+        SettingsChange(
+            vm=name, replica=name, before=CycleSettings(), after=CycleSettings(keep=3), changed=("keep",)
+        ),
         SessionSummary(
             host=name,
             port=443,
