@@ -25,6 +25,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from vsphere_replicator.lab import ensure_lab_binary
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "examples" / "notebooks").glob("*.ipynb"))
 REPLICA = "lab-vm-0001-replica"  # both notebooks protect lab-vm-0001 of their own lab
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -37,7 +39,11 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A kernel spec that runs ipykernel on this very interpreter (the venv's), found through JUPYTER_PATH."""
+    """A kernel spec that runs ipykernel on this very interpreter (the venv's), found through JUPYTER_PATH.
+
+    The lab is built here first, so the notebooks' `start_lab` cells never wait for a Go build.
+    """
+    ensure_lab_binary()
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
