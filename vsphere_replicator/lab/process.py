@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vsphere_replicator.checks import check_int
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, LabError
 from vsphere_replicator.lab.build import ensure_lab_binary
 
@@ -122,7 +123,7 @@ def check_datastore_options(
 
 
 @dataclass(frozen=True, slots=True)
-class LabInfo:
+class LabInfo(Shown):
     """How to reach a running lab. `password` stays out of repr."""
 
     url: str
