@@ -37,7 +37,14 @@ DISK_SIZE = 32 * MIB
 
 @pytest.fixture(scope="module")
 def redo_lab() -> Iterator[LabInfo]:
-    with running_lab(vms=8, disks_per_vm=2, disk_size=DISK_SIZE, cbt_window=4 * MIB, redo_logs=True) as info:
+    with running_lab(
+        vms=8,
+        disks_per_vm=2,
+        disk_size=DISK_SIZE,
+        cbt_window=4 * MIB,
+        redo_logs=True,
+        datastore_kinds={"vsan-ds": "vsan"},
+    ) as info:
         yield info
 
 
@@ -207,9 +214,17 @@ def test_http_and_mounts_refuse_a_redo_log_and_name_vddk(redo_lab: LabInfo, redo
             remove_snapshot(redo_conn, get_vm(redo_conn, "lab-vm-0005"), snap)
 
 
-def test_the_hard_edges_through_vddk_on_redo_logs(
+def test_the_hard_edges_through_vddk_on_redo_logs_with_a_disk_on_vsan(
     redo_lab: LabInfo, redo_si: Any, redo_control: LabControl, tmp_path: Path
 ) -> None:
+    """The issue's whole scenario: a running VM with one disk on a vSAN-like datastore, no mount."""
+    vm = labutil.find_vm(redo_si, "lab-vm-0006")
+    vsan = next(ds for ds in vm.runtime.host.datastore if ds.name == "vsan-ds")
+    second = labutil.disks(vm)[1]
+    spec = vim.vm.RelocateSpec(disk=[vim.vm.RelocateSpec.DiskLocator(diskId=second.key, datastore=vsan)])
+    labutil.wait(vm.RelocateVM_Task(spec=spec))
+    assert [d.backing.fileName.split("]")[0] for d in labutil.disks(vm)] == ["[primary-ds", "[vsan-ds"]
+    assert vm.runtime.powerState == "poweredOn"
     hard_edges_through_vddk(redo_lab, redo_si, redo_control, "lab-vm-0006", tmp_path)
     replica = find(redo_si, "lab-vm-0006-replica")
     assert labutil.disks(replica)[0].backing.deltaDiskFormat == "redoLogFormat"  # restore points as redo logs
