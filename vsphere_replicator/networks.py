@@ -89,6 +89,18 @@ def _backing(conn: Connection, network: _Network) -> vim.vm.device.VirtualDevice
     )
 
 
+def nic_backings(
+    conn: Connection, names: Iterable[str]
+) -> dict[str, vim.vm.device.VirtualDevice.BackingInfo]:
+    """A NIC backing for each port group named, for a VM being created; NotFound naming any missing."""
+    wanted = list(dict.fromkeys(names))
+    networks = _networks(conn)
+    missing = [n for n in wanted if n not in networks]
+    if missing:
+        raise NotFound(f"no port group named {', '.join(repr(m) for m in missing)}")
+    return {name: _backing(conn, networks[name]) for name in wanted}
+
+
 def _current_network(nic: Any, networks: Mapping[str, _Network]) -> str:
     backing = nic.backing
     if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):

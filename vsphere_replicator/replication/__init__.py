@@ -11,6 +11,7 @@ from vsphere_replicator.replication.access import (
 from vsphere_replicator.replication.cycle import replicate
 from vsphere_replicator.replication.seed import protect
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.sites import Sites
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ReplicaState",
     "ReplicaTarget",
     "RestorePoint",
+    "Sites",
     "StateError",
     "VDDKDisks",
     "VerificationFailed",

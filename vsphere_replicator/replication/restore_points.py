@@ -11,7 +11,7 @@ from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, StateError
 from vsphere_replicator.inventory import VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.replication.access import DiskAccess
-from vsphere_replicator.replication.replica import require_replica
+from vsphere_replicator.replication.replica import replica_of, require_replica
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint, RestorePoints
 from vsphere_replicator.verify import checksum
 
@@ -39,10 +39,27 @@ class RestorePointCheck(Shown):
 
 
 def replica_state(conn: Connection, vm: VMRef) -> ReplicaState:
-    source = resolve_vm(conn, vm)
-    replica = require_replica(conn, source)
+    """The state of `vm`'s replica on `conn`'s vCenter.
+
+    A VM named that is not in this vCenter is looked up by the name its
+    replica's state records: on the recovery site, whose vCenter never had
+    the source, or after the source site is lost.
+    """
+    try:
+        source = resolve_vm(conn, vm)
+    except NotFound as missing:
+        if not isinstance(vm, str):
+            raise
+        try:
+            replica = replica_of(conn, vm, promoted=None)
+        except NotFound:
+            raise missing from None  # no such VM, and no replica of one by that name either
+        name = vm
+    else:
+        replica = require_replica(conn, source)
+        name = source.name
     if replica.state is None:
-        raise StateError(f"protecting {source.name} is unfinished: run protect again", vm=source.name)
+        raise StateError(f"protecting {name} is unfinished: run protect again", vm=name)
     return replica.state
 
 
