@@ -13,7 +13,7 @@ description:
   - Running it again after an interruption carries on; a VM that is not failed over is not C(changed).
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   vm:
     description: The original VM, by name or managed object id (C(vm-42)).

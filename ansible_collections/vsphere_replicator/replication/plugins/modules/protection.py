@@ -18,7 +18,7 @@ description:
     point, or deleted with O(delete_replica=true).
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   vm:
     description: The protected VM, by name or managed object id (C(vm-42)).

@@ -13,7 +13,7 @@ description:
     and that point's age against the target RPO. Changes nothing.
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   vm:
     description:
@@ -34,6 +34,7 @@ attributes:
     description: The module only reads.
   diff_mode:
     support: none
+    description: The module only reads, so there is nothing to show.
 """
 
 EXAMPLES = r"""

@@ -14,7 +14,7 @@ description:
     the newest one the cycle only confirms it, and the task is not C(changed).
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   vm:
     description: The protected VM, by name or managed object id (C(vm-42)).
@@ -26,10 +26,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: partial
-    description:
-      - Nothing is changed and nothing is read from the disks. Whether the source changed since the newest
-        restore point is known only from the cycle's own snapshot, which check mode does not take, so
-        RV(ignore:changed) is C(true) whenever the VM is protected and replicating.
+    description: Nothing is changed and nothing is read from the disks.
+    details:
+      - Whether the source changed since the newest restore point is known only from the cycle's own
+        snapshot, which check mode does not take, so RV(ignore:changed) is C(true) whenever the VM is
+        protected and replicating.
   diff_mode:
     support: full
     description: The newest restore point before and after the cycle.

@@ -12,7 +12,7 @@ description:
     Changes nothing.
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   vm:
     description: The protected VM, by name or managed object id (C(vm-42)).
@@ -27,6 +27,7 @@ attributes:
     description: The module only reads.
   diff_mode:
     support: none
+    description: The module only reads, so there is nothing to show.
 seealso:
   - module: vsphere_replicator.replication.failover
 """

@@ -14,7 +14,7 @@ description:
   - In check mode it is a dry run listing what would go.
 version_added: 0.1.0
 author:
-  - vsphere_replicator contributors
+  - vsphere_replicator contributors (!UNKNOWN)
 options:
   older_than:
     description: Only snapshots older than this (C(90s), C(15m), C(1h), C(7d); C(0s) for any age).
@@ -101,8 +101,7 @@ def main() -> None:
 
     def act(conn: Any) -> dict[str, Any]:
         any_age = module.params["older_than"].strip() in _ANY_AGE
-        older_than = timedelta(0) if any_age else duration(module, "older_than")
-        assert older_than is not None
+        older_than = timedelta(0) if any_age else (duration(module, "older_than") or timedelta(0))
         vm = module.params["vm"]
         selector = VMSelector(name=vm) if vm else None
         swept = sweep_snapshots(conn, older_than=older_than, dry_run=module.check_mode, selector=selector)
