@@ -10,6 +10,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import vm_object
 from vsphere_replicator.logs import get_logger
@@ -17,7 +18,7 @@ from vsphere_replicator.tasks import reconfigure_vm
 
 
 @dataclass(frozen=True, slots=True)
-class NicChange:
+class NicChange(Shown):
     """One NIC moved from one port group to another."""
 
     label: str

@@ -68,6 +68,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         dc_folder=args.dc_folder,
         lock_running_disks=args.lock_running_disks,
+        redo_logs=args.redo_logs,
         datastore_kinds=dict(args.datastore_kind),
         star_answers=dict(args.star_answer),
     )
@@ -214,6 +215,11 @@ def add_commands(commands: Commands) -> None:
         "--lock-running-disks",
         action="store_true",
         help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does",
+    )
+    up.add_argument(
+        "--redo-logs",
+        action="store_true",
+        help="snapshot layers are vmfsSparse redo logs (-delta.vmdk), as on ESXi: only VDDK reads them",
     )
     up.add_argument(
         "--datastore-kind",

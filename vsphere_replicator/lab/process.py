@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vsphere_replicator.checks import check_int
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, LabError
 from vsphere_replicator.lab.build import ensure_lab_binary
 
@@ -122,7 +123,7 @@ def check_datastore_options(
 
 
 @dataclass(frozen=True, slots=True)
-class LabInfo:
+class LabInfo(Shown):
     """How to reach a running lab. `password` stays out of repr."""
 
     url: str
@@ -201,6 +202,7 @@ def start_lab(
     latency_ms: int = 0,
     dc_folder: str | None = None,
     lock_running_disks: bool = False,
+    redo_logs: bool = False,
     datastore_kinds: Mapping[str, str] | None = None,
     star_answers: Mapping[str, str] | None = None,
     timeout: float = 120.0,
@@ -213,6 +215,9 @@ def start_lab(
     `dcPath` of `/folder` and `LabInfo.datacenter`, becomes "Sites/DC0").
     `lock_running_disks` makes `/folder` refuse a powered-on VM's current
     disk layer with 500, as vCenter does (off by default: docs/lab.md).
+    `redo_logs` makes each snapshot's layers vmfsSparse redo logs over COWD
+    `-delta.vmdk` extents, as ESXi writes them on VMFS, instead of full flat
+    images: only VDDK (the stand-in) reads and writes them through the chain.
     `datastore_kinds` gives datastores a kind other than "vmfs" ("nfs",
     "vsan"); a name other than primary-ds and secondary-ds adds a datastore
     ({"vsan-ds": "vsan"}). `star_answers` overrides what
@@ -222,8 +227,9 @@ def start_lab(
     """
     check_dc_folder(dc_folder)
     kinds, star = check_datastore_options(datastore_kinds, star_answers)
-    if not isinstance(lock_running_disks, bool):
-        raise InvalidInput(f"lock_running_disks must be True or False, not {lock_running_disks!r}")
+    for name, flag in (("lock_running_disks", lock_running_disks), ("redo_logs", redo_logs)):
+        if not isinstance(flag, bool):
+            raise InvalidInput(f"{name} must be True or False, not {flag!r}")
     check_lab_options(
         vms=vms,
         disks_per_vm=disks_per_vm,
@@ -267,6 +273,8 @@ def start_lab(
         args += ["-dc-folder", dc_folder]
     if lock_running_disks:
         args.append("-lock-running-disks")
+    if redo_logs:
+        args.append("-redo-logs")
     for name, kind in sorted(kinds.items()):
         args += ["-datastore-kind", f"{name}={kind}"]
     for name, answer in sorted(star.items()):

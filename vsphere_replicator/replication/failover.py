@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
 from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
 from vsphere_replicator.logs import get_logger
@@ -60,7 +61,7 @@ from vsphere_replicator.tasks import run_task
 
 
 @dataclass(frozen=True, slots=True)
-class FailoverResult:
+class FailoverResult(Shown):
     """Which VM now runs, at which restore point, and what it took."""
 
     vm: str

@@ -16,6 +16,7 @@ from typing import Any
 
 from vsphere_replicator.clone import destroy_vm
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, StateError
 from vsphere_replicator.inventory import VMSelector, find_vms
 from vsphere_replicator.logs import get_logger
@@ -39,7 +40,7 @@ from vsphere_replicator.snapshots import find_snapshot
 
 
 @dataclass(frozen=True, slots=True)
-class SettingsChange:
+class SettingsChange(Shown):
     """A protection's recorded settings before and after a change, and which ones changed."""
 
     vm: str
@@ -115,7 +116,7 @@ def _settings_change(
 
 
 @dataclass(frozen=True, slots=True)
-class UnprotectResult:
+class UnprotectResult(Shown):
     """What ending a protection did to the replica."""
 
     vm: str

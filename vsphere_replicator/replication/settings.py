@@ -24,6 +24,7 @@ from vsphere_replicator.checks import (
     shown,
 )
 from vsphere_replicator.clone import ClonePlacement
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import PROVISIONING, Provisioning
 
@@ -40,7 +41,7 @@ _DISK_ACCESS = ("check", "source", "sink")
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaTarget:
+class ReplicaTarget(Shown):
     """Where a protected VM's replica lives on the secondary site.
 
     `networks` maps a source port group to the port group the replica's
@@ -87,7 +88,7 @@ class ReplicaTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class CycleSettings:
+class CycleSettings(Shown):
     """How one replication cycle runs and what it keeps.
 
     `keep` and `max_age` prune restore points (the newest always stays);
@@ -130,7 +131,7 @@ def apply_overrides(settings: CycleSettings, overrides: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
-class CycleResult:
+class CycleResult(Shown):
     """What one cycle did: the restore point it made (or confirmed) and the bytes behind it."""
 
     vm: str

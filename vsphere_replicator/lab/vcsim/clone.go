@@ -127,7 +127,7 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 			nb.FileName = (&object.DatastorePath{Datastore: ds, Path: path.Join(req.Name, name)}).String()
 			dst, err := resolveLayer(nb.FileName)
 			if err == nil {
-				err = copySparse(src.extent, dst.extent, d.CapacityInBytes)
+				err = flattenChain(src.datastorePath, dst.extent, d.CapacityInBytes)
 			}
 			if err == nil {
 				copied = append(copied, nb.FileName)

@@ -47,6 +47,9 @@ type config struct {
 	// lockRunningDisks refuses /folder reads of a powered-on VM's current
 	// disk layer, as the host holding its lock makes vCenter do (folder.go).
 	lockRunningDisks bool
+	// redoLogs makes snapshot layers redo logs (vmfsSparse over COWD
+	// extents, redolog.go) instead of full flat images.
+	redoLogs bool
 	// datastoreKinds is each datastore's kind (vmfs, nfs, vsan) when not
 	// vmfs; a name beyond primary-ds and secondary-ds adds a datastore.
 	datastoreKinds nameValues
@@ -84,6 +87,7 @@ func parseFlags() config {
 	flag.DurationVar(&c.latency, "latency", 0, "added to every SOAP call, as a WAN link and a busy vCenter would (e.g. 5ms)")
 	flag.StringVar(&c.dcFolder, "dc-folder", "", "put the datacenter inside this folder path (e.g. Sites): its dcPath becomes Sites/DC0")
 	flag.BoolVar(&c.lockRunningDisks, "lock-running-disks", false, "refuse /folder reads of a powered-on VM's current disk layer with 500, as vCenter does")
+	flag.BoolVar(&c.redoLogs, "redo-logs", false, "make snapshot layers vmfsSparse redo logs, as ESXi does, instead of full flat images")
 	flag.Var(&c.datastoreKinds, "datastore-kind", "NAME=vmfs|nfs|vsan, repeatable: a datastore's kind; a new NAME adds a datastore")
 	flag.Var(&c.starAnswers, "star-answer", "NAME=allocated|whole|fault, repeatable: what QueryChangedDiskAreas(changeId=\"*\") answers for disks on NAME")
 	flag.Parse()

@@ -270,6 +270,9 @@ func moveLayer(from, to string) error {
 	if err != nil {
 		return err
 	}
+	if src.sparse {
+		dst = redoLogLayer(to)
+	}
 	if err := os.MkdirAll(filepath.Dir(dst.descriptor), 0o755); err != nil {
 		return err
 	}

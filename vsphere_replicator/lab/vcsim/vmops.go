@@ -105,7 +105,7 @@ func (l *lab) queryLocked(vm *simulator.VirtualMachine, req *types.QueryChangedD
 		if err != nil {
 			return nil, newFault(&types.FileFault{File: file}, "%v", err)
 		}
-		segs, err := dataSegments(layer.extent, req.StartOffset, end)
+		segs, err := layerAllocated(layer, req.StartOffset, end)
 		if err != nil {
 			return nil, newFault(&types.FileFault{File: file}, "Error caused by file %s: %v", file, err)
 		}
@@ -448,15 +448,13 @@ func (l *lab) guestWrite(vmName string, index int, offset int64, data []byte) (m
 			err = lerr
 			return
 		}
-		f, oerr := os.OpenFile(layer.extent, os.O_WRONLY, 0)
+		chain, oerr := openChain(layer.datastorePath, true)
 		if oerr != nil {
 			err = oerr
 			return
 		}
-		_, err = f.WriteAt(data, offset)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+		err = chain.WriteAt(data, offset)
+		chain.Close()
 		if err != nil {
 			return
 		}
@@ -506,4 +504,18 @@ func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error)
 		publishVM(vm)
 	})
 	return map[string]interface{}{"vm": name, "disks": out}, err
+}
+
+// layerAllocated lists the allocated byte ranges of a layer within [from, to):
+// a flat layer's own, or for a redo log those of its whole chain.
+func layerAllocated(layer layerFile, from, to int64) ([][2]int64, error) {
+	if !layer.sparse {
+		return dataSegments(layer.extent, from, to)
+	}
+	chain, err := openChain(layer.datastorePath, false)
+	if err != nil {
+		return nil, err
+	}
+	defer chain.Close()
+	return chain.allocated(from, to)
 }
