@@ -54,6 +54,7 @@ def _ansible_env(home: Path, collections: Path) -> dict[str, str]:
         ANSIBLE_HOME=str(home),
         ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
         ANSIBLE_NOCOLOR="1",
+        ANSIBLE_PIPELINING="1",  # localhost: the module goes to the interpreter on stdin, no temp files
         ANSIBLE_RETRY_FILES_ENABLED="0",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
