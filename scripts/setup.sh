@@ -23,4 +23,4 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,dev,notebook]'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,dev,notebook,ansible]'

@@ -161,6 +161,36 @@ def _test_copy(conn: Connection, state: ReplicaState, point: RestorePoint) -> VM
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class FailoverCopy:
+    """A test-failover copy of a protected VM: its name, the restore point it was made of, whether it runs."""
+
+    name: str
+    restore_point: str
+    running: bool
+
+
+def failover_test_copies(conn: Connection, vm: str) -> tuple[FailoverCopy, ...]:
+    """The test-failover copies of `vm` that exist now; nothing is changed.
+
+    What `cleanup_test_failover` would remove, and whether `start_test_failover`
+    has anything left to do (Ansible's check mode asks it).
+    """
+    replica = replica_of(conn, vm, promoted=None)
+    assert replica.state is not None
+    found = []
+    for moref, stamp in _test_copies(conn, replica.state):
+        copy = get_vm(conn, VMSelector(moref=moref))
+        found.append(
+            FailoverCopy(
+                name=copy.name,
+                restore_point=stamp.get("restore_point", ""),
+                running=copy.power_state == "poweredOn",
+            )
+        )
+    return tuple(found)
+
+
 def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
     """Power off and delete every test-failover copy of `vm`; returns their names."""
     replica = replica_of(conn, vm, promoted=None)

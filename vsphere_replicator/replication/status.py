@@ -10,7 +10,7 @@ from typing import ClassVar
 from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.display import Shown, ShownRows
-from vsphere_replicator.inventory import VMSelector, find_vms
+from vsphere_replicator.inventory import VMRef, VMSelector, find_vms, resolve_vm
 from vsphere_replicator.replication.lease import is_live
 from vsphere_replicator.replication.replica import Replica, all_replicas
 
@@ -200,3 +200,29 @@ def protection_status(
                 names[replica.source_uuid] = found_vms[0].name
     found = [_status(r, moment, target_rpo, _busy(r, moment), names) for r in replicas]
     return StatusList(sorted(found, key=lambda s: (s.vm, s.replica)))
+
+
+def protection_of(conn: Connection, vm: VMRef, *, now: datetime | None = None) -> ProtectionStatus | None:
+    """The protection of one VM, or None when that VM exists and nothing protects it.
+
+    `vm` is matched against the name each replica's state records first, so a
+    source that is gone (failed over for good) is still found; otherwise it
+    is looked up in vCenter (NotFound when no VM is called that) and matched
+    by its name. A VM failed over to its replica answers state "failed over".
+    This is what an idempotent caller asks before protecting, unprotecting,
+    failing over or back: it changes nothing.
+    """
+    found = protection_status(conn, now=now)
+    if isinstance(vm, str):
+        named = [s for s in found if s.vm == vm]
+        if named:
+            return _one(named)
+    name = resolve_vm(conn, vm).name
+    return _one([s for s in found if s.vm == name])
+
+
+def _one(found: list[ProtectionStatus]) -> ProtectionStatus | None:
+    """A failed-over replica counts before one still seeding: it is the protection in force."""
+    if not found:
+        return None
+    return sorted(found, key=lambda s: (s.state != FAILED_OVER, s.state == "seeding"))[0]
