@@ -33,6 +33,7 @@ from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab, 
 from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, protect, replicate
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
+    planned_failover,
     start_test_failover,
     unplanned_failover,
 )
@@ -126,3 +127,25 @@ def test_a_seed_into_another_vcenter_needs_a_data_path_and_its_port_groups(site_
             assert snapshots(find(si_a, "lab-vm-0002")) == []  # refused before anything changed
         finally:
             labutil.disconnect(si_a)
+
+
+def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabInfo, tmp_path: Path) -> None:
+    """Sync on site A, power the source off there, sync what is left, bring the replica up on site B."""
+    vm = "lab-vm-0002"
+    with running_lab(vms=2, disks_per_vm=2, disk_size=32 * MIB) as site_a:
+        si_a, si_b = labutil.connect(site_a), labutil.connect(site_b)
+        try:
+            with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
+                sites = Sites(source=conn_a, target=conn_b)
+                reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+                protect(sites, vm, TARGET, replica_access=writer, source_access=reader)
+                LabControl(site_a).write_random(vm, offset=5 * MIB, length=600_000, seed=9, disk=1)
+                result = planned_failover(sites, vm, replica_access=writer, source_access=reader)
+            source, running = find(si_a, vm), find(si_b, result.running)
+            assert source.runtime.powerState == "poweredOff" and running.runtime.powerState == "poweredOn"
+            assert result.final_cycle is not None  # the sync after the source stopped ran, on site A's data
+            assert chain_hashes(site_b, running) == chain_hashes(site_a, source)
+            assert nic_networks(running) == ["DR Network"] and our_source_snapshots(source) == []
+        finally:
+            labutil.disconnect(si_a)
+            labutil.disconnect(si_b)

@@ -54,6 +54,7 @@ from vsphere_replicator.replication.replica import (
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
 from vsphere_replicator.replication.settings import CycleResult
+from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint
 from vsphere_replicator.replication.store import TEST_KEY, cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
@@ -207,7 +208,7 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
 
 
 def planned_failover(
-    conn: Connection,
+    conn: Connection | Sites,
     vm: str,
     *,
     replica_access: DiskAccess,
@@ -218,27 +219,34 @@ def planned_failover(
 
     Running it again after an interruption continues where it stopped.
     `on_progress(done, total)` follows the bytes of each of the two syncs.
+    With `Sites`, the source is synced and powered off on its vCenter and
+    the replica brought up on the target's.
     """
     check_callable(on_progress, "on_progress", optional=True)
-    found = replica_of(conn, vm, promoted=None)
-    with Lease(conn, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, _settled(conn, lease, found), on_progress=on_progress)
+    sites = sites_of(conn)
+    found = replica_of(sites.target, vm, promoted=None)
+    with Lease(sites.target, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
+        settled = _settled(sites.target, lease, found)
+        run = _Failover(sites.target, lease, settled, on_progress=on_progress, source_conn=sites.source)
         if run.state.promoted:
             return run.already("planned")
         return run.planned(replica_access, source_access)
 
 
 def unplanned_failover(
-    conn: Connection, vm: str, *, restore_point: str | None = None, force: bool = False
+    conn: Connection | Sites, vm: str, *, restore_point: str | None = None, force: bool = False
 ) -> FailoverResult:
     """Bring the replica up at `restore_point` (default: the latest), without touching the source.
 
-    Refused while the source runs in this vCenter (two copies of production
-    would run at once) unless `force`.
+    Refused while the source runs (two copies of production would run at
+    once) unless `force`: in this vCenter, or with `Sites` in the source's.
+    Given the target site's connection alone, the source is not looked for:
+    that is the disaster case, the source site is gone.
     """
-    found = replica_of(conn, vm, promoted=None)
-    with Lease(conn, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, _settled(conn, lease, found))
+    sites = sites_of(conn)
+    found = replica_of(sites.target, vm, promoted=None)
+    with Lease(sites.target, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
+        run = _Failover(sites.target, lease, _settled(sites.target, lease, found), source_conn=sites.source)
         if run.state.promoted:
             return run.already("unplanned")
         return run.unplanned(restore_point, force=force)
@@ -261,9 +269,11 @@ class _Failover:
         replica: Replica,
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        source_conn: Connection | None = None,
     ) -> None:
         assert replica.state is not None
-        self.conn = conn
+        self.conn = conn  # the replica's vCenter
+        self.source_conn = source_conn or conn  # the source's
         self.on_progress = on_progress
         self.lease = lease
         self.replica = replica
@@ -326,7 +336,7 @@ class _Failover:
     def planned(self, replica_access: DiskAccess, source_access: DiskAccess | None) -> FailoverResult:
         journal = self._check("planned")
         resumed = journal is not None
-        source = _source_vm(self.conn, self.state)
+        source = _source_vm(self.source_conn, self.state)
         if source is None:
             raise NotFound(
                 f"{self.name} is not in this vCenter: a planned failover needs the source; "
@@ -348,8 +358,8 @@ class _Failover:
                 journal = self._record(journal, phase="source-off")
                 failpoints.point("failover-source-stopping")
             if journal.phase == "source-off":
-                source = get_vm(self.conn, VMSelector(moref=source.moref))
-                _power_off(self.conn, source)
+                source = get_vm(self.source_conn, VMSelector(moref=source.moref))
+                _power_off(self.source_conn, source)
                 failpoints.point("failover-source-off")
                 final = self._cycle(source, replica_access, source_access)
                 journal = self._record(journal, phase="promoting", restore_point=self.state.latest.id)
@@ -365,8 +375,8 @@ class _Failover:
         self, source: VMInfo, replica_access: DiskAccess, source_access: DiskAccess | None
     ) -> CycleResult:
         result = run_cycle(
-            self.conn,
-            get_vm(self.conn, VMSelector(moref=source.moref)),
+            Sites(source=self.source_conn, target=self.conn),
+            get_vm(self.source_conn, VMSelector(moref=source.moref)),
             reread(self.conn, self.replica),
             self.lease,
             replica_access=replica_access,
@@ -386,7 +396,7 @@ class _Failover:
             return  # the replica runs: only going forward is safe; the journal says how
         try:
             if journal.source_was_on:
-                _power_on(self.conn, get_vm(self.conn, VMSelector(moref=source.moref)))
+                _power_on(self.source_conn, get_vm(self.source_conn, VMSelector(moref=source.moref)))
             write_options(self.lease, clear_recovery=True)
         except ReplicatorError as exc:
             self.log.error("failover_not_undone", error=str(exc), phase=journal.phase)
@@ -401,7 +411,7 @@ class _Failover:
         chosen = restore_point or (journal.restore_point if journal else None)
         point = find_restore_point(self.state, chosen)
         find_snapshot(self.replica.vm, moref=point.snapshot)  # it is there before anything changes
-        source = _source_vm(self.conn, self.state)
+        source = _source_vm(self.source_conn, self.state)
         if journal is None and source is not None and source.power_state == "poweredOn" and not force:
             raise InvalidInput(
                 f"{self.name} is running: an unplanned failover would run two copies of it at once; "
