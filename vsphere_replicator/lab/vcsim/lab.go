@@ -42,11 +42,13 @@ type lab struct {
 	sessions     *sessionBook
 	stats        *requestStats
 	pages        *pager
-	versions     *versionClock     // config.changeVersion, lab-wide
-	busy         *busyBook         // VMs a task is running on (vmtasks.go)
-	tools        map[string]string // VMware Tools state per VM moref value, when not "running"
-	dataSessions *sessionRegistry  // disk layers a data-path session holds open (datapath.go)
-	datastores   *datastoreBook    // kinds and changeId="*" answers (datastores.go)
+	versions     *versionClock              // config.changeVersion, lab-wide
+	busy         *busyBook                  // VMs a task is running on (vmtasks.go)
+	tools        map[string]string          // VMware Tools state per VM moref value, when not "running"
+	dataSessions *sessionRegistry           // disk layers a data-path session holds open (datapath.go)
+	datastores   *datastoreBook             // kinds and changeId="*" answers (datastores.go)
+	linked       map[string]map[string]bool // layer -> linked clones reading through it (linked.go)
+	orphans      map[string]bool            // shared layers whose VM is gone (linked.go)
 	started      time.Time
 }
 
@@ -89,6 +91,8 @@ func newLab(cfg config, inproc *vim25.Client) *lab {
 		tools:        make(map[string]string),
 		dataSessions: newSessionRegistry(),
 		datastores:   newDatastoreBook(cfg),
+		linked:       make(map[string]map[string]bool),
+		orphans:      make(map[string]bool),
 	}
 }
 
