@@ -50,6 +50,12 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		return nil, newFault(&types.InvalidArgument{InvalidProperty: "spec.location.diskMoveType"},
 			"a linked clone (createNewChildDiskBacking) of %s needs spec.snapshot", srcName)
 	}
+	if spec.Customization != nil {
+		// Checked against the source's adapters before anything is copied.
+		if _, fault := planCustomization(req.Name, source.GuestId, source.Hardware.Device, spec.Customization); fault != nil {
+			return nil, fault
+		}
+	}
 	if req.Name == "" || len(req.Name) > 80 {
 		return nil, newFault(&types.InvalidName{Name: req.Name}, "invalid VM name %q", req.Name)
 	}
@@ -217,6 +223,15 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		}
 	}
 	clone := object.NewVirtualMachine(l.inproc, ref)
+	if spec.Customization != nil {
+		if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+			var fault *methodFault
+			simulator.Map.WithLock(target, func() { fault = l.setPendingCustomization(target, spec.Customization) })
+			if fault != nil {
+				return nil, fault
+			}
+		}
+	}
 	if spec.Template {
 		if err := clone.MarkAsTemplate(ctx); err != nil {
 			return nil, newFault(&types.SystemError{Reason: err.Error()}, "%v", err)
@@ -228,7 +243,12 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		}
 	}
 	if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
-		simulator.Map.WithLock(target, func() { l.newVMConfig(target) })
+		simulator.Map.WithLock(target, func() {
+			l.newVMConfig(target)
+			if target.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+				l.applyGuest(target) // spec.powerOn: the customization runs now
+			}
+		})
 	}
 	return ref, nil
 }

@@ -49,7 +49,12 @@ type lab struct {
 	datastores   *datastoreBook             // kinds and changeId="*" answers (datastores.go)
 	linked       map[string]map[string]bool // layer -> linked clones reading through it (linked.go)
 	orphans      map[string]bool            // shared layers whose VM is gone (linked.go)
-	started      time.Time
+	// Guest customization (customize.go), by VM moref value: what waits for
+	// the next power-on, what the guest reports since, and the DHCP leases.
+	pendingGuests map[string]*guestIdentity
+	guests        map[string]*guestIdentity
+	dhcpLeases    uint32
+	started       time.Time
 }
 
 type diskID struct {
@@ -74,25 +79,27 @@ type inventory struct {
 
 func newLab(cfg config, inproc *vim25.Client) *lab {
 	return &lab{
-		cfg:          cfg,
-		inproc:       inproc,
-		shutdown:     make(chan struct{}),
-		trackers:     make(map[diskID]*cbtTracker),
-		snapshots:    make(map[string]*snapshotExtra),
-		snapshotSeq:  make(map[string]int32),
-		deltas:       make(map[string]map[string]bool),
-		started:      time.Now(),
-		faults:       newFaultBox(),
-		sessions:     newSessionBook(),
-		stats:        newRequestStats(),
-		pages:        newPager(),
-		versions:     newVersionClock(time.Now),
-		busy:         newBusyBook(),
-		tools:        make(map[string]string),
-		dataSessions: newSessionRegistry(),
-		datastores:   newDatastoreBook(cfg),
-		linked:       make(map[string]map[string]bool),
-		orphans:      make(map[string]bool),
+		cfg:           cfg,
+		inproc:        inproc,
+		shutdown:      make(chan struct{}),
+		trackers:      make(map[diskID]*cbtTracker),
+		snapshots:     make(map[string]*snapshotExtra),
+		snapshotSeq:   make(map[string]int32),
+		deltas:        make(map[string]map[string]bool),
+		started:       time.Now(),
+		faults:        newFaultBox(),
+		sessions:      newSessionBook(),
+		stats:         newRequestStats(),
+		pages:         newPager(),
+		versions:      newVersionClock(time.Now),
+		busy:          newBusyBook(),
+		tools:         make(map[string]string),
+		dataSessions:  newSessionRegistry(),
+		datastores:    newDatastoreBook(cfg),
+		linked:        make(map[string]map[string]bool),
+		orphans:       make(map[string]bool),
+		pendingGuests: make(map[string]*guestIdentity),
+		guests:        make(map[string]*guestIdentity),
 	}
 }
 

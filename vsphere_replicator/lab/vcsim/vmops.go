@@ -351,6 +351,7 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 		publishVM(vm)
 		l.publishTools(vm)
+		l.applyGuest(vm)
 	})
 	return nil, nil
 }
@@ -402,6 +403,8 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 	}
 	delete(l.deltas, vm.Self.Value)
+	delete(l.guests, vm.Self.Value)
+	delete(l.pendingGuests, vm.Self.Value)
 	return nil, nil
 }
 
