@@ -188,25 +188,41 @@ func planCustomization(vmName, guestID string, devices []types.BaseVirtualDevice
 		return nil, customizationFault(&types.NicSettingMismatch{NumberOfNicsInSpec: int32(len(spec.NicSettingMap)), NumberOfNicsInVM: int32(len(cards))},
 			"the specification has %d adapter settings, the VM %d network adapters", len(spec.NicSettingMap), len(cards))
 	}
+	// An entry naming a MAC address customizes that adapter; the others take
+	// the remaining adapters in device order.
+	assigned := make([]*types.VirtualEthernetCard, len(spec.NicSettingMap))
 	used := map[int32]bool{}
 	for i, setting := range spec.NicSettingMap {
+		if setting.MacAddress == "" {
+			continue
+		}
+		for _, c := range cards {
+			if strings.EqualFold(c.MacAddress, setting.MacAddress) {
+				assigned[i] = c
+			}
+		}
+		property := fmt.Sprintf("spec.nicSettingMap[%d].macAddress", i)
+		if assigned[i] == nil {
+			return nil, invalidCustomization(property, "the VM has no network adapter with MAC address %s", setting.MacAddress)
+		}
+		if used[assigned[i].Key] {
+			return nil, invalidCustomization(property, "network adapter %d is customized twice", assigned[i].Key)
+		}
+		used[assigned[i].Key] = true
+	}
+	next := 0
+	for i := range assigned {
+		for assigned[i] == nil {
+			if !used[cards[next].Key] {
+				assigned[i] = cards[next]
+				used[cards[next].Key] = true
+			}
+			next++
+		}
+	}
+	for i, setting := range spec.NicSettingMap {
 		property := fmt.Sprintf("spec.nicSettingMap[%d]", i)
-		card := cards[i]
-		if setting.MacAddress != "" {
-			card = nil
-			for _, c := range cards {
-				if strings.EqualFold(c.MacAddress, setting.MacAddress) {
-					card = c
-				}
-			}
-			if card == nil {
-				return nil, invalidCustomization(property+".macAddress", "the VM has no network adapter with MAC address %s", setting.MacAddress)
-			}
-		}
-		if used[card.Key] {
-			return nil, invalidCustomization(property, "network adapter %d is customized twice", card.Key)
-		}
-		used[card.Key] = true
+		card := assigned[i]
 		adapter := setting.Adapter
 		nic := &guestNIC{dnsDomain: adapter.DnsDomain}
 		switch ip := adapter.Ip.(type) {
