@@ -55,6 +55,8 @@ type config struct {
 	datastoreKinds nameValues
 	// starAnswers overrides a datastore's answer to changeId="*".
 	starAnswers nameValues
+	// site names this lab's inventory after another vCenter's (site.go).
+	site string
 }
 
 // labInfo is what lab.json holds: everything a client needs to connect.
@@ -67,6 +69,8 @@ type labInfo struct {
 	CAFile     string            `json:"ca_file"`
 	Datacenter string            `json:"datacenter"`
 	Datastores map[string]string `json:"datastores"`
+	Site       string            `json:"site"`
+	InstanceID string            `json:"instance_uuid"`
 	PID        int               `json:"pid"`
 	StateDir   string            `json:"state_dir"`
 }
@@ -90,6 +94,7 @@ func parseFlags() config {
 	flag.BoolVar(&c.redoLogs, "redo-logs", false, "make snapshot layers vmfsSparse redo logs, as ESXi does, instead of full flat images")
 	flag.Var(&c.datastoreKinds, "datastore-kind", "NAME=vmfs|nfs|vsan, repeatable: a datastore's kind; a new NAME adds a datastore")
 	flag.Var(&c.starAnswers, "star-answer", "NAME=allocated|whole|fault, repeatable: what QueryChangedDiskAreas(changeId=\"*\") answers for disks on NAME")
+	flag.StringVar(&c.site, "site", "", "name the inventory after this site (another vCenter): DC-B, primary-ds-b, VM Network B, lab-b-vm-0001")
 	flag.Parse()
 	return c
 }
@@ -112,6 +117,8 @@ func validate(c *config) error {
 		return fmt.Errorf("-cbt-block must be a power of two of at least 512")
 	case c.cbtWindow < c.cbtBlock || c.cbtWindow%c.cbtBlock != 0:
 		return fmt.Errorf("-cbt-window must be a positive multiple of -cbt-block")
+	case c.site != "" && !validSite.MatchString(c.site):
+		return fmt.Errorf("-site must be 1 to 16 letters, digits or '-', starting with a letter or digit")
 	case !validFolderPath(c.dcFolder):
 		return fmt.Errorf("-dc-folder must be folder names separated by /, without empty names, %%2f or more than 8 levels")
 	}
@@ -210,6 +217,8 @@ func run(cfg config) error {
 		CAFile:     caFile,
 		Datacenter: inv.datacenter,
 		Datastores: inv.datastores,
+		Site:       cfg.site,
+		InstanceID: inv.instanceUUID,
 		PID:        os.Getpid(),
 		StateDir:   stateDir,
 	}
@@ -244,6 +253,7 @@ func newLabServer(cfg config, tlsConfig *tls.Config) (*lab, *simulator.Server, e
 	model.Datastore = 0
 	model.Machine = 0
 	model.Portgroup = 1
+	model.ServiceContent.About.InstanceUuid = newInstanceUUID()
 	if err := model.Create(); err != nil {
 		return nil, nil, fmt.Errorf("model: %w", err)
 	}

@@ -196,7 +196,7 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 		parentBacking := deepCopy(*b)
 		nb.FileName = deltaPath
 		nb.Parent = &parentBacking
-		nb.DeltaDiskFormat = l.deltaFormat()
+		nb.DeltaDiskFormat = l.deltaFormat(parent)
 		layers = append(layers, newLayer{disk: disk, path: deltaPath, backing: &nb})
 	}
 
@@ -344,6 +344,9 @@ func (l *lab) removeOne(vm *simulator.VirtualMachine, ref types.ManagedObjectRef
 		for c := range children {
 			y = c
 		}
+		if l.shared(x) || l.shared(y) {
+			continue // a linked clone reads through x (linked.go): x stays as it is
+		}
 		if err := l.foldInto(vm, y, x, capacity); err != nil {
 			return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
 		}
@@ -448,6 +451,9 @@ func (l *lab) foldToBase(vm *simulator.VirtualMachine) *methodFault {
 	for _, d := range vmDisks(vm.Config.Hardware.Device) {
 		for b := diskBacking(d); b != nil && b.Parent != nil; b = diskBacking(d) {
 			y, x := b.FileName, b.Parent.FileName
+			if l.shared(x) || l.shared(y) {
+				break // the chain from here down is a linked clone's too (linked.go)
+			}
 			if err := l.foldInto(vm, y, x, d.CapacityInBytes); err != nil {
 				return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
 			}
@@ -483,7 +489,7 @@ func (l *lab) collectGarbage(vm *simulator.VirtualMachine) {
 		used[b.FileName] = true
 	}
 	for path := range l.deltas[vm.Self.Value] {
-		if !used[path] {
+		if !used[path] && !l.shared(path) {
 			removeLayer(path)
 			delete(l.deltas[vm.Self.Value], path)
 		}
@@ -610,7 +616,7 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 					parentBacking := deepCopy(*b)
 					b.FileName = deltaPath
 					b.Parent = &parentBacking
-					b.DeltaDiskFormat = l.deltaFormat()
+					b.DeltaDiskFormat = l.deltaFormat(parent)
 				}
 			}
 			if err != nil {
@@ -674,9 +680,11 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 }
 
 // newDelta creates the layer a snapshot or a revert puts on top of `parent`:
-// a redo log with -redo-logs (as ESXi does), else a full flat copy.
+// a redo log with -redo-logs (as ESXi does), else a full flat copy. Over a
+// redo log (a linked clone's disk) it is always a redo log: a redo log holds
+// only its own grains, so it cannot be copied as a whole image.
 func (l *lab) newDelta(deltaPath string, parent layerFile, capacity int64) error {
-	if l.cfg.redoLogs {
+	if l.cfg.redoLogs || parent.sparse {
 		_, err := newRedoLog(deltaPath, parent, capacity)
 		return err
 	}
@@ -692,10 +700,10 @@ func (l *lab) newDelta(deltaPath string, parent layerFile, capacity int64) error
 	return nil
 }
 
-// deltaFormat is the deltaDiskFormat of a new delta's backing: "redoLogFormat"
-// (vmfsSparse) for a redo log; unset for the lab's full flat copies.
-func (l *lab) deltaFormat() string {
-	if l.cfg.redoLogs {
+// deltaFormat is the deltaDiskFormat of a new delta's backing over `parent`:
+// "redoLogFormat" (vmfsSparse) for a redo log; unset for the lab's full flat copies.
+func (l *lab) deltaFormat(parent layerFile) string {
+	if l.cfg.redoLogs || parent.sparse {
 		return string(types.VirtualDiskDeltaDiskFormatRedoLogFormat)
 	}
 	return ""

@@ -351,6 +351,7 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 		publishVM(vm)
 		l.publishTools(vm)
+		l.applyGuest(vm)
 	})
 	return nil, nil
 }
@@ -376,13 +377,21 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 	if fault := l.lockedLayer(files); fault != nil {
 		return nil, fault
 	}
+	// vcsim deletes the VM's whole home directory: the layers a linked clone
+	// still reads through are set aside and put back (linked.go).
+	restore, err := l.setAsideShared(vm.Self.Value, files)
+	if err != nil {
+		return nil, newFault(&types.FileFault{}, "cannot keep the layers linked clones share: %v", err)
+	}
 	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Destroy(context.Background())
-	if f := waitInproc(t, err); f != nil {
+	f := waitInproc(t, err)
+	if rerr := restore(); rerr != nil && f == nil {
+		f = newFault(&types.FileFault{}, "cannot put back the layers linked clones share: %v", rerr)
+	}
+	if f != nil {
 		return nil, f
 	}
-	for _, f := range files {
-		removeLayer(f)
-	}
+	l.removeFilesOf(vm.Self.Value, files)
 	for id := range l.trackers {
 		if id.vm == vm.Self.Value {
 			delete(l.trackers, id)
@@ -394,6 +403,8 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 	}
 	delete(l.deltas, vm.Self.Value)
+	delete(l.guests, vm.Self.Value)
+	delete(l.pendingGuests, vm.Self.Value)
 	return nil, nil
 }
 
