@@ -43,12 +43,13 @@ pytestmark = pytest.mark.lab
 
 MIB = 1 << 20
 VM = "lab-vm-0003"
-TARGET = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DR Network"),))
+# Site B is another vCenter: its own datacenter, datastores and port groups (lab up --site B).
+TARGET = ReplicaTarget(datastore="secondary-ds-b", networks=(("VM Network", "DR Network B"),))
 
 
 @pytest.fixture(scope="module")
 def site_b() -> Iterator[LabInfo]:
-    with running_lab(vms=1, disks_per_vm=1, disk_size=32 * MIB) as info:
+    with running_lab(site="B", vms=0, disk_size=32 * MIB) as info:
         yield info
 
 
@@ -70,7 +71,7 @@ def test_protect_replicate_then_recover_on_site_b_with_site_a_gone(site_b: LabIn
             seeded = protect(sites, VM, TARGET, replica_access=writer, source_access=reader)
             replica = find(si_b, f"{VM}-replica")
             assert all(vm.name != replica.name for vm in all_vms(si_a))  # nothing of it on site A
-            assert len(labutil.disks(replica)) == 2 and nic_networks(replica) == ["DR Network"]
+            assert len(labutil.disks(replica)) == 2 and nic_networks(replica) == ["DR Network B"]
             assert point_chain_hashes(site_b, replica, seeded.restore_point) == chain_hashes(
                 site_a, find(si_a, VM)
             )
@@ -119,7 +120,7 @@ def test_a_seed_into_another_vcenter_needs_a_data_path_and_its_port_groups(site_
             with pytest.raises(InvalidInput, match="replica_access"):
                 protect(sites, "lab-vm-0002", TARGET)
             writer = vddk(conn_b, tempfile.gettempdir())
-            elsewhere = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "Nowhere"),))
+            elsewhere = ReplicaTarget(datastore="secondary-ds-b", networks=(("VM Network", "Nowhere"),))
             with pytest.raises(InvalidInput, match="Nowhere"):
                 protect(sites, "lab-vm-0002", elsewhere, replica_access=writer)
         si_a = labutil.connect(site_a)
@@ -145,7 +146,7 @@ def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabI
             assert source.runtime.powerState == "poweredOff" and running.runtime.powerState == "poweredOn"
             assert result.final_cycle is not None  # the sync after the source stopped ran, on site A's data
             assert chain_hashes(site_b, running) == chain_hashes(site_a, source)
-            assert nic_networks(running) == ["DR Network"] and our_source_snapshots(source) == []
+            assert nic_networks(running) == ["DR Network B"] and our_source_snapshots(source) == []
         finally:
             labutil.disconnect(si_a)
             labutil.disconnect(si_b)
