@@ -25,7 +25,7 @@ command again continues from it, and `status` names the phase.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -34,9 +34,9 @@ from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
-from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
+from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.networks import NicChange, check_networks, remap_nics
+from vsphere_replicator.networks import NicChange, check_networks, isolate_nics, remap_nics
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.cycle import run_cycle
@@ -53,6 +53,7 @@ from vsphere_replicator.replication.replica import (
     settle_seed,
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
+from vsphere_replicator.replication.retention import test_copies
 from vsphere_replicator.replication.settings import CycleResult
 from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint
@@ -95,14 +96,24 @@ def _power_off(conn: Connection, vm: VMInfo) -> None:
 
 
 def start_test_failover(
-    conn: Connection, vm: str, *, restore_point: str | None = None, name: str = "{vm}-failover-test"
+    conn: Connection,
+    vm: str,
+    *,
+    restore_point: str | None = None,
+    name: str = "{vm}-failover-test",
+    test_networks: Mapping[str, str] | None = None,
 ) -> FailoverResult:
     """Bring up an isolated, running copy of a restore point; replication and source are untouched.
 
-    The copy's NICs move to the target's recovery networks; remove it with
-    `cleanup_test_failover`. Runs under the replica's lease (the restore
-    point cannot be pruned while it is cloned).
+    The copy is a linked clone of the restore point (redo logs over its
+    disks: seconds, and the space the test writes, whatever the disks'
+    size); the restore point is held against pruning while the copy exists.
+    Isolated by default: a NIC goes on the test network `test_networks`
+    maps its port group (or its source's port group) to, and every other
+    NIC is disconnected, so a test never answers on production's networks.
+    Remove it with `cleanup_test_failover`. Runs under the replica's lease.
     """
+    mapping = dict(test_networks or {})
     found = replica_of(conn, vm)
     log = get_logger(vm=vm, operation="test_failover")
     with Lease(conn, found.vm.moref, operation="test failover", vm=found.vm.name) as lease:
@@ -112,7 +123,7 @@ def start_test_failover(
         point = find_restore_point(state, restore_point)
         snapshot = find_snapshot(replica.vm, moref=point.snapshot)
         target = state.target
-        check_networks(conn, (recovery for _, recovery in target.networks))
+        check_networks(conn, mapping.values(), what="--test-network / test_networks")
         copy = _test_copy(conn, state, point)
         made = copy is None
         if copy is None:
@@ -124,12 +135,14 @@ def start_test_failover(
                 target.placement(provisioning=False),
                 snapshot=snapshot,
                 options={**cleared_options(), TEST_KEY: stamp},
+                linked=True,
             )
             failpoints.point("test-copy-made")
         else:
             log.warning("test_copy_resumed", copy=copy.name)
         try:
-            nics = remap_nics(conn, copy.moref, dict(target.networks))
+            sources = {recovery: production for production, recovery in target.networks}
+            nics = isolate_nics(conn, copy.moref, mapping, aliases=sources)
             failpoints.point("test-copy-nics-moved")
             _power_on(conn, get_vm(conn, VMSelector(moref=copy.moref)))
         except Exception:
@@ -143,20 +156,8 @@ def start_test_failover(
     )
 
 
-def _test_copies(conn: Connection, state: ReplicaState) -> list[tuple[str, dict[str, str]]]:
-    found = []
-    for moref, options in vm_options(conn, TEST_KEY).items():
-        try:
-            stamp = json.loads(options[TEST_KEY])
-        except (ValueError, KeyError):
-            continue
-        if isinstance(stamp, dict) and stamp.get("source") == state.source.instance_uuid:
-            found.append((moref, {str(k): str(v) for k, v in stamp.items()}))
-    return found
-
-
 def _test_copy(conn: Connection, state: ReplicaState, point: RestorePoint) -> VMInfo | None:
-    for moref, stamp in _test_copies(conn, state):
+    for moref, stamp in test_copies(conn, state):
         if stamp.get("restore_point") == point.id:
             return get_vm(conn, VMSelector(moref=moref))
     return None
@@ -180,7 +181,7 @@ def failover_test_copies(conn: Connection, vm: str) -> tuple[FailoverCopy, ...]:
     replica = replica_of(conn, vm, promoted=None)
     assert replica.state is not None
     found = []
-    for moref, stamp in _test_copies(conn, replica.state):
+    for moref, stamp in test_copies(conn, replica.state):
         copy = get_vm(conn, VMSelector(moref=moref))
         found.append(
             FailoverCopy(
@@ -197,7 +198,7 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
     replica = replica_of(conn, vm, promoted=None)
     assert replica.state is not None
     removed = []
-    for moref, _ in _test_copies(conn, replica.state):
+    for moref, _ in test_copies(conn, replica.state):
         copy = get_vm(conn, VMSelector(moref=moref))
         destroy_vm(conn, copy)
         removed.append(copy.name)
