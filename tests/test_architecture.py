@@ -42,7 +42,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The building blocks of the brief, and the façade that re-exports some of them.
     (
         "blocks",
-        frozenset({ROOT, "snapshots", "cbt", "clone", "shells", "networks", "tags", "verify", "delta"}),
+        frozenset(
+            {ROOT, "snapshots", "cbt", "clone", "shells", "customize", "networks", "tags", "verify", "delta"}
+        ),
     ),
     # Protect, cycles as transactions, restore points, failover, failback.
     ("replication", frozenset({"replication"})),

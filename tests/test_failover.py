@@ -60,11 +60,12 @@ def nic_connections(vm: Any) -> list[tuple[bool, bool]]:
     """Each NIC's (connected, startConnected), as plain pyVmomi sees it."""
     from pyVmomi import vim
 
-    return [
-        (d.connectable.connected, d.connectable.startConnected)
-        for d in vm.config.hardware.device
-        if isinstance(d, vim.vm.device.VirtualEthernetCard)
-    ]
+    found = []
+    for device in vm.config.hardware.device:
+        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+            connectable: Any = device.connectable
+            found.append((connectable.connected, connectable.startConnected))
+    return found
 
 
 def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_untouched(

@@ -28,6 +28,7 @@ from tests.replication_util import (
     state,
 )
 from tests.test_failover import nic_networks
+from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import ConnectionFailed, InvalidInput
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab, stop_lab, vddk_standin
 from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, protect, replicate
@@ -44,7 +45,15 @@ pytestmark = pytest.mark.lab
 MIB = 1 << 20
 VM = "lab-vm-0003"
 # Site B is another vCenter: its own datacenter, datastores and port groups (lab up --site B).
-TARGET = ReplicaTarget(datastore="secondary-ds-b", networks=(("VM Network", "DR Network B"),))
+RECOVERY_IP = RecoveryIp(nics=(NicAddress.parse("10.20.0.15/24,gateway=10.20.0.1"),), dns=("10.20.0.2",))
+TARGET = ReplicaTarget(
+    datastore="secondary-ds-b", networks=(("VM Network", "DR Network B"),), recovery_ip=RECOVERY_IP
+)
+
+
+def guest_addresses(vm: Any) -> list[str]:
+    """What the guest reports (VMware Tools): its addresses, as plain pyVmomi reads them."""
+    return [a for nic in vm.guest.net or [] for a in nic.ipAddress or []]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +98,8 @@ def test_protect_replicate_then_recover_on_site_b_with_site_a_gone(site_b: LabIn
 
             test = start_test_failover(conn_b, VM)  # on site B, while site A runs
             copy = find(si_b, test.running)
-            assert copy.runtime.powerState == "poweredOn"
+            assert copy.runtime.powerState == "poweredOn" and copy.guest.ipAddress == "10.20.0.15"
+            assert [n.new for n in test.nics] == ["(disconnected)"]  # isolated: no test network mapped
             assert chain_hashes(site_b, copy) == points[test.restore_point]
             assert cleanup_test_failover(conn_b, VM) == (test.running,)
 
@@ -104,6 +114,7 @@ def test_protect_replicate_then_recover_on_site_b_with_site_a_gone(site_b: LabIn
             result = unplanned_failover(conn_b, VM, restore_point=chosen)
         running = find(si_b, result.running)
         assert result.restore_point == chosen and running.runtime.powerState == "poweredOn"
+        assert running.guest.ipAddress == "10.20.0.15" and "10.20.0.15" in guest_addresses(running)
         assert chain_hashes(site_b, running) == points[chosen]
         assert [n.name for n in snapshots(running)] == []  # restore points go once the VM runs
     finally:

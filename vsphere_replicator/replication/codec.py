@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import StateError
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
 from vsphere_replicator.replication.state import (
@@ -74,6 +75,8 @@ for _kind in (
     SeedRecord,
     ReplicaTarget,
     CycleSettings,
+    RecoveryIp,
+    NicAddress,
 ):
     setattr(_kind, "__pydantic_config__", _STRICT)  # noqa: B010 - a class attribute pydantic reads
 

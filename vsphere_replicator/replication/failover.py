@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.customize import customize_ip
 from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
 from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object
@@ -144,6 +145,8 @@ def start_test_failover(
             sources = {recovery: production for production, recovery in target.networks}
             nics = isolate_nics(conn, copy.moref, mapping, aliases=sources)
             failpoints.point("test-copy-nics-moved")
+            if target.recovery_ip is not None and copy.power_state != "poweredOn":
+                customize_ip(conn, copy.moref, target.recovery_ip, host_name=vm)
             _power_on(conn, get_vm(conn, VMSelector(moref=copy.moref)))
         except Exception:
             if made:  # a copy this run made and could not start goes again: nothing is left half-done
@@ -473,6 +476,8 @@ class _Failover:
                 journal = self._record(journal, phase="promoting", restore_point=point.id)
             nics = remap_nics(self.conn, vm.moref, dict(self.state.target.networks))
             failpoints.point("failover-nics-moved")
+            if self.state.target.recovery_ip is not None:  # its addresses on the recovery site
+                customize_ip(self.conn, vm.moref, self.state.target.recovery_ip, host_name=self.name)
             _power_on(self.conn, refresh(self.conn, self.replica))
             failpoints.point("failover-powered-on")
         vm = refresh(self.conn, self.replica)

@@ -24,6 +24,7 @@ from vsphere_replicator.checks import (
     shown,
 )
 from vsphere_replicator.clone import ClonePlacement
+from vsphere_replicator.customize import RecoveryIp
 from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import PROVISIONING, Provisioning
@@ -45,7 +46,8 @@ class ReplicaTarget(Shown):
     """Where a protected VM's replica lives on the secondary site.
 
     `networks` maps a source port group to the port group the replica's
-    NICs move to on failover.
+    NICs move to on failover; `recovery_ip` re-addresses it there (guest
+    customization before it is powered on, in a failover or a test).
     """
 
     datastore: str
@@ -55,6 +57,7 @@ class ReplicaTarget(Shown):
     provisioning: Provisioning = "thin"
     name: str = "{vm}-replica"
     networks: tuple[tuple[str, str], ...] = ()
+    recovery_ip: RecoveryIp | None = None  # the replica's addresses once it runs on the recovery site
 
     def placement(self, *, provisioning: bool = True) -> ClonePlacement:
         """Where a clone for this target goes (a test copy keeps the source's provisioning)."""
@@ -83,6 +86,7 @@ class ReplicaTarget(Shown):
                     f"each network mapping must be a (source, recovery) pair of names, not {shown(pair)}"
                 )
         check_choice(self.provisioning, PROVISIONING, "provisioning")
+        check_type(self.recovery_ip, RecoveryIp, "recovery_ip", optional=True)
         if "{vm}" not in self.name:
             raise InvalidInput(f"replica name template {self.name!r} must contain {{vm}}")
 
