@@ -199,8 +199,15 @@ def run_cycle(
     chunk: int = DEFAULT_CHUNK,
     workers: int = 4,
     within_recovery: bool = False,
+    group: str | None = None,
+    on_snapshot: Callable[[], None] | None = None,
 ) -> CycleResult:
-    """One cycle of `replica`, whose lease the caller holds (replicate, planned failover)."""
+    """One cycle of `replica`, whose lease the caller holds (replicate, planned failover).
+
+    `group` names a consistency group's cycle (its restore point carries
+    it); `on_snapshot` is called once the source snapshot is there, before
+    any byte is copied: a group waits there until all its snapshots are.
+    """
     started = time.monotonic()
     if replica.recovery is not None and not within_recovery:
         raise StateError(
@@ -229,6 +236,7 @@ def run_cycle(
     verifier = verify_access or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
     run = _Cycle(sites, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
     run.verifier = verifier
+    run.group, run.on_snapshot = group, on_snapshot
     try:
         result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
     except ReplicatorError as exc:
@@ -283,6 +291,8 @@ class _Cycle:
         self.throttle = throttle
         self.on_progress = on_progress
         self.log = get_logger(vm=source.name, replica=replica.vm.name, operation="replicate")
+        self.group: str | None = None
+        self.on_snapshot: Callable[[], None] | None = None
 
     # -- the steps ---------------------------------------------------------------
 
@@ -304,8 +314,10 @@ class _Cycle:
             # Every byte is on the replica and the journal holds all the commit needs: the source
             # snapshot (for verify, then removal) may be gone without making the cycle unfinishable.
             snapshot = self._source_snapshot_if_any(journal)
+            self._snapshot_taken()
         else:
             snapshot = self._source_snapshot(journal)
+            self._snapshot_taken()
             if journal.phase == "snapshot":
                 journal, plans = self._plan(journal, snapshot, chunk)
                 if not journal.retired and all(
@@ -336,6 +348,10 @@ class _Cycle:
             seconds=0.0,
         )
 
+    def _snapshot_taken(self) -> None:
+        if self.on_snapshot is not None:
+            self.on_snapshot()
+
     def _begin(self) -> Journal:
         cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         journal = Journal(
@@ -344,6 +360,7 @@ class _Cycle:
             source_snapshot=None,
             started=datetime.now(UTC),
             restore_point=point_id(self.state.next_point),
+            group=self.group,
         )
         write_options(self.lease, journal=journal)
         failpoints.point("journal-begun")

@@ -42,6 +42,34 @@ _DISK_ACCESS = ("check", "source", "sink")
 
 
 @dataclass(frozen=True, slots=True)
+class PlanMembership(Shown):
+    """A protected VM's place in a recovery plan: the plan, its tier, and how the plan recovers.
+
+    Recorded with each replica (on the recovery site), so a plan fails over
+    from the target vCenter alone. Tier 1 comes up first; a tier starts once
+    every VM of the one before runs VMware Tools (`wait="tools"`) or after
+    `delay_seconds` (`wait="delay"`). With `consistency_group` the plan's
+    VMs are replicated together, their snapshots taken in one short window,
+    and a recovery brings every VM up at restore points of one such window.
+    """
+
+    name: str
+    tier: int = 1
+    consistency_group: bool = False
+    wait: Literal["tools", "delay"] = "tools"
+    delay_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_text(self.name, "the recovery plan's name")
+        if not isinstance(self.tier, int) or isinstance(self.tier, bool) or not 1 <= self.tier <= 100:
+            raise InvalidInput(f"a recovery plan's tier is a number from 1 to 100, not {shown(self.tier)}")
+        check_type(self.consistency_group, bool, "consistency_group")
+        check_choice(self.wait, ("tools", "delay"), "wait")
+        if not isinstance(self.delay_seconds, int | float) or not 0 <= self.delay_seconds <= 3600:
+            raise InvalidInput(f"delay_seconds is from 0 to 3600, not {shown(self.delay_seconds)}")
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaTarget(Shown):
     """Where a protected VM's replica lives on the secondary site.
 
@@ -58,6 +86,7 @@ class ReplicaTarget(Shown):
     name: str = "{vm}-replica"
     networks: tuple[tuple[str, str], ...] = ()
     recovery_ip: RecoveryIp | None = None  # the replica's addresses once it runs on the recovery site
+    plan: PlanMembership | None = None  # the recovery plan it fails over with, and in which tier
 
     def placement(self, *, provisioning: bool = True) -> ClonePlacement:
         """Where a clone for this target goes (a test copy keeps the source's provisioning)."""
@@ -87,6 +116,7 @@ class ReplicaTarget(Shown):
                 )
         check_choice(self.provisioning, PROVISIONING, "provisioning")
         check_type(self.recovery_ip, RecoveryIp, "recovery_ip", optional=True)
+        check_type(self.plan, PlanMembership, "plan", optional=True)
         if "{vm}" not in self.name:
             raise InvalidInput(f"replica name template {self.name!r} must contain {{vm}}")
 

@@ -80,6 +80,7 @@ class RestorePoint(Shown):
     digests: tuple[tuple[int, str], ...] = ()  # (replica disk key, BLAKE2b) when verified
     change_ids: tuple[tuple[int, str], ...] = ()  # (source disk key, its change id at this point)
     confirmed: datetime | None = None  # a later cycle found nothing changed: still the source's data then
+    group: str | None = None  # the consistency group's cycle it was taken in, with its plan's other VMs
 
     _shown_columns = ("id", "created", "quiesced", "bytes_moved", "bytes_changed", "verified", "confirmed")
 
@@ -221,6 +222,7 @@ class Journal:
     retired: tuple[int, ...] = field(default=())
     chunk: int | None = None  # the read size the copy plan was cut with; a resume keeps it
     source_created: datetime | None = None  # when the source snapshot was taken: the point's time
+    group: str | None = None  # a consistency group's cycle: its restore point carries it
 
     def with_disk(self, disk: JournalDisk) -> Journal:
         others = tuple(d for d in self.disks if d.source_key != disk.source_key)
@@ -249,6 +251,7 @@ class Journal:
             bytes_changed=sum(d.changed for d in self.disks),
             digests=digests,
             change_ids=tuple((d.source_key, d.change_id) for d in disks),
+            group=self.group,
         )
         return point, disks
 
