@@ -38,6 +38,7 @@ from tests import labutil
 from tests.replication_util import (
     JOURNAL_KEY,
     STATE_KEY,
+    chain_hashes,
     option,
     point_hashes,
     snapshots,
@@ -389,7 +390,7 @@ def test_test_failover_survives(world: World, at: str, fault: str) -> None:
         start_test_failover(world.conn, name)
     copy = world.vm(f"{name}-failover-test")
     assert copy.runtime.powerState == "poweredOn"
-    assert source_hashes(world.lab, copy) == expected_for(world, name)[before[-1]]
+    assert chain_hashes(world.lab, copy) == expected_for(world, name)[before[-1]]
     assert world.vm(name).runtime.powerState == "poweredOn"
     lost = check_protected(world, name, set(before))
     assert cleanup_test_failover(world.conn, name) == (f"{name}-failover-test",)
