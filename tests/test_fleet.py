@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import distributed  # the fleet extra, installed by scripts/setup.sh
 import pytest
 
 from tests.replication_util import (
@@ -35,8 +36,6 @@ from tests.test_replication_crash import cli_env
 from vsphere_replicator.policies import PolicyFile, parse_policy_file
 from vsphere_replicator.policies.fleet import CycleJob, is_dask_executor, run_cycle_job, worker_id
 from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect
-
-distributed = pytest.importorskip("distributed", reason="the fleet extra (dask.distributed) is not installed")
 
 STARTUP = 60.0  # seconds: a bound on every process start and every wait for the cluster
 TARGET = ReplicaTarget(datastore="secondary-ds")
