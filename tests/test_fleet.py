@@ -197,6 +197,39 @@ def test_run_with_scheduler_gives_each_vm_one_restore_point_on_both_workers(
         assert our_source_snapshots(source) == []
 
 
+def test_watch_with_a_scheduler_keeps_scheduling_and_the_status_comes_back(
+    lab: Any, si: Any, control: Any, fresh_vm: Callable[[], str], cluster: Cluster, tmp_path: Path
+) -> None:
+    vm = fresh_vm()
+    control.write_random(vm, offset=8192, length=100_000, seed=77)
+    policy = tmp_path / "continuous.yaml"
+    policy.write_text(
+        f"""version: 1
+protections:
+  - name: near
+    select: {{names: ["{vm}"]}}
+    target: {{datastore: secondary-ds}}
+    policy: continuous
+    settings: {{target_rpo: 1h}}
+"""
+    )
+
+    result = cli(
+        lab, "run", str(policy), "--watch", "--max-cycles", "2", "--json", "--scheduler", cluster.address
+    )
+
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [(r["vm"], r["ok"]) for r in records] == [(vm, True), (vm, True)]
+    assert {r["worker"] for r in records} <= {"a", "b"}
+    assert all("within target RPO 1h" in r["summary"] for r in records), [r["summary"] for r in records]
+    assert "nothing changed" in records[1]["summary"], records[1]["summary"]  # the seed, then a confirm
+    source, replica = find(si, vm), find(si, f"{vm}-replica")
+    assert [p["id"] for p in state(replica)["restore_points"]] == ["rp-000001"]
+    assert_replica_matches(lab, source, replica, "rp-000001")
+    assert our_source_snapshots(source) == []
+
+
 def test_a_worker_killed_mid_cycle_is_replaced_and_the_cycle_resumes_from_its_journal(
     lab: Any, si: Any, control: Any, fresh_vm: Callable[[], str], cluster: Cluster, client: Any
 ) -> None:
