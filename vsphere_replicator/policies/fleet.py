@@ -140,6 +140,9 @@ def dask_executor(address: str, *, timeout: float = 30.0) -> Iterator[Executor]:
 
 _sessions: dict[tuple[str | None, str], tuple[ProfileSession, LiveEngine]] = {}
 _sessions_lock = threading.Lock()
+# A dask Semaphore refreshes its leases on a timer that keeps it alive: made once per process, shared
+# by the job threads (each acquire adds a lease of its own, each release gives one back).
+_semaphores: dict[tuple[str, int], Any] = {}
 
 
 def _engine(profile: str | None, transport: str) -> LiveEngine:
@@ -177,7 +180,10 @@ def _cluster_slots(job: CycleJob) -> Iterator[None]:
         wanted.append((f"{SEMAPHORE_PREFIX}/datastore/{ds}", job.limits.per_datastore))
     with ExitStack() as held:
         for name, leases in wanted:
-            semaphore = Semaphore(max_leases=leases, name=name)
+            with _sessions_lock:  # one object per name and size in this process: each keeps a timer
+                semaphore = _semaphores.get((name, leases))
+                if semaphore is None:
+                    semaphore = _semaphores[name, leases] = Semaphore(max_leases=leases, name=name)
             if not semaphore.acquire(timeout=_SEMAPHORE_TIMEOUT):
                 raise TimeoutError(f"no free slot in {name} after {_SEMAPHORE_TIMEOUT:.0f} s")
             held.callback(semaphore.release)
