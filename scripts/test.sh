@@ -7,6 +7,9 @@ py="${VSPHERE_REPLICATOR_VENV:-.venv}/bin/python"
 "$py" -m ruff check .
 "$py" -m ruff format --check .
 "$py" -m mypy
+# The Ansible collection's own checks: ansible-test sanity and units (the first run installs their
+# requirements, see scripts/ansible-test.sh; later runs reuse them).
+bash scripts/ansible-test.sh
 status=0
 # One process per core, each with its own labs: the suite's time is mostly spent waiting on them.
 "$py" -m pytest -q -n auto "$@" || status=$?

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,45 @@ def find(si: Any, name: str) -> Any:
     hits = [v for v in all_vms(si) if v.name == name]
     assert len(hits) == 1, f"{len(hits)} VMs named {name}"
     return hits[0]
+
+
+def chain_sha(lab: Any, file_name: str) -> str:
+    """sha256 of a disk layer's bytes as its whole backing chain resolves them, read by qemu-img.
+
+    Works on flat layers and on redo logs (vmfsSparse, `lab up --redo-logs`)
+    alike: qemu-img follows parentFileNameHint down to the base disk.
+    """
+    with tempfile.TemporaryDirectory(prefix="vr-chain-") as tmp:
+        raw = Path(tmp) / "disk.raw"
+        descriptor = labutil.local_descriptor(lab, file_name)
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(raw)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return labutil.sha256(raw)
+
+
+def chain_hashes(lab: Any, vm: Any) -> list[str]:
+    """chain_sha of each of a VM's (or a snapshot's) disks, in disk order."""
+    return [chain_sha(lab, d.backing.fileName) for d in by_position(labutil.disks(vm))]
+
+
+def point_chain_hashes(lab: Any, replica: Any, point_id: str) -> list[str]:
+    node = next(n for n in snapshots(replica) if n.name == "vr-" + point_id)
+    return chain_hashes(lab, node.snapshot)
+
+
+def assert_point_matches_chains(lab: Any, source: Any, replica: Any, point_id: str) -> None:
+    """The restore point holds the source's current bytes, both read through their chains by qemu-img."""
+    node = next(n for n in snapshots(replica) if n.name == "vr-" + point_id)
+    ours, theirs = by_position(labutil.disks(source)), by_position(labutil.disks(node.snapshot))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        left = labutil.local_descriptor(lab, a.backing.fileName)
+        right = labutil.local_descriptor(lab, b.backing.fileName)
+        compare = ["qemu-img", "compare", "-q", "-f", "vmdk", "-F", "vmdk", str(left), str(right)]
+        assert subprocess.run(compare, check=False, timeout=120).returncode == 0, (
+            f"{right} differs from {left}"
+        )

@@ -30,8 +30,9 @@ ROOT = "__init__"  # the component of vsphere_replicator/__init__.py itself
 
 # Bottom-up. What each layer is for, and where a new feature goes, is in docs/architecture.md.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    # Values and rules with no I/O: the error tree, argument checks, units, extents.
-    ("foundation", frozenset({"errors", "checks", "units", "extents"})),
+    # Values and rules with no I/O: the error tree, argument checks, units, extents, and how values show
+    # themselves in a notebook (display: pure rendering every layer's dataclasses mix in).
+    ("foundation", frozenset({"errors", "checks", "units", "extents", "display"})),
     # One session with vCenter: TLS, login, retries, fault translation, structured logs.
     ("session", frozenset({"logs", "faults", "retry", "connection"})),
     # Reading the inventory and waiting for tasks.
@@ -41,14 +42,16 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The building blocks of the brief, and the façade that re-exports some of them.
     (
         "blocks",
-        frozenset({ROOT, "snapshots", "cbt", "clone", "networks", "tags", "verify", "delta"}),
+        frozenset(
+            {ROOT, "snapshots", "cbt", "clone", "shells", "customize", "networks", "tags", "verify", "delta"}
+        ),
     ),
     # Protect, cycles as transactions, restore points, failover, failback.
     ("replication", frozenset({"replication"})),
     # Policy plugins, policy files, the runner, and the live engine over `replication`.
     ("policies", frozenset({"policies"})),
-    # What a person runs: the command and the demo.
-    ("front ends", frozenset({"cli", "demo"})),
+    # What a person runs: the command, the demo, and the notebook helpers (progress bars, plots).
+    ("front ends", frozenset({"cli", "demo", "notebook"})),
 )
 
 

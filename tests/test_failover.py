@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from tests import labutil
 from tests.conftest import DISK_SIZE
 from tests.replication_util import (
+    all_vms,
+    chain_hashes,
     find,
     our_source_snapshots,
     point_hashes,
@@ -53,12 +56,24 @@ def writes(control: Any, vm: str, seed: int) -> None:
         )
 
 
+def nic_connections(vm: Any) -> list[tuple[bool, bool]]:
+    """Each NIC's (connected, startConnected), as plain pyVmomi sees it."""
+    from pyVmomi import vim
+
+    found = []
+    for device in vm.config.hardware.device:
+        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+            connectable: Any = device.connectable
+            found.append((connectable.connected, connectable.startConnected))
+    return found
+
+
 def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_untouched(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str
 ) -> None:
     access = MountedDatastores(lab.datastores)
     writes(control, vm_name, 1)
-    protect(conn, vm_name, TARGET)
+    protect(conn, vm_name, TARGET, settings=CycleSettings(keep=2))
     writes(control, vm_name, 2)
     replicate(conn, vm_name, replica_access=access)
     replica = find(si, f"{vm_name}-replica")
@@ -68,9 +83,12 @@ def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_u
     result = start_test_failover(conn, vm_name, restore_point="rp-000001")
     copy = find(si, result.running)
     assert copy.runtime.powerState == "poweredOn"
-    assert nic_networks(copy) == ["DR Network"] and [n.name for n in copy.network] == ["DR Network"]
+    # Isolated by default: no test network mapped, so the NIC is off every network, not on production's.
+    assert nic_connections(copy) == [(False, False)] and [n.new for n in result.nics] == ["(disconnected)"]
     assert nic_networks(find(si, f"{vm_name}-replica")) == ["VM Network"]
-    assert source_hashes(lab, copy) == point_hashes(lab, replica, "rp-000001")
+    # A linked clone: redo logs over the restore point's disks, holding what the test writes only.
+    assert all(d.backing.parent is not None and d.backing.deltaDiskFormat for d in labutil.disks(copy))
+    assert chain_hashes(lab, copy) == point_hashes(lab, replica, "rp-000001")
     assert state(find(si, f"{vm_name}-replica")) == before
     assert find(si, f"{vm_name}-replica").runtime.powerState == "poweredOff"
     assert source_hashes(lab, find(si, vm_name)) == source_before
@@ -78,11 +96,27 @@ def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_u
         find(si, vm_name).runtime.powerState == "poweredOn" and our_source_snapshots(find(si, vm_name)) == []
     )
 
-    writes(control, vm_name, 3)
-    after = replicate(conn, vm_name, replica_access=access)  # replication carries on meanwhile
-    assert after.restore_point == "rp-000003"
-    assert cleanup_test_failover(conn, vm_name) == (result.running,)
-    assert not [v for v in snapshots(replica) if v.name == result.running]
+    mapped = start_test_failover(
+        conn,
+        vm_name,
+        restore_point="rp-000002",
+        name="{vm}-test-net",
+        test_networks={"VM Network": "DR Network"},
+    )
+    on_test_net = find(si, mapped.running)
+    assert nic_networks(on_test_net) == ["DR Network"] and nic_connections(on_test_net) == [(True, True)]
+
+    for seed in (3, 4):
+        writes(control, vm_name, seed)
+        replicate(conn, vm_name, replica_access=access)  # replication carries on meanwhile
+    kept = [p["id"] for p in state(find(si, f"{vm_name}-replica"))["restore_points"]]
+    assert kept == ["rp-000001", "rp-000002", "rp-000003", "rp-000004"]  # keep=2, but both are tested
+    assert sorted(cleanup_test_failover(conn, vm_name)) == sorted([result.running, mapped.running])
+    assert all(v.name not in (result.running, mapped.running) for v in all_vms(si))
+    writes(control, vm_name, 5)
+    replicate(conn, vm_name, replica_access=access)
+    kept = [p["id"] for p in state(find(si, f"{vm_name}-replica"))["restore_points"]]
+    assert kept == ["rp-000004", "rp-000005"]  # released: retention applies again
 
 
 def test_unplanned_failover_brings_the_replica_up_at_the_chosen_point_without_touching_the_source(

@@ -8,6 +8,7 @@ is in no nbdkit's command line or environment and in no output.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,17 @@ from typing import Any
 import pytest
 
 from tests import labutil
-from tests.replication_util import assert_replica_matches, find, state
+from tests.replication_util import (
+    all_vms,
+    assert_point_matches_chains,
+    assert_replica_matches,
+    chain_hashes,
+    find,
+    our_source_snapshots,
+    point_chain_hashes,
+    snapshots,
+    state,
+)
 from tests.test_replication_crash import cli_env
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import TransportError
@@ -102,6 +113,84 @@ def test_protect_and_two_cycles_through_vddk(
         assert secret not in cmdline
         assert secret not in environ
         assert b"--exit-with-parent" in cmdline and b"maxdata=2M" in cmdline
+    assert not (set(ours) & set(nbdkit_processes(lab.port))), "an nbdkit vddk outlived the commands"
+
+
+def test_the_hard_edges_and_a_round_trip_through_vddk_without_a_mount(
+    lab: LabInfo, si: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    hard_edges_through_vddk(lab, si, control, vm_name, tmp_path)
+
+
+def hard_edges_through_vddk(lab: LabInfo, si: Any, control: Any, vm_name: str, tmp_path: Path) -> None:
+    """Someone else's snapshot, a revert, a CBT reset, a test failover, a planned failover, a failback.
+
+    Every step is one CLI command with `--transport vddk` and nothing mounted;
+    every restore point and the failed-back VM are compared with the source
+    through their backing chains by qemu-img, not through the library. Also
+    run against a lab whose snapshots are redo logs (tests/test_lab_redo_logs.py).
+    """
+    sampler = Sampler(lab.port)
+    sampler.start()
+    replica_name = f"{vm_name}-replica"
+
+    def cycle(seed: int) -> dict[str, Any]:
+        for disk in (0, 1):
+            control.write_random(
+                vm_name, offset=(seed * 2 + disk) << 20, length=300_000, seed=seed, disk=disk
+            )
+        result: dict[str, Any] = json.loads(vr(lab, tmp_path, "replicate", vm_name).stdout)
+        assert_point_matches_chains(lab, find(si, vm_name), find(si, replica_name), result["restore_point"])
+        return result
+
+    try:
+        vr(lab, tmp_path, "protect", vm_name, "--datastore", "secondary-ds")
+        source = find(si, vm_name)
+        theirs = labutil.snapshot(source, "backup-tool")  # another product's snapshot stays put
+        first = cycle(1)
+        assert first["full_resync"] == []
+        assert [n.name for n in snapshots(find(si, vm_name))] == ["backup-tool"]
+
+        labutil.wait(theirs.RevertToSnapshot_Task())  # CBT would leave a hole: the cycle resyncs
+        reverted = cycle(2)
+        assert sorted(reverted["full_resync"]) == [2000, 2001]
+        assert all(why.startswith("source_reverted") for _, why in reverted["resync_reasons"])
+
+        control.cbt_reset(vm_name, disk=1)  # the change id of disk 1 is no longer valid
+        reset = cycle(3)
+        assert reset["full_resync"] == [2001]
+
+        test = json.loads(vr(lab, tmp_path, "failover", vm_name, "--test").stdout)
+        copy = find(si, test["running"])
+        assert copy.runtime.powerState == "poweredOn"
+        assert chain_hashes(lab, copy) == point_chain_hashes(
+            lab, find(si, replica_name), reset["restore_point"]
+        )
+        vr(lab, tmp_path, "failover", vm_name, "--cleanup")
+        assert all(vm.name != test["running"] for vm in all_vms(si))
+
+        control.write_random(vm_name, offset=11 << 20, length=200_000, seed=4, disk=0)
+        planned = json.loads(vr(lab, tmp_path, "failover", vm_name, "--planned").stdout)
+        source, promoted = find(si, vm_name), find(si, planned["running"])
+        assert source.runtime.powerState == "poweredOff" and promoted.runtime.powerState == "poweredOn"
+        assert chain_hashes(lab, promoted) == chain_hashes(lab, source)
+
+        control.write_random(promoted.name, offset=13 << 20, length=200_000, seed=5, disk=1)
+        expected = chain_hashes(lab, find(si, promoted.name))
+        vr(lab, tmp_path, "failback", vm_name)
+        original = find(si, vm_name)
+        assert original.runtime.powerState == "poweredOn"
+        assert chain_hashes(lab, original) == expected == chain_hashes(lab, find(si, replica_name))
+        assert our_source_snapshots(original) == [] and our_source_snapshots(find(si, replica_name)) == []
+        cycle(6)  # protection runs in its first direction again
+    finally:
+        sampler.done.set()
+        sampler.join(timeout=30)
+    standin = str(vddk_standin()).encode()
+    ours = {pid: seen for pid, seen in sampler.seen.items() if standin in seen[0]}
+    assert ours, "no nbdkit vddk process was seen"
+    for cmdline, environ in ours.values():
+        assert lab.password.encode() not in cmdline and lab.password.encode() not in environ
     assert not (set(ours) & set(nbdkit_processes(lab.port))), "an nbdkit vddk outlived the commands"
 
 

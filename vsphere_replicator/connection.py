@@ -28,6 +28,7 @@ from pyVmomi.VmomiSupport import ManagedObject
 from tenacity import Retrying
 
 from vsphere_replicator.checks import check_int, check_text, check_type, shown
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import AuthenticationFailed, ConnectionFailed, InvalidInput, ReplicatorError
 from vsphere_replicator.faults import SOAP_ERRORS, fault_message, translate
 from vsphere_replicator.logs import Logger, get_logger
@@ -43,7 +44,7 @@ _MOREF = re.compile(r"[^\s\x00-\x1f\x7f]{1,1024}")  # vcsim names datastores by 
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionSettings:
+class ConnectionSettings(Shown):
     """Where and how to connect. The password never appears in repr."""
 
     host: str
@@ -112,6 +113,26 @@ def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
     if settings.ca_file is not None and not os.path.isfile(settings.ca_file):
         raise InvalidInput(f"CA file {settings.ca_file} does not exist")
     return ssl.create_default_context(cafile=settings.ca_file)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary(Shown):
+    """What a notebook shows for a Connection: where it is logged in and as whom, never a secret.
+
+    `server` and `api_version` come from the content read at login (no
+    round trip); `relogins` counts the times an expired session was renewed.
+    """
+
+    host: str
+    port: int
+    user: str
+    server: str | None
+    api_version: str | None
+    logged_in: bool
+    relogins: int
+    tls: str
+
+    _shown_title = "host"
 
 
 class Connection:
@@ -200,6 +221,35 @@ class Connection:
             except SOAP_ERRORS as exc:
                 raise translate(exc, what=f"log in to {self.settings.host} again") from exc
             self._generation += 1
+
+    def summary(self) -> SessionSummary:
+        """This session as plain data (what its notebook repr shows); reads nothing from vCenter."""
+        s = self.settings
+        about = getattr(self._content, "about", None)
+        if s.insecure:
+            tls = "not verified (insecure)"
+        elif s.thumbprint:
+            tls = "pinned thumbprint"
+        elif s.ca_file:
+            tls = f"CA file {s.ca_file}"
+        else:
+            tls = "system trust store"
+        return SessionSummary(
+            host=s.host,
+            port=s.port,
+            user=s.user,
+            server=getattr(about, "fullName", None),
+            api_version=getattr(about, "apiVersion", None),
+            logged_in=self._si is not None,
+            relogins=self._generation,
+            tls=tls,
+        )
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        self.summary()._repr_pretty_(p, cycle)
 
     @property
     def session_generation(self) -> int:

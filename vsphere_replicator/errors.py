@@ -25,7 +25,8 @@ ReplicatorError                    root of everything raised on purpose
  ├── LeaseLost                     our lease was taken over; we stopped  (replication.lease)
  ├── IncrementalRefused            the changes exceed the share an incremental may move
  ├── VerificationFailed            a restore point's bytes differ from its source snapshot
- └── LabError                      the embedded lab could not be built, started or driven
+ ├── LabError                      the embedded lab could not be built, started or driven
+ └── MissingExtra (ImportError)    an optional extra is not installed: pip install 'vsphere-replicator[…]'
 
 User input and vCenter's answers stay apart: only the InvalidInput branch
 means "the arguments are wrong" (the CLI's exit 2); a fault vCenter answers
@@ -54,6 +55,14 @@ class ReplicatorError(Exception):
 
 class LabError(ReplicatorError):
     """The lab could not be built, started, stopped or driven."""
+
+
+class MissingExtra(ReplicatorError, ImportError):
+    """A feature needs an optional extra that is not installed; `extra` names it, the message says how."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class InvalidInput(ReplicatorError, ValueError):

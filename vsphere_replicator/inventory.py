@@ -22,6 +22,7 @@ from pyVmomi.VmomiSupport import ManagedObject
 
 from vsphere_replicator.checks import check_type, shown
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, VSphereFault
 
 PAGE_SIZE = 1000
@@ -58,7 +59,7 @@ _NAMED_TYPES = [
 
 
 @dataclass(frozen=True, slots=True)
-class DiskInfo:
+class DiskInfo(Shown):
     """One virtual disk as the VM (or a snapshot) sees it. Sizes in bytes."""
 
     key: int
@@ -79,6 +80,9 @@ class DiskInfo:
     # on a snapshot's delta layer, None on a flat base disk. A delta has no `-flat.vmdk` extent.
     delta_format: str | None = None
 
+    _shown_title = "label"
+    _shown_columns = ("key", "label", "capacity", "datastore", "provisioning", "change_id", "file_name")
+
     @property
     def layers(self) -> tuple[str, ...]:
         """The disk's backing chain, this layer first and the base disk last."""
@@ -92,7 +96,7 @@ class DiskInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotInfo:
+class SnapshotInfo(Shown):
     """A node of the snapshot tree; `children` in creation order."""
 
     moref: str
@@ -104,6 +108,8 @@ class SnapshotInfo:
     quiesced: bool
     children: tuple[SnapshotInfo, ...] = ()
 
+    _shown_columns = ("name", "id", "created", "state", "quiesced", "children")
+
     def walk(self) -> Iterator[SnapshotInfo]:
         """This snapshot and its descendants, parents first."""
         yield self
@@ -112,7 +118,7 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class VMInfo:
+class VMInfo(Shown):
     """A VM's full picture, read in one go."""
 
     moref: str

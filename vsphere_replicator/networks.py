@@ -10,6 +10,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound
 from vsphere_replicator.inventory import vm_object
 from vsphere_replicator.logs import get_logger
@@ -17,7 +18,7 @@ from vsphere_replicator.tasks import reconfigure_vm
 
 
 @dataclass(frozen=True, slots=True)
-class NicChange:
+class NicChange(Shown):
     """One NIC moved from one port group to another."""
 
     label: str
@@ -88,6 +89,18 @@ def _backing(conn: Connection, network: _Network) -> vim.vm.device.VirtualDevice
     )
 
 
+def nic_backings(
+    conn: Connection, names: Iterable[str]
+) -> dict[str, vim.vm.device.VirtualDevice.BackingInfo]:
+    """A NIC backing for each port group named, for a VM being created; NotFound naming any missing."""
+    wanted = list(dict.fromkeys(names))
+    networks = _networks(conn)
+    missing = [n for n in wanted if n not in networks]
+    if missing:
+        raise NotFound(f"no port group named {', '.join(repr(m) for m in missing)}")
+    return {name: _backing(conn, networks[name]) for name in wanted}
+
+
 def _current_network(nic: Any, networks: Mapping[str, _Network]) -> str:
     backing = nic.backing
     if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
@@ -152,4 +165,63 @@ def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> t
             vm=vm_moref,
         )
         get_logger(vm=vm_moref, operation="remap_nics").info("nics_moved", changes=[c.new for c in changes])
+    return tuple(changes)
+
+
+DISCONNECTED = "(disconnected)"  # NicChange.new of an adapter a test copy keeps off every network
+
+
+def isolate_nics(
+    conn: Connection,
+    vm_moref: str,
+    test_networks: Mapping[str, str],
+    aliases: Mapping[str, str] | None = None,
+) -> tuple[NicChange, ...]:
+    """Put a test copy's NICs on their test networks; disconnect every NIC without one.
+
+    A test must not answer on production's networks with production's
+    addresses: vSphere Replication disconnects the NICs of a test recovery
+    unless a test network is mapped for them. A NIC matches `test_networks`
+    by its port group, or by the name `aliases` gives that port group (the
+    source's port group, for a replica whose NICs sit on recovery networks).
+    Raises NotFound (changing nothing) when a test network does not exist.
+    """
+    networks = _networks(conn)
+    missing = sorted(set(test_networks.values()) - set(networks))
+    if missing:
+        raise NotFound(f"no port group named {', '.join(missing)}")
+    handle = vm_object(conn, vm_moref)
+    config = conn.call("read the VM's devices", lambda: handle.config)
+    if config is None:
+        raise NotFound(f"VM {vm_moref} has no configuration to read its network adapters from")
+    changes, specs = [], []
+    for nic in config.hardware.device:
+        if not isinstance(nic, vim.vm.device.VirtualEthernetCard):
+            continue
+        old = _current_network(nic, networks)
+        label = nic.deviceInfo.label if nic.deviceInfo else str(nic.key)
+        wanted = test_networks.get(old) or test_networks.get((aliases or {}).get(old, ""))
+        if wanted is not None:
+            nic.backing = _backing(conn, networks[wanted])
+            new = wanted
+        else:
+            new = DISCONNECTED
+        nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+            startConnected=wanted is not None,
+            connected=wanted is not None,
+            allowGuestControl=wanted is not None,
+        )
+        specs.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic))
+        changes.append(NicChange(label=label, old=old, new=new))
+    if specs:
+        reconfigure_vm(
+            conn,
+            vm_moref,
+            vim.vm.ConfigSpec(deviceChange=specs),
+            what="put the test copy's NICs on test networks or disconnect them",
+            vm=vm_moref,
+        )
+        get_logger(vm=vm_moref, operation="isolate_nics").info(
+            "nics_isolated", changes=[c.new for c in changes]
+        )
     return tuple(changes)

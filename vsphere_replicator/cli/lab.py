@@ -1,8 +1,9 @@
 """The `lab` commands (the embedded vCenter simulator, docs/lab.md) and `demo`.
 
 Every lab command finds its lab through `--state-dir`, else VR_LAB_STATE_DIR
-(which `lab env` exports), else the per-user state directory. `lab fault`
-takes `--state-dir` before its kind as well as after it.
+(which `lab env` exports), else the per-user state directory; `--site NAME`
+addresses another vCenter's lab, in that directory's `-site-NAME` sibling.
+`lab fault` takes `--state-dir` and `--site` before its kind as well as after it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from vsphere_replicator.cli.exits import EXIT_FAILED, EXIT_OK
@@ -28,6 +30,7 @@ from vsphere_replicator.cli.profiles import (
     running_lab,
 )
 from vsphere_replicator.demo import run_demo
+from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.lab import LabControl, lab_status, start_lab, stop_lab
 from vsphere_replicator.lab.control import (
     DROP_PATHS,
@@ -45,8 +48,42 @@ from vsphere_replicator.lab.process import (
     MAX_VMS,
     MIN_DISK_SIZE,
     STAR_ANSWERS,
+    check_site,
+    default_state_dir,
 )
 from vsphere_replicator.units import MAX_SIZE, format_size
+
+# `lab env --as ROLE`: the variables of a two-site protection's source or target connection.
+ENV_ROLES = ("default", "source", "target")
+
+
+def _state_dir(args: argparse.Namespace) -> Path | None:
+    """--state-dir, else the --site's state directory, else None (VR_LAB_STATE_DIR or the per-user one)."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    site = getattr(args, "site", None)
+    return default_state_dir(site) if site else None
+
+
+def _site(text: str) -> str:
+    try:
+        site = check_site(text)
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if site is None:
+        raise argparse.ArgumentTypeError("a site name cannot be empty")
+    return site
+
+
+def add_site_option(parser: argparse.ArgumentParser, *, inner: bool = False) -> None:
+    """--site of the lab; `inner` as for --state-dir (a sub-command's copy of its parent's option)."""
+    parser.add_argument(
+        "--site",
+        type=_site,
+        default=argparse.SUPPRESS if inner else None,
+        metavar="NAME",
+        help="another vCenter's lab (state in the default directory's -site-NAME sibling)",
+    )
 
 
 def _name_value(text: str) -> tuple[str, str]:
@@ -58,7 +95,8 @@ def _name_value(text: str) -> tuple[str, str]:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     info = start_lab(
-        args.state_dir,
+        _state_dir(args),
+        site=args.site,
         vms=args.vms,
         disks_per_vm=args.disks_per_vm,
         disk_size=args.disk_size,
@@ -68,6 +106,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         dc_folder=args.dc_folder,
         lock_running_disks=args.lock_running_disks,
+        redo_logs=args.redo_logs,
         datastore_kinds=dict(args.datastore_kind),
         star_answers=dict(args.star_answer),
     )
@@ -76,7 +115,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    info = lab_status(args.state_dir)
+    info = lab_status(_state_dir(args))
     if info is None:
         print("no lab running", file=sys.stderr)
         return EXIT_FAILED
@@ -85,23 +124,29 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    if not stop_lab(args.state_dir):
+    if not stop_lab(_state_dir(args)):
         print("no lab running", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_lab_env(args: argparse.Namespace) -> int:
-    info = running_lab(args.state_dir)
+    info = running_lab(_state_dir(args))
     env = lab_environment(info)
     mounts = env.pop(MOUNTS_VARIABLE)
-    values = {**env, LAB_STATE_VARIABLE: info.state_dir, MOUNTS_VARIABLE: mounts}
+    if args.role == "default":
+        values = {**env, LAB_STATE_VARIABLE: info.state_dir, MOUNTS_VARIABLE: mounts}
+    else:
+        # VSPHERE_SOURCE_HOST ...: the profile the role names; the site's datastores in the role's mounts.
+        role = args.role.upper()
+        values = {name.replace("VSPHERE_", f"VSPHERE_{role}_", 1): value for name, value in env.items()}
+        values[f"VSPHERE_REPLICATOR_{role}_MOUNTS"] = mounts
     for name, value in values.items():
         print(f"export {name}={shlex.quote(value)}")
     return EXIT_OK
 
 
 def cmd_lab_write(args: argparse.Namespace) -> int:
-    control = LabControl(running_lab(args.state_dir))
+    control = LabControl(running_lab(_state_dir(args)))
     if args.file is not None:
         length, digest = control.write_file(args.vm, args.file, offset=args.offset, disk=args.disk)
     else:
@@ -114,17 +159,17 @@ def cmd_lab_write(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_cbt_reset(args: argparse.Namespace) -> int:
-    print_json(LabControl(running_lab(args.state_dir)).cbt_reset(args.vm, args.disk))
+    print_json(LabControl(running_lab(_state_dir(args))).cbt_reset(args.vm, args.disk))
     return EXIT_OK
 
 
 def cmd_lab_tools(args: argparse.Namespace) -> int:
-    print_json(LabControl(running_lab(args.state_dir)).set_tools(args.vm, args.state))
+    print_json(LabControl(running_lab(_state_dir(args))).set_tools(args.vm, args.state))
     return EXIT_OK
 
 
 def cmd_lab_fault(args: argparse.Namespace) -> int:
-    control = LabControl(running_lab(args.state_dir))
+    control = LabControl(running_lab(_state_dir(args)))
     result: dict[str, Any] | list[dict[str, Any]]
     if args.fault_kind == "method":
         result = control.fail_method(args.method, args.fault, count=args.count, message=args.message)
@@ -170,6 +215,7 @@ def add_commands(commands: Commands) -> None:
         p = lab_commands.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         add_state_dir_option(p)
+        add_site_option(p)
         return p
 
     disk_size = size_option(MIN_DISK_SIZE, MAX_DISK_SIZE, 512)
@@ -216,6 +262,11 @@ def add_commands(commands: Commands) -> None:
         help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does",
     )
     up.add_argument(
+        "--redo-logs",
+        action="store_true",
+        help="snapshot layers are vmfsSparse redo logs (-delta.vmdk), as on ESXi: only VDDK reads them",
+    )
+    up.add_argument(
         "--datastore-kind",
         type=_name_value,
         action="append",
@@ -234,7 +285,15 @@ def add_commands(commands: Commands) -> None:
     )
     command("status", cmd_lab_status, "print the running lab's JSON line")
     command("down", cmd_lab_down, "stop the lab")
-    command("env", cmd_lab_env, "print shell export lines for the running lab")
+    env = command("env", cmd_lab_env, "print shell export lines for the running lab")
+    env.add_argument(
+        "--as",
+        dest="role",
+        choices=ENV_ROLES,
+        default="default",
+        help="default: VSPHERE_* and VSPHERE_REPLICATOR_MOUNTS; source or target: VSPHERE_SOURCE_* "
+        "or VSPHERE_TARGET_* and VSPHERE_REPLICATOR_SOURCE_MOUNTS or ..._TARGET_MOUNTS",
+    )
 
     write = command("write", cmd_lab_write, "write guest data into a VM's disk")
     write.add_argument("vm")
@@ -282,6 +341,7 @@ def add_commands(commands: Commands) -> None:
         p = kinds.add_parser(name, help=help, description=help)
         # `lab fault --state-dir D list` and `lab fault list --state-dir D` both work.
         add_state_dir_option(p, inner=True)
+        add_site_option(p, inner=True)
         return p
 
     count = int_option(1, MAX_FAULT_COUNT)

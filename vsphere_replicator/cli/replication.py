@@ -71,7 +71,7 @@ from vsphere_replicator.replication.settings import (
     MAX_CHUNK,
     apply_overrides,
 )
-from vsphere_replicator.replication.status import protection_status
+from vsphere_replicator.replication.status import StatusList, protection_status
 from vsphere_replicator.replication.sweep import sweep_snapshots
 from vsphere_replicator.transport.base import DEFAULT_CHUNK
 from vsphere_replicator.units import format_size
@@ -146,7 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with session(args.profile) as s:
         found = protection_status(s.conn, target_rpo=args.rpo)
     if args.vm:
-        found = tuple(f for f in found if f.vm in args.vm)
+        found = StatusList(f for f in found if f.vm in args.vm)
         missing = sorted(set(args.vm) - {f.vm for f in found})
         if missing:
             raise NotFound(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not protected")

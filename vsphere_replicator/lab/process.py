@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vsphere_replicator.checks import check_int
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, LabError
 from vsphere_replicator.lab.build import ensure_lab_binary
 
@@ -35,6 +37,42 @@ MAX_DC_FOLDER_DEPTH = 8
 DATASTORE_KINDS = ("vmfs", "nfs", "vsan")
 STAR_ANSWERS = ("allocated", "whole", "fault")
 MAX_EXTRA_DATASTORES = 8
+# A site (vcsim/site.go) is another vCenter: its name goes into the lab's inventory names.
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,15}")
+
+
+def check_site(site: object) -> str | None:
+    """`site` as the lab takes it ("B", "recovery"), or None for the default site; InvalidInput otherwise."""
+    if site is None or site == "":
+        return None
+    if not isinstance(site, str) or not _SITE_NAME.fullmatch(site):
+        raise InvalidInput(
+            f"a site name is 1 to 16 letters, digits or '-', starting with a letter or digit, not {site!r}"
+        )
+    return site
+
+
+def site_names(site: str | None) -> dict[str, str]:
+    """What the lab of `site` calls its datacenter, datastores, port groups and VMs (vcsim/site.go)."""
+    site = check_site(site)
+    if site is None:
+        return {
+            "datacenter": "DC0",
+            "primary_datastore": "primary-ds",
+            "secondary_datastore": "secondary-ds",
+            "vm_network": "VM Network",
+            "dr_network": "DR Network",
+            "vm_name_prefix": "lab-vm-",
+        }
+    lower, upper = site.lower(), site.upper()
+    return {
+        "datacenter": f"DC-{upper}",
+        "primary_datastore": f"primary-ds-{lower}",
+        "secondary_datastore": f"secondary-ds-{lower}",
+        "vm_network": f"VM Network {upper}",
+        "dr_network": f"DR Network {upper}",
+        "vm_name_prefix": f"lab-{lower}-vm-",
+    }
 
 
 def check_dc_folder(dc_folder: object) -> str | None:
@@ -107,14 +145,15 @@ def _check_names(values: object, what: str, allowed: tuple[str, ...]) -> dict[st
 
 
 def check_datastore_options(
-    datastore_kinds: object, star_answers: object
+    datastore_kinds: object, star_answers: object, site: str | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """`datastore_kinds` and `star_answers` as the lab takes them; InvalidInput otherwise."""
+    """`datastore_kinds` and `star_answers` as the lab of `site` takes them; InvalidInput otherwise."""
     kinds = _check_names(datastore_kinds, "datastore_kinds", DATASTORE_KINDS)
     if len(kinds) > MAX_EXTRA_DATASTORES:
         raise InvalidInput(f"datastore_kinds names at most {MAX_EXTRA_DATASTORES} datastores")
     star = _check_names(star_answers, "star_answers", STAR_ANSWERS)
-    known = {"primary-ds", "secondary-ds", *kinds}
+    names = site_names(site)
+    known = {names["primary_datastore"], names["secondary_datastore"], *kinds}
     for name in star:
         if name not in known:
             raise InvalidInput(f"star_answers: the lab has no datastore {name!r} (add it in datastore_kinds)")
@@ -122,7 +161,7 @@ def check_datastore_options(
 
 
 @dataclass(frozen=True, slots=True)
-class LabInfo:
+class LabInfo(Shown):
     """How to reach a running lab. `password` stays out of repr."""
 
     url: str
@@ -135,11 +174,15 @@ class LabInfo:
     datastores: Mapping[str, str]
     pid: int
     state_dir: str
+    site: str = ""  # "" for the default site, else the name `lab up --site` gave it
+    instance_uuid: str = ""  # about.instanceUuid: this vCenter's identity, different in every lab
 
     @classmethod
     def from_json(cls, text: str) -> LabInfo:
         data: dict[str, Any] = json.loads(text)
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        optional = {"site", "instance_uuid"}
+        return cls(**{name: data[name] for name in fields if name not in optional or name in data})
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -147,13 +190,22 @@ class LabInfo:
         return json.dumps(data)
 
 
-def default_state_dir() -> Path:
-    """VR_LAB_STATE_DIR (what `lab env` exports), else the per-user state directory."""
+def default_state_dir(site: str | None = None) -> Path:
+    """VR_LAB_STATE_DIR (what `lab env` exports), else the per-user state directory.
+
+    A `site`'s lab lives next to it, in `<that directory>-site-<site>`, so that
+    the default lab and each site's run side by side.
+    """
+    site = check_site(site)
     chosen = os.environ.get("VR_LAB_STATE_DIR")
     if chosen:
-        return Path(chosen)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
-    return Path(base) / "vsphere_replicator" / "lab"
+        base = Path(chosen)
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+        base = Path(state) / "vsphere_replicator" / "lab"
+    if site is None:
+        return base
+    return base.with_name(f"{base.name}-site-{site}")
 
 
 def _alive(pid: int) -> bool:
@@ -165,9 +217,9 @@ def _alive(pid: int) -> bool:
     return b"vrlab" in cmdline  # a recycled pid is somebody else's process
 
 
-def lab_status(state_dir: Path | str | None = None) -> LabInfo | None:
-    """The lab running in `state_dir`, or None."""
-    path = Path(state_dir or default_state_dir()) / INFO_FILE
+def lab_status(state_dir: Path | str | None = None, *, site: str | None = None) -> LabInfo | None:
+    """The lab running in `state_dir` (default: `site`'s state directory), or None."""
+    path = Path(state_dir or default_state_dir(site)) / INFO_FILE
     try:
         info = LabInfo.from_json(path.read_text())
     except (FileNotFoundError, ValueError, KeyError, TypeError):
@@ -201,8 +253,10 @@ def start_lab(
     latency_ms: int = 0,
     dc_folder: str | None = None,
     lock_running_disks: bool = False,
+    redo_logs: bool = False,
     datastore_kinds: Mapping[str, str] | None = None,
     star_answers: Mapping[str, str] | None = None,
+    site: str | None = None,
     timeout: float = 120.0,
 ) -> LabInfo:
     """Start a lab in the background and return once it serves.
@@ -213,17 +267,28 @@ def start_lab(
     `dcPath` of `/folder` and `LabInfo.datacenter`, becomes "Sites/DC0").
     `lock_running_disks` makes `/folder` refuse a powered-on VM's current
     disk layer with 500, as vCenter does (off by default: docs/lab.md).
+    `redo_logs` makes each snapshot's layers vmfsSparse redo logs over COWD
+    `-delta.vmdk` extents, as ESXi writes them on VMFS, instead of full flat
+    images: only VDDK (the stand-in) reads and writes them through the chain.
     `datastore_kinds` gives datastores a kind other than "vmfs" ("nfs",
     "vsan"); a name other than primary-ds and secondary-ds adds a datastore
     ({"vsan-ds": "vsan"}). `star_answers` overrides what
     QueryChangedDiskAreas(changeId="*") answers on a datastore ("allocated",
     "whole", "fault"; by default VMFS answers the allocated areas, NFS and
     vSAN one whole-disk extent).
+
+    `site` ("B") starts another vCenter: the lab's datacenter, cluster,
+    hosts, datastores, port groups and VMs are named after it ("DC-B",
+    "primary-ds-b", "VM Network B", "lab-b-vm-0001": `site_names`), and
+    without `state_dir` it runs in `default_state_dir(site)`. Every lab has
+    its own port, certificate, password and `about.instanceUuid`.
     """
+    site = check_site(site)
     check_dc_folder(dc_folder)
-    kinds, star = check_datastore_options(datastore_kinds, star_answers)
-    if not isinstance(lock_running_disks, bool):
-        raise InvalidInput(f"lock_running_disks must be True or False, not {lock_running_disks!r}")
+    kinds, star = check_datastore_options(datastore_kinds, star_answers, site)
+    for name, flag in (("lock_running_disks", lock_running_disks), ("redo_logs", redo_logs)):
+        if not isinstance(flag, bool):
+            raise InvalidInput(f"{name} must be True or False, not {flag!r}")
     check_lab_options(
         vms=vms,
         disks_per_vm=disks_per_vm,
@@ -233,7 +298,7 @@ def start_lab(
         cbt_block=cbt_block,
         latency_ms=latency_ms,
     )
-    directory = Path(state_dir or default_state_dir()).resolve()
+    directory = Path(state_dir or default_state_dir(site)).resolve()
     running = lab_status(directory)
     if running is not None:
         raise LabError(f"a lab is already running in {directory} (pid {running.pid}, {running.url})")
@@ -267,6 +332,10 @@ def start_lab(
         args += ["-dc-folder", dc_folder]
     if lock_running_disks:
         args.append("-lock-running-disks")
+    if redo_logs:
+        args.append("-redo-logs")
+    if site is not None:
+        args += ["-site", site]
     for name, kind in sorted(kinds.items()):
         args += ["-datastore-kind", f"{name}={kind}"]
     for name, answer in sorted(star.items()):
@@ -289,9 +358,9 @@ def start_lab(
     raise LabError(f"the lab did not start within {timeout:.0f} s:\n{_tail(log_path)}")
 
 
-def stop_lab(state_dir: Path | str | None = None, timeout: float = 30.0) -> bool:
-    """Stop the lab in `state_dir`; False when none was running."""
-    directory = Path(state_dir or default_state_dir())
+def stop_lab(state_dir: Path | str | None = None, timeout: float = 30.0, *, site: str | None = None) -> bool:
+    """Stop the lab in `state_dir` (default: `site`'s state directory); False when none was running."""
+    directory = Path(state_dir or default_state_dir(site))
     info = lab_status(directory)
     if info is None:
         (directory / INFO_FILE).unlink(missing_ok=True)
@@ -310,9 +379,14 @@ def stop_lab(state_dir: Path | str | None = None, timeout: float = 30.0) -> bool
 
 @contextlib.contextmanager
 def running_lab(state_dir: Path | str | None = None, **options: Any) -> Iterator[LabInfo]:
-    """A lab for the duration of a `with` block, in a temporary directory unless given one."""
+    """A lab for the duration of a `with` block, in a temporary directory unless given one.
+
+    `site="B"` (passed on to `start_lab`) makes it another vCenter's lab.
+    """
     temporary = state_dir is None
-    directory = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="vr-lab-"))
+    site = options.get("site")
+    prefix = f"vr-lab-site-{check_site(site)}-" if site else "vr-lab-"
+    directory = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield start_lab(directory, **options)
     finally:

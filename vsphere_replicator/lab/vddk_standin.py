@@ -51,11 +51,20 @@ import os
 import re
 import ssl
 import stat
+import sys
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
+
+if TYPE_CHECKING:
+    from vsphere_replicator.lab import redolog
+else:
+    # The chain reader sits beside this script. nbdkit loads the script by path into the system's
+    # Python, where vsphere_replicator is not installed: it is imported by path too.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import redolog
 
 API_VERSION = 2
 MAX_REQUEST = 2 << 20  # VDDK's NFC refuses larger requests
@@ -168,21 +177,12 @@ def config_complete() -> None:
         vm=vm,
         snapshot=snapshot,
         file=_params["file"],
-        extent=layer_extent(directory, match.group(2)),
+        descriptor=os.path.join(directory, match.group(2) + ".vmdk"),
     )
-    if not os.path.isfile(_config["extent"]):
-        raise VDDKError(f"vddk: file={_params['file']}: the disk's data is missing on its datastore")
-
-
-def layer_extent(datastore_dir: str, path: str) -> str:
-    """Where a layer's bytes are: `<datastore dir>/<path>-flat.vmdk`.
-
-    Every lab layer is a flat image today. When the lab grows redo logs
-    (vmfsSparse/seSparse deltas), this is where the chain is resolved: read
-    the descriptor, follow parentFileNameHint down to the base, and serve
-    reads through the chain and writes into the top layer.
-    """
-    return os.path.join(datastore_dir, path + "-flat.vmdk")
+    try:
+        redolog.Chain(_config["descriptor"]).close()
+    except redolog.ChainError as exc:
+        raise VDDKError(f"vddk: file={_params['file']}: the disk's data cannot be read: {exc}") from None
 
 
 def _read_password(path: str) -> str:
@@ -403,7 +403,7 @@ def open(readonly: bool) -> dict[str, Any]:
                     f"vddk: file={_config['file']} is not the current layer of {_config['vm']} "
                     "(an older layer belongs to a snapshot and is read-only)"
                 )
-    fd = os.open(_config["extent"], os.O_RDONLY if readonly else os.O_RDWR)
+    chain = redolog.Chain(_config["descriptor"], writable=not readonly)
     try:
         query = {
             "vm": _config["vm"],
@@ -413,15 +413,15 @@ def open(readonly: bool) -> dict[str, Any]:
         }
         session = _disk_session("POST", query)
     except BaseException:
-        os.close(fd)
+        chain.close()
         raise
     with _sessions_lock:
         _sessions.add(session["id"])
-    return {"fd": fd, "readonly": readonly, "session": session["id"]}
+    return {"chain": chain, "readonly": readonly, "session": session["id"]}
 
 
 def close(h: dict[str, Any]) -> None:
-    os.close(h["fd"])
+    h["chain"].close()
     _end_session(h["session"])
 
 
@@ -448,7 +448,8 @@ def _disk_session(method: str, query: dict[str, str]) -> dict[str, Any]:
 
 
 def get_size(h: dict[str, Any]) -> int:
-    return os.fstat(h["fd"]).st_size
+    size: int = h["chain"].size
+    return size
 
 
 def can_write(h: dict[str, Any]) -> bool:
@@ -464,34 +465,16 @@ def can_extents(h: dict[str, Any]) -> bool:
 
 
 def extents(h: dict[str, Any], count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
-    """The layer's allocation, as nbdkit-vddk answers it (VixDiskLib_QueryAllocatedBlocks).
+    """The disk's allocation, as nbdkit-vddk answers it (VixDiskLib_QueryAllocatedBlocks).
 
-    Here from the flat extent's own holes (SEEK_DATA/SEEK_HOLE); bytes past
-    the file's end read as zeros, so they are holes too.
+    Allocated where any layer of the chain holds data: a grain of a redo log,
+    or data in the flat base (its holes, SEEK_DATA/SEEK_HOLE, and bytes past
+    its end read as zeros).
     """
     import nbdkit
 
     unallocated = int(nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO)
-    fd, end = h["fd"], offset + count
-    stored = os.fstat(fd).st_size
-    found: list[tuple[int, int, int]] = []
-    position = offset
-    while position < end:
-        try:
-            data = min(os.lseek(fd, position, os.SEEK_DATA), end) if position < stored else end
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: no data after `position`
-                raise
-            data = end
-        if data > position:
-            found.append((position, data - position, unallocated))
-            position = data
-        if position >= end:
-            break
-        hole = min(os.lseek(fd, position, os.SEEK_HOLE), end)
-        found.append((position, hole - position, 0))
-        position = hole
-    return found
+    return [(at, n, 0 if held else unallocated) for at, n, held in h["chain"].allocated(offset, count)]
 
 
 def _check_length(length: int) -> None:
@@ -502,14 +485,7 @@ def _check_length(length: int) -> None:
 
 def pread(h: dict[str, Any], buf: bytearray, offset: int, flags: int) -> None:
     _check_length(len(buf))
-    view = memoryview(buf)
-    done = 0
-    while done < len(buf):
-        n = os.preadv(h["fd"], [view[done:]], offset + done)
-        if n == 0:  # beyond the file's end: a sparse flat file reads as zeroes
-            view[done:] = bytes(len(buf) - done)
-            break
-        done += n
+    buf[:] = h["chain"].read(offset, len(buf))
 
 
 def pwrite(h: dict[str, Any], buf: bytes, offset: int, flags: int) -> None:
@@ -517,14 +493,11 @@ def pwrite(h: dict[str, Any], buf: bytes, offset: int, flags: int) -> None:
     if h["readonly"]:
         _set_errno(errno.EROFS)
         raise VDDKError("vddk: the disk was opened read-only")
-    view = memoryview(buf)
-    while view:
-        n = os.pwrite(h["fd"], view, offset)
-        view, offset = view[n:], offset + n
+    h["chain"].write(offset, bytes(buf))
 
 
 def flush(h: dict[str, Any], flags: int) -> None:
-    os.fsync(h["fd"])
+    os.fsync(h["chain"].top_fd)
 
 
-__all__ = ["layer_extent"]
+__all__: list[str] = []

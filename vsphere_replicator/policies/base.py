@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vsphere_replicator.checks import shown
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.replication.settings import CycleResult, CycleSettings, ReplicaTarget
 from vsphere_replicator.transport.throttle import Throttle
@@ -26,7 +27,7 @@ S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(Shown):
     """Which VMs a protection covers.
 
     Within one criterion any entry may match; every criterion that is given

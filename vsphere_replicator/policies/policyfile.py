@@ -24,8 +24,18 @@ that a dict would silently collapse. Format (version 1)::
           provisioning: thin             # thin, thick-lazy, thick-eager
           name: "{vm}-replica"
           networks: {"VM Network": "DR Network"}
+          recovery_ip:                   # optional: re-addressed at failover (guest customization)
+            nics: ["10.20.0.15/24,gateway=10.20.0.1", dhcp]   # per NIC, in order
+            dns: [10.20.0.2]
         policy: point-in-time            # a registered policy
         settings: {interval: 15m, keep: 12, quiesce: try}
+    plans:                         # optional: recovery plans over the protected VMs
+      - name: erp                  # unique
+        consistency_group: true    # replicate --plan takes the VMs' snapshots in one window
+        wait: tools                # between tiers: tools (VMware Tools running) or a delay (30s)
+        tiers:                     # tier 1 comes up first; each VM in one tier of one plan
+          - [db-01]
+          - [app-01, app-02]
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from string import Formatter
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from yaml.composer import ComposerError
@@ -44,12 +54,13 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from vsphere_replicator.checks import check_int, shown
+from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import InvalidInput, PolicyError
 from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies.base import Policy, Selection
 from vsphere_replicator.policies.registry import get_policy
-from vsphere_replicator.replication.settings import ReplicaTarget
-from vsphere_replicator.units import MAX_SIZE, parse_rate
+from vsphere_replicator.replication.settings import PlanMembership, ReplicaTarget
+from vsphere_replicator.units import MAX_SIZE, parse_duration, parse_rate
 
 __all__ = [
     "MAX_CONCURRENCY",
@@ -139,6 +150,15 @@ class PolicyFile:
     path: str
     limits: Limits
     protections: tuple[Protection, ...]
+    plans: tuple[tuple[str, tuple[tuple[str, ...], ...], PlanMembership], ...] = ()  # (name, tiers, options)
+
+    def target_for(self, protection: Protection, vm: str) -> ReplicaTarget:
+        """The protection's target for `vm`, with its place in a recovery plan if a plan names it."""
+        for _, tiers, options in self.plans:
+            for number, tier in enumerate(tiers, start=1):
+                if vm in tier:
+                    return replace(protection.target, plan=replace(options, tier=number))
+        return protection.target
 
 
 def _read_bounded(name: str) -> bytes:
@@ -356,7 +376,9 @@ class _Checker:
     # -- sections -------------------------------------------------------------------------------------------
 
     def policy_file(self, root: Node) -> PolicyFile | None:
-        top = self.mapping(root, "the policy file", required=("version", "protections"), optional=("limits",))
+        top = self.mapping(
+            root, "the policy file", required=("version", "protections"), optional=("limits", "plans")
+        )
         if top is None:
             return None
         if "version" in top:
@@ -380,9 +402,71 @@ class _Checker:
                     protection = self.protection(item, seen)
                     if protection is not None:
                         protections.append(protection)
-        if self.errors or limits is None:
+        plans = self.plans(top["plans"][1]) if "plans" in top else ()
+        if self.errors or limits is None or plans is None:
             return None
-        return PolicyFile(path=self.file, limits=limits, protections=tuple(protections))
+        return PolicyFile(path=self.file, limits=limits, protections=tuple(protections), plans=plans)
+
+    def plans(self, node: Node) -> tuple[tuple[str, tuple[tuple[str, ...], ...], PlanMembership], ...] | None:
+        if self.is_null(node):
+            return ()
+        if not isinstance(node, SequenceNode):
+            self.error(node, f"plans must be a list, not {_kind(node)}")
+            return None
+        before = len(self.errors)
+        found: list[tuple[str, tuple[tuple[str, ...], ...], PlanMembership]] = []
+        placed: dict[str, str] = {}  # VM -> the plan it is in
+        for item in node.value:
+            entries = self.mapping(
+                item, "a recovery plan", required=("name", "tiers"), optional=("consistency_group", "wait")
+            )
+            if entries is None:
+                continue
+            name = self.string(entries["name"][1], "a recovery plan's name") if "name" in entries else None
+            if name is not None and any(name == other for other, _, _ in found):
+                self.error(entries["name"][1], f"duplicate recovery plan name {name!r}")
+            consistent = False
+            if "consistency_group" in entries:
+                flag = entries["consistency_group"][1]
+                consistent = self.plain(flag)
+                if not isinstance(consistent, bool):
+                    self.error(flag, f"plan.consistency_group must be true or false, not {flag.value!r}")
+            wait: Literal["tools", "delay"] = "tools"
+            delay = 0.0
+            if "wait" in entries:
+                raw = self.plain(entries["wait"][1])
+                if raw != "tools":
+                    try:
+                        delay, wait = parse_duration(str(raw)).total_seconds(), "delay"
+                    except InvalidInput as exc:
+                        self.error(entries["wait"][1], f"plan.wait is tools or a delay like 30s: {exc}")
+            tiers: list[tuple[str, ...]] = []
+            tiers_node = entries["tiers"][1] if "tiers" in entries else None
+            if tiers_node is not None and (not isinstance(tiers_node, SequenceNode) or not tiers_node.value):
+                self.error(tiers_node, "plan.tiers is a non-empty list of lists of VM names")
+            elif tiers_node is not None:
+                for tier_node in tiers_node.value:
+                    tier = self.strings(tier_node, "a tier of VM names")
+                    for vm in tier:
+                        if vm in placed:
+                            self.error(
+                                tier_node, f"{vm} is already in plan {placed[vm]!r}: one tier of one plan"
+                            )
+                        placed[vm] = name or "?"
+                    tiers.append(tier)
+            if name is None or len(self.errors) > before:
+                continue
+            try:
+                options = PlanMembership(
+                    name=name, consistency_group=consistent, wait=wait, delay_seconds=delay
+                )
+            except InvalidInput as exc:
+                self.error(item, f"recovery plan {name!r}: {exc}")
+                continue
+            found.append((name, tuple(tiers), options))
+        if len(self.errors) > before:
+            return None
+        return tuple(found)
 
     def limits(self, node: Node) -> Limits | None:
         if self.is_null(node):
@@ -463,7 +547,7 @@ class _Checker:
             node,
             what,
             required=("datastore",),
-            optional=("host", "resource_pool", "folder", "provisioning", "name", "networks"),
+            optional=("host", "resource_pool", "folder", "provisioning", "name", "networks", "recovery_ip"),
         )
         if entries is None:
             return None
@@ -483,12 +567,32 @@ class _Checker:
             values["name"] = self.replica_name(entries["name"][1])
         if "networks" in entries:
             values["networks"] = self.networks(entries["networks"][1])
+        if "recovery_ip" in entries and not self.is_null(entries["recovery_ip"][1]):
+            values["recovery_ip"] = self.recovery_ip(entries["recovery_ip"][1])
         if len(self.errors) > before:
             return None
         try:
             return ReplicaTarget(**values)
         except InvalidInput as exc:  # the checks above mirror these; this keeps the two from drifting apart
             self.error(node, f"{what}: {exc}")
+            return None
+
+    def recovery_ip(self, node: Node) -> RecoveryIp | None:
+        entries = self.mapping(node, "target.recovery_ip", optional=("nics", "dns", "domain"))
+        if entries is None:
+            return None
+        try:
+            nics = tuple(
+                NicAddress.parse(text)
+                for text in (
+                    self.strings(entries["nics"][1], "recovery_ip.nics") if "nics" in entries else ()
+                )
+            )
+            dns = self.strings(entries["dns"][1], "recovery_ip.dns") if "dns" in entries else ()
+            domain = self.string(entries["domain"][1], "recovery_ip.domain") if "domain" in entries else None
+            return RecoveryIp(nics=nics, dns=dns, **({"domain": domain} if domain else {}))
+        except InvalidInput as exc:
+            self.error(node, f"target.recovery_ip: {exc}")
             return None
 
     def replica_name(self, node: Node) -> str | None:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vsphere_replicator.checks import check_callable, check_duration, check_int, check_type
+from vsphere_replicator.display import Shown, ShownRows
 from vsphere_replicator.errors import InvalidInput, PolicyError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy
@@ -33,14 +34,14 @@ from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.sessions import TRANSPORTS
 from vsphere_replicator.transport.throttle import Throttle
 
-__all__ = ["RunRecord", "run_policies"]
+__all__ = ["RunRecord", "RunRecords", "run_policies"]
 
 _MAX_BACKOFF_DOUBLINGS = 6  # 30 s doubles up to 32 min between retries of a failing VM
 _STOP_POLL = 1.0  # seconds: how long a stop request may wait while cycles are in flight
 
 
 @dataclass(frozen=True, slots=True)
-class RunRecord:
+class RunRecord(Shown):
     """One cycle of one VM: when, where and how it ended. `error` is "Type: message" when `ok` is false.
 
     `worker` names what ran the cycle: a dask worker's name, else host:pid:thread.
@@ -55,6 +56,39 @@ class RunRecord:
     summary: str
     error: str | None
     worker: str | None = None
+
+    _shown_columns = ("vm", "protection", "policy", "started", "duration_seconds", "ok", "summary", "error")
+
+    @property
+    def duration_seconds(self) -> float:
+        """How long the cycle ran, in seconds."""
+        return (self.finished - self.started).total_seconds()
+
+    def _shown_extra(self) -> tuple[tuple[str, object], ...]:
+        return (("duration_seconds", self.duration_seconds),)
+
+
+class RunRecords(ShownRows, list[RunRecord]):
+    """The records `run_policies` answers, in finishing order: a list shown as a table.
+
+    `to_dataframe()` columns and dtypes: vm, protection, policy (string);
+    started, finished (datetime64[ns, UTC]); duration_seconds (float64); ok
+    (bool); summary, error (string, <NA> when the cycle succeeded).
+    """
+
+    __slots__ = ()
+    _noun = ("cycle", "cycles")
+    _frame_columns = (
+        ("vm", "string"),
+        ("protection", "string"),
+        ("policy", "string"),
+        ("started", "datetime64[ns, UTC]"),
+        ("finished", "datetime64[ns, UTC]"),
+        ("duration_seconds", "float64"),
+        ("ok", "bool"),
+        ("summary", "string"),
+        ("error", "string"),
+    )
 
 
 @dataclass
@@ -389,8 +423,11 @@ def run_policies(
     executor: Executor | None = None,
     profile: str | None = None,
     transport: str = "mount",
-) -> list[RunRecord]:
+) -> RunRecords:
     """Run the policy file's protections through `engine`; answer a record per cycle, in finishing order.
+
+    The records come as RunRecords, a list that shows itself as a table in a
+    notebook and has `to_dataframe()`.
 
     `once=True` runs every selected VM exactly once, due or not, and
     returns. Otherwise it watches: each VM runs when its policy says it is
@@ -430,7 +467,7 @@ def run_policies(
     check_type(profile, str, "profile", optional=True)
     if transport not in TRANSPORTS:
         raise InvalidInput(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
-    return _Scheduler(
+    scheduler = _Scheduler(
         policy_file,
         engine,
         once=once,
@@ -445,4 +482,5 @@ def run_policies(
         executor=executor,
         profile=profile,
         transport=transport,
-    ).run()
+    )
+    return RunRecords(scheduler.run())

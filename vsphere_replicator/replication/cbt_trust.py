@@ -135,11 +135,31 @@ def reverted(known: DiskState, disk: DiskInfo) -> str | None:
     read, never a wrong copy. Blind where it cannot see: a state written
     before the layer was recorded, and a layer name vSphere reused by a
     second revert within one interval (sampling, cbt_trust.py, remains).
+
+    A Storage vMotion moves every layer of the chain to another datastore
+    and keeps each layer's path inside it (and, from vSphere 6.0 on, the
+    tracking data: change ids stay valid), so a layer found under the same
+    path on the datastore the whole chain moved to is the same layer.
     """
     if known.source_layer is None or known.source_layer in disk.layers:
+        return None
+    if _moved(known.source_layer, disk.layers):
         return None
     return (
         f"{SOURCE_REVERTED}: {known.source_layer}, which the last restore point was read from, "
         f"is no longer in the disk's backing chain ({' <- '.join(disk.layers)}): the source was "
         "reverted to a snapshot, and CBT does not report the blocks a revert changes back"
     )
+
+
+def _split(datastore_path: str) -> tuple[str, str]:
+    """("ds", "dir/file.vmdk") of "[ds] dir/file.vmdk"."""
+    datastore, _, path = datastore_path.partition("] ")
+    return datastore.removeprefix("["), path
+
+
+def _moved(layer: str, chain: tuple[str, ...]) -> bool:
+    """Whether `layer` is in `chain` under its path, every layer of it now on another datastore."""
+    datastore, path = _split(layer)
+    places = [_split(link) for link in chain]
+    return all(ds != datastore for ds, _ in places) and any(p == path for _, p in places)

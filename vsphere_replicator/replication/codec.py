@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import StateError
-from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
+from vsphere_replicator.replication.settings import CycleSettings, PlanMembership, ReplicaTarget
 from vsphere_replicator.replication.state import (
     DiskState,
     Journal,
@@ -74,6 +75,9 @@ for _kind in (
     SeedRecord,
     ReplicaTarget,
     CycleSettings,
+    RecoveryIp,
+    NicAddress,
+    PlanMembership,
 ):
     setattr(_kind, "__pydantic_config__", _STRICT)  # noqa: B010 - a class attribute pydantic reads
 

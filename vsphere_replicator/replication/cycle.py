@@ -89,6 +89,7 @@ from vsphere_replicator.replication.settings import (
     check_cycle_arguments,
     check_transfer,
 )
+from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import (
     DiskState,
     Journal,
@@ -122,7 +123,7 @@ class _Plan:
 
 
 def replicate(
-    conn: Connection,
+    conn: Connection | Sites,
     vm: VMRef,
     *,
     replica_access: DiskAccess,
@@ -144,7 +145,8 @@ def replicate(
     recorded. `verify_access` reads the replica back for `verify` along a
     path other than the writer's (default: the datastore HTTP endpoint).
     Raises IncrementalRefused (nothing changed) when `max_change_share` is
-    exceeded.
+    exceeded. With `Sites` the source is read on its vCenter and the replica
+    written on the target's.
     """
     check_transfer(chunk=chunk, checkpoint_every=checkpoint_every, workers=workers)
     check_cycle_arguments(
@@ -156,15 +158,16 @@ def replicate(
         throttle=throttle,
         on_progress=on_progress,
     )
-    source = resolve_vm(conn, vm)
-    found = require_replica(conn, source)
+    sites = sites_of(conn)
+    source = resolve_vm(sites.source, vm)
+    found = require_replica(sites.target, source)
     for disk in found.vm.disks:  # a replica datastore not mounted as said: refused before even the lease
         replica_access.check(disk)
-    with Lease(conn, found.vm.moref, operation="replicate", vm=found.vm.name) as lease:
+    with Lease(sites.target, found.vm.moref, operation="replicate", vm=found.vm.name) as lease:
         return run_cycle(
-            conn,
+            sites,
             source,
-            settle_seed(conn, lease, reread(conn, found)),
+            settle_seed(sites.target, lease, reread(sites.target, found)),
             lease,
             replica_access=replica_access,
             source_access=source_access,
@@ -180,7 +183,7 @@ def replicate(
 
 
 def run_cycle(
-    conn: Connection,
+    conn: Connection | Sites,
     source: VMInfo,
     replica: Replica,
     lease: Lease,
@@ -196,8 +199,15 @@ def run_cycle(
     chunk: int = DEFAULT_CHUNK,
     workers: int = 4,
     within_recovery: bool = False,
+    group: str | None = None,
+    on_snapshot: Callable[[], None] | None = None,
 ) -> CycleResult:
-    """One cycle of `replica`, whose lease the caller holds (replicate, planned failover)."""
+    """One cycle of `replica`, whose lease the caller holds (replicate, planned failover).
+
+    `group` names a consistency group's cycle (its restore point carries
+    it); `on_snapshot` is called once the source snapshot is there, before
+    any byte is copied: a group waits there until all its snapshots are.
+    """
     started = time.monotonic()
     if replica.recovery is not None and not within_recovery:
         raise StateError(
@@ -217,14 +227,16 @@ def run_cycle(
             vm=source.name,
         )
     chosen = apply_overrides(settings or state.settings, overrides)
-    reader = source_access or HTTPDatastores(conn, source.folder.split("/", 1)[0])
+    sites = sites_of(conn)
+    reader = source_access or HTTPDatastores(sites.source, source.folder.split("/", 1)[0])
     for disk in replica.vm.disks:
         replica_access.check(disk)
     for disk in source.disks:
         reader.check(disk)
-    verifier = verify_access or HTTPDatastores(conn, replica.vm.folder.split("/", 1)[0])
-    run = _Cycle(conn, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
+    verifier = verify_access or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
+    run = _Cycle(sites, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
     run.verifier = verifier
+    run.group, run.on_snapshot = group, on_snapshot
     try:
         result = run.execute(checkpoint_every=checkpoint_every, chunk=chunk, workers=workers)
     except ReplicatorError as exc:
@@ -255,7 +267,7 @@ def _record_error(lease: Lease, replica: Replica, exc: ReplicatorError) -> None:
 class _Cycle:
     def __init__(
         self,
-        conn: Connection,
+        sites: Sites,
         source: VMInfo,
         replica: Replica,
         state: ReplicaState,
@@ -266,7 +278,8 @@ class _Cycle:
         on_progress: Progress | None,
         lease: Lease,
     ) -> None:
-        self.conn = conn
+        self.conn = sites.target  # the replica's vCenter: state, journal, restore points
+        self.source_conn = sites.source  # the source's: its snapshots and Changed Block Tracking
         self.lease = lease
         self.verifier: DiskAccess = writer
         self.source = source
@@ -278,6 +291,8 @@ class _Cycle:
         self.throttle = throttle
         self.on_progress = on_progress
         self.log = get_logger(vm=source.name, replica=replica.vm.name, operation="replicate")
+        self.group: str | None = None
+        self.on_snapshot: Callable[[], None] | None = None
 
     # -- the steps ---------------------------------------------------------------
 
@@ -290,16 +305,19 @@ class _Cycle:
             journal = self._recover(journal)
         if journal is None:
             resumed = False
-            if not source_lease_live(self.conn, self.source):  # a protect or clone is using its snapshots
-                self.source = sweep_source(self.conn, self.source)
+            # A protect or a clone holding the source's lease is using its snapshots: leave them.
+            if not source_lease_live(self.source_conn, self.source):
+                self.source = sweep_source(self.source_conn, self.source)
             journal = self._begin()
         snapshot: SnapshotInfo | None
         if journal.phase == "copied":
             # Every byte is on the replica and the journal holds all the commit needs: the source
             # snapshot (for verify, then removal) may be gone without making the cycle unfinishable.
             snapshot = self._source_snapshot_if_any(journal)
+            self._snapshot_taken()
         else:
             snapshot = self._source_snapshot(journal)
+            self._snapshot_taken()
             if journal.phase == "snapshot":
                 journal, plans = self._plan(journal, snapshot, chunk)
                 if not journal.retired and all(
@@ -330,6 +348,10 @@ class _Cycle:
             seconds=0.0,
         )
 
+    def _snapshot_taken(self) -> None:
+        if self.on_snapshot is not None:
+            self.on_snapshot()
+
     def _begin(self) -> Journal:
         cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         journal = Journal(
@@ -338,6 +360,7 @@ class _Cycle:
             source_snapshot=None,
             started=datetime.now(UTC),
             restore_point=point_id(self.state.next_point),
+            group=self.group,
         )
         write_options(self.lease, journal=journal)
         failpoints.point("journal-begun")
@@ -395,7 +418,7 @@ class _Cycle:
                 QuiesceFallback.CRASH_CONSISTENT if self.settings.quiesce == "try" else QuiesceFallback.FAIL
             )
             taken = create_snapshot(
-                self.conn,
+                self.source_conn,
                 self.source,
                 CYCLE_SNAPSHOT + journal.cycle,
                 description=f"replication cycle to {self.replica.vm.name}",
@@ -410,7 +433,7 @@ class _Cycle:
         return existing
 
     def _plan(self, journal: Journal, snapshot: SnapshotInfo, chunk: int) -> tuple[Journal, list[_Plan]]:
-        disks = snapshot_disks(self.conn, snapshot.moref)
+        disks = snapshot_disks(self.source_conn, snapshot.moref)
         replica_now = refresh(self.conn, self.replica)  # its current disks, after any roll-back
         plans: list[_Plan] = []
         resyncs: list[tuple[DiskInfo, str]] = []
@@ -490,7 +513,7 @@ class _Cycle:
         known = self.state.disk(disk.key)
         assert known is not None
         try:
-            changes = changed_areas(self.conn, self.source, snapshot, disk, known.change_id)
+            changes = changed_areas(self.source_conn, self.source, snapshot, disk, known.change_id)
         except ChangeIdInvalid as exc:
             return f"vCenter rejected the recorded change id: {exc}"
         mirror = replica_disk(replica_now, known.replica_key, known.replica_uuid)
@@ -518,7 +541,7 @@ class _Cycle:
     ) -> str | None:
         """Why CBT cannot be trusted on this disk (a sampled unchanged area differs), or None."""
         differs = sample_unchanged(
-            self.conn,
+            self.source_conn,
             self.source,
             snapshot,
             disk,
@@ -547,7 +570,7 @@ class _Cycle:
             if plan.changed > share * plan.disk.capacity:
                 self.log.error("incremental_refused", disk=plan.disk.source_key, changed=plan.changed)
                 write_options(self.lease, clear_journal=True)
-                remove_snapshot(self.conn, self.source, snapshot)
+                remove_snapshot(self.source_conn, self.source, snapshot)
                 raise IncrementalRefused(
                     f"{self.source.name} disk {plan.disk.source_key}: {plan.changed} bytes changed, "
                     f"more than {share:.0%} of its {plan.disk.capacity} bytes; the cycle was not run",
@@ -580,8 +603,8 @@ class _Cycle:
         if disk.since == WHOLE_DISK:
             return (Extent(0, disk.capacity),), disk.capacity
         if disk.since == ALL_ALLOCATED:  # "*" may fail or answer the whole disk: see allocation.py
-            return allocated_areas(self.conn, self.source, snapshot, disk.source_key, self.reader)
-        changes = changed_areas(self.conn, self.source, snapshot, disk.source_key, disk.since)
+            return allocated_areas(self.source_conn, self.source, snapshot, disk.source_key, self.reader)
+        changes = changed_areas(self.source_conn, self.source, snapshot, disk.source_key, disk.since)
         return changes.areas, changes.total
 
     def _copy(self, journal: Journal, plans: list[_Plan], *, checkpoint_every: int, workers: int) -> Journal:
@@ -592,7 +615,7 @@ class _Cycle:
         that plan, so a resume cut differently would skip data.
         """
         chunk = journal.chunk or DEFAULT_CHUNK
-        snapshot_disk = {d.key: d for d in snapshot_disks(self.conn, journal.source_snapshot or "")}
+        snapshot_disk = {d.key: d for d in snapshot_disks(self.source_conn, journal.source_snapshot or "")}
         replica_vm = refresh(self.conn, self.replica)
         total = sum(c.length for p in plans for c in plan_chunks(p.areas, p.disk.capacity, chunk=chunk))
         done = sum(p.disk.done for p in plans)
@@ -682,7 +705,7 @@ class _Cycle:
         restore point) and raises: a restore point that is not the source's
         bytes must never be recorded.
         """
-        source_disks = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
+        source_disks = {d.key: d for d in snapshot_disks(self.source_conn, snapshot.moref)}
         replica_disks = {
             d.key: d
             for d in (
@@ -696,7 +719,7 @@ class _Cycle:
             if ours != theirs:
                 self.log.error("restore_point_verification_failed", disk=jd.source_key)
                 self._roll_back(written=True)
-                remove_snapshot(self.conn, self.source, snapshot)
+                remove_snapshot(self.source_conn, self.source, snapshot)
                 raise VerificationFailed(
                     f"the replica of {self.source.name} disk {jd.source_key} does not match the source "
                     "snapshot after the copy; the cycle was undone",
@@ -712,7 +735,7 @@ class _Cycle:
         Back-to-back cycles of an idle VM would otherwise push every useful
         point out of retention within seconds.
         """
-        frozen = {d.key: d for d in snapshot_disks(self.conn, snapshot.moref)}
+        frozen = {d.key: d for d in snapshot_disks(self.source_conn, snapshot.moref)}
         latest = replace(self.state.latest, confirmed=snapshot.created)
         confirmed = replace(
             self.state,
@@ -730,7 +753,7 @@ class _Cycle:
         write_options(self.lease, state=confirmed, clear_journal=True)
         self.state = confirmed
         failpoints.point("confirmed")
-        self.source = remove_snapshot(self.conn, self.source, snapshot)
+        self.source = remove_snapshot(self.source_conn, self.source, snapshot)
         self.log.info("cycle_found_no_change", restore_point=latest.id)
         return CycleResult(
             vm=self.source.name,
@@ -748,7 +771,7 @@ class _Cycle:
 
     def _finish(self, snapshot: SnapshotInfo | None) -> None:
         if snapshot is not None:
-            self.source = remove_snapshot(self.conn, self.source, snapshot)
+            self.source = remove_snapshot(self.source_conn, self.source, snapshot)
         failpoints.point("source-snapshot-removed")
         self.state = prune(self.conn, self.lease, self.replica.vm, self.state, self.settings)
 

@@ -25,17 +25,19 @@ command again continues from it, and `status` names the phase.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.customize import customize_ip
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
-from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object, vm_options
+from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object
 from vsphere_replicator.logs import get_logger
-from vsphere_replicator.networks import NicChange, check_networks, remap_nics
+from vsphere_replicator.networks import NicChange, check_networks, isolate_nics, remap_nics
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.cycle import run_cycle
@@ -52,7 +54,9 @@ from vsphere_replicator.replication.replica import (
     settle_seed,
 )
 from vsphere_replicator.replication.restore_points import find_restore_point
+from vsphere_replicator.replication.retention import test_copies
 from vsphere_replicator.replication.settings import CycleResult
+from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import RecoveryJournal, ReplicaState, RestorePoint
 from vsphere_replicator.replication.store import TEST_KEY, cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
@@ -60,7 +64,7 @@ from vsphere_replicator.tasks import run_task
 
 
 @dataclass(frozen=True, slots=True)
-class FailoverResult:
+class FailoverResult(Shown):
     """Which VM now runs, at which restore point, and what it took."""
 
     vm: str
@@ -93,14 +97,24 @@ def _power_off(conn: Connection, vm: VMInfo) -> None:
 
 
 def start_test_failover(
-    conn: Connection, vm: str, *, restore_point: str | None = None, name: str = "{vm}-failover-test"
+    conn: Connection,
+    vm: str,
+    *,
+    restore_point: str | None = None,
+    name: str = "{vm}-failover-test",
+    test_networks: Mapping[str, str] | None = None,
 ) -> FailoverResult:
     """Bring up an isolated, running copy of a restore point; replication and source are untouched.
 
-    The copy's NICs move to the target's recovery networks; remove it with
-    `cleanup_test_failover`. Runs under the replica's lease (the restore
-    point cannot be pruned while it is cloned).
+    The copy is a linked clone of the restore point (redo logs over its
+    disks: seconds, and the space the test writes, whatever the disks'
+    size); the restore point is held against pruning while the copy exists.
+    Isolated by default: a NIC goes on the test network `test_networks`
+    maps its port group (or its source's port group) to, and every other
+    NIC is disconnected, so a test never answers on production's networks.
+    Remove it with `cleanup_test_failover`. Runs under the replica's lease.
     """
+    mapping = dict(test_networks or {})
     found = replica_of(conn, vm)
     log = get_logger(vm=vm, operation="test_failover")
     with Lease(conn, found.vm.moref, operation="test failover", vm=found.vm.name) as lease:
@@ -110,7 +124,7 @@ def start_test_failover(
         point = find_restore_point(state, restore_point)
         snapshot = find_snapshot(replica.vm, moref=point.snapshot)
         target = state.target
-        check_networks(conn, (recovery for _, recovery in target.networks))
+        check_networks(conn, mapping.values(), what="--test-network / test_networks")
         copy = _test_copy(conn, state, point)
         made = copy is None
         if copy is None:
@@ -122,13 +136,17 @@ def start_test_failover(
                 target.placement(provisioning=False),
                 snapshot=snapshot,
                 options={**cleared_options(), TEST_KEY: stamp},
+                linked=True,
             )
             failpoints.point("test-copy-made")
         else:
             log.warning("test_copy_resumed", copy=copy.name)
         try:
-            nics = remap_nics(conn, copy.moref, dict(target.networks))
+            sources = {recovery: production for production, recovery in target.networks}
+            nics = isolate_nics(conn, copy.moref, mapping, aliases=sources)
             failpoints.point("test-copy-nics-moved")
+            if target.recovery_ip is not None and copy.power_state != "poweredOn":
+                customize_ip(conn, copy.moref, target.recovery_ip, host_name=vm)
             _power_on(conn, get_vm(conn, VMSelector(moref=copy.moref)))
         except Exception:
             if made:  # a copy this run made and could not start goes again: nothing is left half-done
@@ -141,23 +159,41 @@ def start_test_failover(
     )
 
 
-def _test_copies(conn: Connection, state: ReplicaState) -> list[tuple[str, dict[str, str]]]:
-    found = []
-    for moref, options in vm_options(conn, TEST_KEY).items():
-        try:
-            stamp = json.loads(options[TEST_KEY])
-        except (ValueError, KeyError):
-            continue
-        if isinstance(stamp, dict) and stamp.get("source") == state.source.instance_uuid:
-            found.append((moref, {str(k): str(v) for k, v in stamp.items()}))
-    return found
-
-
 def _test_copy(conn: Connection, state: ReplicaState, point: RestorePoint) -> VMInfo | None:
-    for moref, stamp in _test_copies(conn, state):
+    for moref, stamp in test_copies(conn, state):
         if stamp.get("restore_point") == point.id:
             return get_vm(conn, VMSelector(moref=moref))
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverCopy:
+    """A test-failover copy of a protected VM: its name, the restore point it was made of, whether it runs."""
+
+    name: str
+    restore_point: str
+    running: bool
+
+
+def failover_test_copies(conn: Connection, vm: str) -> tuple[FailoverCopy, ...]:
+    """The test-failover copies of `vm` that exist now; nothing is changed.
+
+    What `cleanup_test_failover` would remove, and whether `start_test_failover`
+    has anything left to do (Ansible's check mode asks it).
+    """
+    replica = replica_of(conn, vm, promoted=None)
+    assert replica.state is not None
+    found = []
+    for moref, stamp in test_copies(conn, replica.state):
+        copy = get_vm(conn, VMSelector(moref=moref))
+        found.append(
+            FailoverCopy(
+                name=copy.name,
+                restore_point=stamp.get("restore_point", ""),
+                running=copy.power_state == "poweredOn",
+            )
+        )
+    return tuple(found)
 
 
 def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
@@ -165,7 +201,7 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
     replica = replica_of(conn, vm, promoted=None)
     assert replica.state is not None
     removed = []
-    for moref, _ in _test_copies(conn, replica.state):
+    for moref, _ in test_copies(conn, replica.state):
         copy = get_vm(conn, VMSelector(moref=moref))
         destroy_vm(conn, copy)
         removed.append(copy.name)
@@ -176,7 +212,7 @@ def cleanup_test_failover(conn: Connection, vm: str) -> tuple[str, ...]:
 
 
 def planned_failover(
-    conn: Connection,
+    conn: Connection | Sites,
     vm: str,
     *,
     replica_access: DiskAccess,
@@ -187,27 +223,34 @@ def planned_failover(
 
     Running it again after an interruption continues where it stopped.
     `on_progress(done, total)` follows the bytes of each of the two syncs.
+    With `Sites`, the source is synced and powered off on its vCenter and
+    the replica brought up on the target's.
     """
     check_callable(on_progress, "on_progress", optional=True)
-    found = replica_of(conn, vm, promoted=None)
-    with Lease(conn, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, _settled(conn, lease, found), on_progress=on_progress)
+    sites = sites_of(conn)
+    found = replica_of(sites.target, vm, promoted=None)
+    with Lease(sites.target, found.vm.moref, operation="planned failover", vm=found.vm.name) as lease:
+        settled = _settled(sites.target, lease, found)
+        run = _Failover(sites.target, lease, settled, on_progress=on_progress, source_conn=sites.source)
         if run.state.promoted:
             return run.already("planned")
         return run.planned(replica_access, source_access)
 
 
 def unplanned_failover(
-    conn: Connection, vm: str, *, restore_point: str | None = None, force: bool = False
+    conn: Connection | Sites, vm: str, *, restore_point: str | None = None, force: bool = False
 ) -> FailoverResult:
     """Bring the replica up at `restore_point` (default: the latest), without touching the source.
 
-    Refused while the source runs in this vCenter (two copies of production
-    would run at once) unless `force`.
+    Refused while the source runs (two copies of production would run at
+    once) unless `force`: in this vCenter, or with `Sites` in the source's.
+    Given the target site's connection alone, the source is not looked for:
+    that is the disaster case, the source site is gone.
     """
-    found = replica_of(conn, vm, promoted=None)
-    with Lease(conn, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
-        run = _Failover(conn, lease, _settled(conn, lease, found))
+    sites = sites_of(conn)
+    found = replica_of(sites.target, vm, promoted=None)
+    with Lease(sites.target, found.vm.moref, operation="unplanned failover", vm=found.vm.name) as lease:
+        run = _Failover(sites.target, lease, _settled(sites.target, lease, found), source_conn=sites.source)
         if run.state.promoted:
             return run.already("unplanned")
         return run.unplanned(restore_point, force=force)
@@ -230,9 +273,11 @@ class _Failover:
         replica: Replica,
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        source_conn: Connection | None = None,
     ) -> None:
         assert replica.state is not None
-        self.conn = conn
+        self.conn = conn  # the replica's vCenter
+        self.source_conn = source_conn or conn  # the source's
         self.on_progress = on_progress
         self.lease = lease
         self.replica = replica
@@ -295,7 +340,7 @@ class _Failover:
     def planned(self, replica_access: DiskAccess, source_access: DiskAccess | None) -> FailoverResult:
         journal = self._check("planned")
         resumed = journal is not None
-        source = _source_vm(self.conn, self.state)
+        source = _source_vm(self.source_conn, self.state)
         if source is None:
             raise NotFound(
                 f"{self.name} is not in this vCenter: a planned failover needs the source; "
@@ -317,8 +362,8 @@ class _Failover:
                 journal = self._record(journal, phase="source-off")
                 failpoints.point("failover-source-stopping")
             if journal.phase == "source-off":
-                source = get_vm(self.conn, VMSelector(moref=source.moref))
-                _power_off(self.conn, source)
+                source = get_vm(self.source_conn, VMSelector(moref=source.moref))
+                _power_off(self.source_conn, source)
                 failpoints.point("failover-source-off")
                 final = self._cycle(source, replica_access, source_access)
                 journal = self._record(journal, phase="promoting", restore_point=self.state.latest.id)
@@ -334,8 +379,8 @@ class _Failover:
         self, source: VMInfo, replica_access: DiskAccess, source_access: DiskAccess | None
     ) -> CycleResult:
         result = run_cycle(
-            self.conn,
-            get_vm(self.conn, VMSelector(moref=source.moref)),
+            Sites(source=self.source_conn, target=self.conn),
+            get_vm(self.source_conn, VMSelector(moref=source.moref)),
             reread(self.conn, self.replica),
             self.lease,
             replica_access=replica_access,
@@ -355,7 +400,7 @@ class _Failover:
             return  # the replica runs: only going forward is safe; the journal says how
         try:
             if journal.source_was_on:
-                _power_on(self.conn, get_vm(self.conn, VMSelector(moref=source.moref)))
+                _power_on(self.source_conn, get_vm(self.source_conn, VMSelector(moref=source.moref)))
             write_options(self.lease, clear_recovery=True)
         except ReplicatorError as exc:
             self.log.error("failover_not_undone", error=str(exc), phase=journal.phase)
@@ -370,7 +415,7 @@ class _Failover:
         chosen = restore_point or (journal.restore_point if journal else None)
         point = find_restore_point(self.state, chosen)
         find_snapshot(self.replica.vm, moref=point.snapshot)  # it is there before anything changes
-        source = _source_vm(self.conn, self.state)
+        source = _source_vm(self.source_conn, self.state)
         if journal is None and source is not None and source.power_state == "poweredOn" and not force:
             raise InvalidInput(
                 f"{self.name} is running: an unplanned failover would run two copies of it at once; "
@@ -431,6 +476,8 @@ class _Failover:
                 journal = self._record(journal, phase="promoting", restore_point=point.id)
             nics = remap_nics(self.conn, vm.moref, dict(self.state.target.networks))
             failpoints.point("failover-nics-moved")
+            if self.state.target.recovery_ip is not None:  # its addresses on the recovery site
+                customize_ip(self.conn, vm.moref, self.state.target.recovery_ip, host_name=self.name)
             _power_on(self.conn, refresh(self.conn, self.replica))
             failpoints.point("failover-powered-on")
         vm = refresh(self.conn, self.replica)

@@ -10,14 +10,17 @@ part-way leaves the protection in place, and running it again finishes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from vsphere_replicator.clone import destroy_vm
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, StateError
 from vsphere_replicator.inventory import VMSelector, find_vms
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.networks import check_networks
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
@@ -31,46 +34,89 @@ from vsphere_replicator.replication.replica import (
     settle_seed,
     sweep_source,
 )
-from vsphere_replicator.replication.settings import CycleSettings, apply_overrides
+from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget, apply_overrides
 from vsphere_replicator.replication.store import cleared_options, write_options
 from vsphere_replicator.snapshots import find_snapshot
 
 
 @dataclass(frozen=True, slots=True)
-class SettingsChange:
+class SettingsChange(Shown):
     """A protection's recorded settings before and after a change, and which ones changed."""
 
     vm: str
     replica: str
     before: CycleSettings
     after: CycleSettings
-    changed: tuple[str, ...]
+    changed: tuple[str, ...]  # CycleSettings fields, and "networks" when the network mapping changed
+    # The recovery network mapping (source port group, recovery port group) of the replica target.
+    networks_before: tuple[tuple[str, str], ...] = ()
+    networks_after: tuple[tuple[str, str], ...] = ()
 
 
-def update_settings(conn: Connection, vm: str, **changes: Any) -> SettingsChange:
+def update_settings(
+    conn: Connection,
+    vm: str,
+    *,
+    dry_run: bool = False,
+    networks: Sequence[tuple[str, str]] | None = None,
+    **changes: Any,
+) -> SettingsChange:
     """Change the settings `protect` recorded for `vm` (keep, max_age, target_rpo, quiesce, ...).
 
-    Validated before anything is written (InvalidInput names the setting);
-    retention applies them at the next cycle, never here.
+    `networks` replaces the target's recovery network mapping, (source port
+    group, recovery port group) pairs, used by the next failover; every
+    recovery port group must exist. Validated before anything is written
+    (InvalidInput names the setting); retention applies them at the next
+    cycle, never here. With `dry_run` nothing is written and no lease is
+    taken: the result says what would change (Ansible's check mode).
     """
+    wanted = None if networks is None else tuple((str(a), str(b)) for a, b in networks)
+    if wanted is not None:
+        ReplicaTarget(datastore="-", networks=wanted)  # the pairs' shape, checked as protect checks it
+        check_networks(conn, (recovery for _, recovery in wanted), what="networks")
     found = replica_of(conn, vm, promoted=None)
+    if dry_run:
+        return _settings_change(found, vm, changes, wanted)
     with Lease(conn, found.vm.moref, operation="update settings", vm=found.vm.name) as lease:
         replica = settle_seed(conn, lease, reread(conn, found))
-        if replica.state is None:
-            raise StateError(f"protecting {vm} is unfinished: run protect again first", vm=vm)
-        before = replica.state.settings
-        after = apply_overrides(before, changes)
-        changed = tuple(
-            f.name for f in fields(CycleSettings) if getattr(before, f.name) != getattr(after, f.name)
-        )
-        if changed:
-            write_options(lease, state=replace(replica.state, settings=after))
-            get_logger(vm=vm, operation="update_settings").warning("settings_changed", changed=list(changed))
-    return SettingsChange(vm=vm, replica=replica.vm.name, before=before, after=after, changed=changed)
+        change = _settings_change(replica, vm, changes, wanted)
+        if change.changed:
+            assert replica.state is not None
+            target = replace(replica.state.target, networks=change.networks_after)
+            write_options(lease, state=replace(replica.state, settings=change.after, target=target))
+            get_logger(vm=vm, operation="update_settings").warning(
+                "settings_changed", changed=list(change.changed)
+            )
+    return change
+
+
+def _settings_change(
+    replica: Replica, vm: str, changes: dict[str, Any], networks: tuple[tuple[str, str], ...] | None
+) -> SettingsChange:
+    """What `changes` (and `networks`, unless None) would do to the recorded settings, written nowhere."""
+    replica.require_readable()
+    if replica.state is None:
+        raise StateError(f"protecting {vm} is unfinished: run protect again first", vm=vm)
+    before = replica.state.settings
+    after = apply_overrides(before, changes)
+    changed = [f.name for f in fields(CycleSettings) if getattr(before, f.name) != getattr(after, f.name)]
+    old = replica.state.target.networks
+    new = old if networks is None else networks
+    if dict(old) != dict(new):
+        changed.append("networks")
+    return SettingsChange(
+        vm=vm,
+        replica=replica.vm.name,
+        before=before,
+        after=after,
+        changed=tuple(changed),
+        networks_before=old,
+        networks_after=new,
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class UnprotectResult:
+class UnprotectResult(Shown):
     """What ending a protection did to the replica."""
 
     vm: str

@@ -7,16 +7,17 @@ from dataclasses import dataclass
 
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.connection import Connection
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, StateError
 from vsphere_replicator.inventory import VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.replication.access import DiskAccess
-from vsphere_replicator.replication.replica import require_replica
-from vsphere_replicator.replication.state import ReplicaState, RestorePoint
+from vsphere_replicator.replication.replica import replica_of, require_replica
+from vsphere_replicator.replication.state import ReplicaState, RestorePoint, RestorePoints
 from vsphere_replicator.verify import checksum
 
 
 @dataclass(frozen=True, slots=True)
-class DiskCheck:
+class DiskCheck(Shown):
     replica_key: int
     expected: str
     actual: str
@@ -27,7 +28,7 @@ class DiskCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class RestorePointCheck:
+class RestorePointCheck(Shown):
     vm: str
     restore_point: str
     disks: tuple[DiskCheck, ...]
@@ -38,16 +39,34 @@ class RestorePointCheck:
 
 
 def replica_state(conn: Connection, vm: VMRef) -> ReplicaState:
-    source = resolve_vm(conn, vm)
-    replica = require_replica(conn, source)
+    """The state of `vm`'s replica on `conn`'s vCenter.
+
+    A VM named that is not in this vCenter is looked up by the name its
+    replica's state records: on the recovery site, whose vCenter never had
+    the source, or after the source site is lost.
+    """
+    try:
+        source = resolve_vm(conn, vm)
+    except NotFound as missing:
+        if not isinstance(vm, str):
+            raise
+        try:
+            replica = replica_of(conn, vm, promoted=None)
+        except NotFound:
+            raise missing from None  # no such VM, and no replica of one by that name either
+        name = vm
+    else:
+        replica = require_replica(conn, source)
+        name = source.name
     if replica.state is None:
-        raise StateError(f"protecting {source.name} is unfinished: run protect again", vm=source.name)
+        raise StateError(f"protecting {name} is unfinished: run protect again", vm=name)
     return replica.state
 
 
-def list_restore_points(conn: Connection, vm: VMRef) -> tuple[RestorePoint, ...]:
-    """The protected VM's restore points, oldest first."""
-    return replica_state(conn, vm).restore_points
+def list_restore_points(conn: Connection, vm: VMRef) -> RestorePoints:
+    """The protected VM's restore points, oldest first (a tuple that shows itself as a table)."""
+    state = replica_state(conn, vm)
+    return RestorePoints(state.restore_points, vm=state.source.name)
 
 
 def find_restore_point(state: ReplicaState, point_id: str | None) -> RestorePoint:

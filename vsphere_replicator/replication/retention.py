@@ -1,19 +1,20 @@
-"""Pruning restore points by count and by age; the newest always stays."""
+"""Pruning restore points by count and by age; the newest stays, and so does one a test copy runs on."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm
+from vsphere_replicator.inventory import VMInfo, VMSelector, get_vm, vm_options
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.settings import CycleSettings
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint
-from vsphere_replicator.replication.store import write_options
+from vsphere_replicator.replication.store import TEST_KEY, write_options
 from vsphere_replicator.snapshots import find_snapshot
 
 
@@ -36,9 +37,11 @@ def prune(
 
     A crash between the two leaves a restore-point snapshot no state names,
     which the next cycle's reconcile removes; the state never names a
-    snapshot that is gone.
+    snapshot that is gone. A restore point a test failover's copy is a
+    linked clone of is held until the copy is cleaned up.
     """
-    drop = expired(state.restore_points, settings)
+    held = {stamp.get("restore_point") for _, stamp in test_copies(conn, state)}
+    drop = tuple(p for p in expired(state.restore_points, settings) if p.id not in held)
     if not drop:
         return state
     state = replace(state, restore_points=tuple(p for p in state.restore_points if p not in drop))
@@ -51,3 +54,16 @@ def prune(
         log.info("restore_point_pruned", restore_point=point.id)
         failpoints.point("restore-point-pruned")
     return state
+
+
+def test_copies(conn: Connection, state: ReplicaState) -> list[tuple[str, dict[str, str]]]:
+    """(moref, stamp) of each test copy of this replica's source; the stamp names its restore point."""
+    found = []
+    for moref, options in vm_options(conn, TEST_KEY).items():
+        try:
+            stamp = json.loads(options[TEST_KEY])
+        except (ValueError, KeyError):
+            continue
+        if isinstance(stamp, dict) and stamp.get("source") == state.source.instance_uuid:
+            found.append((moref, {str(k): str(v) for k, v in stamp.items()}))
+    return found

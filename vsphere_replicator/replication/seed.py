@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 
 from vsphere_replicator.cbt import ALL_ALLOCATED, change_ids_at, changed_areas, enable_cbt
 from vsphere_replicator.checks import check_callable
 from vsphere_replicator.clone import check_placement, clone_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.errors import InvalidInput, VerificationFailed
+from vsphere_replicator.errors import InvalidInput, StateError, VerificationFailed
 from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, VMRef, resolve_vm, snapshot_disks
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.networks import check_networks
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.cross_site import (
+    check_cross_site,
+    copy_pending,
+    create_replica,
+    fill_replica,
+)
 from vsphere_replicator.replication.cycle import source_lease_live
 from vsphere_replicator.replication.lease import Lease
 from vsphere_replicator.replication.options import read_options
@@ -41,6 +47,7 @@ from vsphere_replicator.replication.settings import (
     ReplicaTarget,
     check_protect_arguments,
 )
+from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import (
     DiskState,
     ReplicaState,
@@ -65,7 +72,7 @@ FIRST_POINT = point_id(1)
 
 
 def protect(
-    conn: Connection,
+    conn: Connection | Sites,
     vm: VMRef,
     target: ReplicaTarget,
     *,
@@ -88,6 +95,11 @@ def protect(
     exist. Runs under the source's lease, then the new replica's (Busy when
     another operation holds one). `on_progress` receives the clone task's
     percentage (0-100) while a seed is cloned.
+
+    With `Sites` whose source and target are different vCenters, the replica
+    is created empty on the target site and its disks are copied from the
+    seed snapshot through `source_access` and `replica_access`
+    (replication/cross_site.py); everything about it lives on the target.
     """
     check_protect_arguments(
         target=target,
@@ -100,46 +112,63 @@ def protect(
     chosen = settings or CycleSettings()
     if chosen.verify and replica_access is None:
         raise InvalidInput("verify needs replica_access to read the replica's disks")
-    source = resolve_vm(conn, vm)
-    _check_protectable(conn, source, target, allow_source_datastore=allow_source_datastore)
+    sites = sites_of(conn)
+    source = resolve_vm(sites.source, vm)
+    _check_protectable(sites, source, target, allow_source_datastore=allow_source_datastore)
+    hardware = None if sites.single else check_cross_site(sites, source, target, replica_access)
     log = get_logger(vm=source.name, operation="protect")
-    with Lease(conn, source.moref, operation="protect", vm=source.name):
-        found = find_replica(conn, source)
+    reader = source_access or HTTPDatastores(sites.source, source.folder)
+    with Lease(sites.source, source.moref, operation="protect", vm=source.name):
+        found = find_replica(sites.target, source)
         if found is not None:
             found.require_readable()
         if found is not None and found.state is not None:
-            return _already_protected(conn, source, found, target, started, settings)
+            return _already_protected(sites, source, found, target, started, settings)
         if found is not None and found.seed is not None:
             log.warning("seed_resumed", replica=found.vm.name)
             replica, record = found.vm, found.seed
-            source = sweep_source(conn, source, keep=record.snapshot)
+            source = sweep_source(sites.source, source, keep=record.snapshot)
         else:
-            copy = _adoptable(conn, adopt, replica_access) if adopt is not None else None
-            source = sweep_source(conn, source)
+            copy = _adoptable(sites.target, adopt, replica_access) if adopt is not None else None
+            source = sweep_source(sites.source, source)
             if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
-                source = enable_cbt(conn, source)
-            record, snapshot = _seed_snapshot(conn, source, chosen, target)
+                source = enable_cbt(sites.source, source)
+            record, snapshot = _seed_snapshot(sites.source, source, chosen, target)
             try:
-                if copy is None:
-                    replica = _clone(conn, source, target, snapshot, record, on_progress)
-                else:
+                if copy is not None:
                     assert replica_access is not None
-                    reader = source_access or HTTPDatastores(conn, source.folder)
-                    replica = _adopt(conn, source, snapshot, copy, record, reader, replica_access)
+                    replica = _adopt(sites, source, snapshot, copy, record, reader, replica_access)
+                elif hardware is None:
+                    replica = _clone(sites.source, source, target, snapshot, record, on_progress)
+                else:
+                    replica = create_replica(sites, source, target, snapshot, record, hardware)
             except (
                 Exception
             ):  # a failed seed leaves no snapshot of ours (a crash: the next protect sweeps it)
-                remove_snapshot(conn, source, snapshot)
+                remove_snapshot(sites.source, source, snapshot)
                 raise
             failpoints.point("seed-replica-made")
-        reader = source_access or HTTPDatastores(conn, source.folder)
         seeded = Replica(vm=replica, state=None, journal=None, seed=record)
-        with Lease(conn, replica.moref, operation="protect", vm=replica.name) as lease:
-            return _finish(conn, lease, source, seeded, target, chosen, started, reader, replica_access)
+        with Lease(sites.target, replica.moref, operation="protect", vm=replica.name) as lease:
+            if not sites.single and copy_pending(sites, replica):
+                assert replica_access is not None  # check_cross_site
+                source = resolve_vm(sites.source, source)
+                at = next((s for s in source.all_snapshots() if s.moref == record.snapshot), None)
+                if at is None:
+                    raise StateError(
+                        f"the seed snapshot of {source.name} is gone before its disks were copied: "
+                        f"delete {replica.name} on the target site and protect again",
+                        vm=source.name,
+                    )
+                replica = fill_replica(
+                    sites, lease, source, at, replica, reader, replica_access, target.datastore, on_progress
+                )
+                seeded = replace(seeded, vm=replica)
+            return _finish(sites, lease, source, seeded, target, chosen, started, reader, replica_access)
 
 
 def _already_protected(
-    conn: Connection,
+    sites: Sites,
     source: VMInfo,
     replica: Replica,
     target: ReplicaTarget,
@@ -166,8 +195,12 @@ def _already_protected(
             asked=different,
             hint=f"protect records them once; change them with: vsphere-replicator settings {source.name}",
         )
-    if replica.journal is None and replica.recovery is None and not source_lease_live(conn, source, own=True):
-        sweep_source(conn, source)  # e.g. the seed snapshot of a protect killed after its commit
+    if (
+        replica.journal is None
+        and replica.recovery is None
+        and not source_lease_live(sites.source, source, own=True)
+    ):
+        sweep_source(sites.source, source)  # e.g. the seed snapshot of a protect killed after its commit
     latest = state.latest
     get_logger(vm=source.name, operation="protect").info("already_protected", replica=replica.vm.name)
     return CycleResult(
@@ -186,9 +219,10 @@ def _already_protected(
 
 
 def _check_protectable(
-    conn: Connection, source: VMInfo, target: ReplicaTarget, *, allow_source_datastore: bool
+    sites: Sites, source: VMInfo, target: ReplicaTarget, *, allow_source_datastore: bool
 ) -> None:
     """Refuse, before anything changes, a source or a target that cannot make a sound replica."""
+    conn = sites.source
     if source.template:
         raise InvalidInput(f"{source.name} is a template, not a VM to protect", vm=source.name)
     marks = read_options(conn, source.moref).values
@@ -198,14 +232,15 @@ def _check_protectable(
             "Changed Block Tracking, so a replica of it would silently miss data; protect the original",
             vm=source.name,
         )
-    if target.datastore in source.datastores and not allow_source_datastore:
+    if sites.single and target.datastore in source.datastores and not allow_source_datastore:
         raise InvalidInput(
             f"{target.datastore} holds {source.name} itself: a replica there is lost with its source; "
             "choose another datastore, or allow it (allow_source_datastore, --allow-source-datastore)",
             vm=source.name,
         )
-    check_placement(conn, target.placement())
-    check_networks(conn, (name for pair in target.networks for name in pair), what="--network / networks")
+    check_placement(sites.target, target.placement())
+    if sites.single:
+        check_networks(conn, (name for pair in target.networks for name in pair), what="--network / networks")
 
 
 def _seed_snapshot(
@@ -280,7 +315,7 @@ def _adoptable(conn: Connection, adopt: VMRef, access: DiskAccess | None) -> VMI
 
 
 def _adopt(
-    conn: Connection,
+    sites: Sites,
     source: VMInfo,
     snapshot: SnapshotInfo,
     copy: VMInfo,
@@ -289,7 +324,7 @@ def _adopt(
     writer: DiskAccess,
 ) -> VMInfo:
     """Check that `copy` holds the seed snapshot's bytes, then mark it as the replica being seeded."""
-    frozen = _by_position(snapshot_disks(conn, snapshot.moref))
+    frozen = _by_position(snapshot_disks(sites.source, snapshot.moref))
     disks = _by_position(copy.disks)
     if [d.capacity for d in frozen] != [d.capacity for d in disks]:
         raise InvalidInput(
@@ -313,13 +348,13 @@ def _adopt(
                 f"at byte {mismatch.offset}; it cannot be adopted as the seed",
                 vm=copy.name,
             )
-    with Lease(conn, copy.moref, operation="adopt", vm=copy.name) as lease:
+    with Lease(sites.target, copy.moref, operation="adopt", vm=copy.name) as lease:
         write_options(lease, extra={**cleared_options(), **seed_options(record)})
     return copy
 
 
 def verify_seed(
-    conn: Connection,
+    conn: Connection | Sites,
     source: VMInfo,
     point: SnapshotInfo,
     pairs: list[tuple[DiskInfo, DiskInfo]],
@@ -334,7 +369,7 @@ def verify_seed(
     `pairs` are (source disk at snapshot `at`, replica disk) by position; `point` is a
     snapshot of the VM `replica` (both morefs).
     """
-    frozen = {d.key: d for d in snapshot_disks(conn, point.moref)}
+    frozen = {d.key: d for d in snapshot_disks(sites_of(conn).target, point.moref)}
     digests = []
     for ours, theirs in pairs:
         a = reader.source(ours, vm=source.moref, snapshot=at)
@@ -357,7 +392,7 @@ def verify_seed(
 
 
 def _finish(
-    conn: Connection,
+    sites: Sites,
     lease: Lease,
     source: VMInfo,
     replica: Replica,
@@ -370,12 +405,12 @@ def _finish(
     assert replica.seed is not None
     record = replica.seed
     vm = replica.vm
-    source = resolve_vm(conn, source)
+    source = resolve_vm(sites.source, source)
     snapshot_alive = any(s.moref == record.snapshot for s in source.all_snapshots())
     existing = replica_snapshot(vm, FIRST_POINT)
     if existing is None:
         existing = create_snapshot(
-            conn,
+            sites.target,
             vm,
             FIRST_POINT,
             description=f"seed restore point of {source.name}",
@@ -384,18 +419,18 @@ def _finish(
         ).snapshot
     failpoints.point("seed-restore-point-taken")
     ids = dict(record.change_ids)
-    frozen = snapshot_disks(conn, record.snapshot) if snapshot_alive else source.disks
+    frozen = snapshot_disks(sites.source, record.snapshot) if snapshot_alive else source.disks
     allocated = 0
     if snapshot_alive:
         at = next(s for s in source.all_snapshots() if s.moref == record.snapshot)
-        allocated = sum(changed_areas(conn, source, at, key, ALL_ALLOCATED).total for key in ids)
+        allocated = sum(changed_areas(sites.source, source, at, key, ALL_ALLOCATED).total for key in ids)
     pairs = list(zip(_by_position(frozen), _by_position(vm.disks), strict=True))
     digests: tuple[tuple[int, str], ...] = ()
     if settings.verify and writer is not None:
         if not snapshot_alive:
             raise InvalidInput(f"the seed snapshot of {source.name} is gone: the seed cannot be verified")
         digests = verify_seed(
-            conn, source, existing, pairs, reader, writer, at=record.snapshot, replica=vm.moref
+            sites, source, existing, pairs, reader, writer, at=record.snapshot, replica=vm.moref
         )
     disks = tuple(DiskState.frozen(s, r, change_id=ids[s.key]) for s, r in pairs)
     created = next(
@@ -423,7 +458,9 @@ def _finish(
     write_options(lease, state=state, clear_journal=True, clear_seed=True)
     failpoints.point("seed-committed")
     if snapshot_alive:
-        remove_snapshot(conn, source, next(s for s in source.all_snapshots() if s.moref == record.snapshot))
+        remove_snapshot(
+            sites.source, source, next(s for s in source.all_snapshots() if s.moref == record.snapshot)
+        )
     failpoints.point("seed-snapshot-removed")
     get_logger(vm=source.name, operation="protect").info("protected", replica=vm.name)
     return CycleResult(

@@ -24,6 +24,8 @@ from vsphere_replicator.checks import (
     shown,
 )
 from vsphere_replicator.clone import ClonePlacement
+from vsphere_replicator.customize import RecoveryIp
+from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.inventory import PROVISIONING, Provisioning
 
@@ -40,11 +42,40 @@ _DISK_ACCESS = ("check", "source", "sink")
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaTarget:
+class PlanMembership(Shown):
+    """A protected VM's place in a recovery plan: the plan, its tier, and how the plan recovers.
+
+    Recorded with each replica (on the recovery site), so a plan fails over
+    from the target vCenter alone. Tier 1 comes up first; a tier starts once
+    every VM of the one before runs VMware Tools (`wait="tools"`) or after
+    `delay_seconds` (`wait="delay"`). With `consistency_group` the plan's
+    VMs are replicated together, their snapshots taken in one short window,
+    and a recovery brings every VM up at restore points of one such window.
+    """
+
+    name: str
+    tier: int = 1
+    consistency_group: bool = False
+    wait: Literal["tools", "delay"] = "tools"
+    delay_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_text(self.name, "the recovery plan's name")
+        if not isinstance(self.tier, int) or isinstance(self.tier, bool) or not 1 <= self.tier <= 100:
+            raise InvalidInput(f"a recovery plan's tier is a number from 1 to 100, not {shown(self.tier)}")
+        check_type(self.consistency_group, bool, "consistency_group")
+        check_choice(self.wait, ("tools", "delay"), "wait")
+        if not isinstance(self.delay_seconds, int | float) or not 0 <= self.delay_seconds <= 3600:
+            raise InvalidInput(f"delay_seconds is from 0 to 3600, not {shown(self.delay_seconds)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget(Shown):
     """Where a protected VM's replica lives on the secondary site.
 
     `networks` maps a source port group to the port group the replica's
-    NICs move to on failover.
+    NICs move to on failover; `recovery_ip` re-addresses it there (guest
+    customization before it is powered on, in a failover or a test).
     """
 
     datastore: str
@@ -54,6 +85,8 @@ class ReplicaTarget:
     provisioning: Provisioning = "thin"
     name: str = "{vm}-replica"
     networks: tuple[tuple[str, str], ...] = ()
+    recovery_ip: RecoveryIp | None = None  # the replica's addresses once it runs on the recovery site
+    plan: PlanMembership | None = None  # the recovery plan it fails over with, and in which tier
 
     def placement(self, *, provisioning: bool = True) -> ClonePlacement:
         """Where a clone for this target goes (a test copy keeps the source's provisioning)."""
@@ -82,12 +115,14 @@ class ReplicaTarget:
                     f"each network mapping must be a (source, recovery) pair of names, not {shown(pair)}"
                 )
         check_choice(self.provisioning, PROVISIONING, "provisioning")
+        check_type(self.recovery_ip, RecoveryIp, "recovery_ip", optional=True)
+        check_type(self.plan, PlanMembership, "plan", optional=True)
         if "{vm}" not in self.name:
             raise InvalidInput(f"replica name template {self.name!r} must contain {{vm}}")
 
 
 @dataclass(frozen=True, slots=True)
-class CycleSettings:
+class CycleSettings(Shown):
     """How one replication cycle runs and what it keeps.
 
     `keep` and `max_age` prune restore points (the newest always stays);
@@ -130,7 +165,7 @@ def apply_overrides(settings: CycleSettings, overrides: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
-class CycleResult:
+class CycleResult(Shown):
     """What one cycle did: the restore point it made (or confirmed) and the bytes behind it."""
 
     vm: str

@@ -9,10 +9,12 @@ store.py (the option keys, compare-and-swap writes under the lease).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
+from vsphere_replicator.display import Shown, ShownRows
 from vsphere_replicator.errors import StateError
 from vsphere_replicator.inventory import DiskInfo
 from vsphere_replicator.replication.settings import CycleSettings, ReplicaTarget
@@ -66,7 +68,7 @@ class DiskState:
 
 
 @dataclass(frozen=True, slots=True)
-class RestorePoint:
+class RestorePoint(Shown):
     """A point-in-time copy of the source, held as a snapshot of the replica."""
 
     id: str
@@ -78,11 +80,50 @@ class RestorePoint:
     digests: tuple[tuple[int, str], ...] = ()  # (replica disk key, BLAKE2b) when verified
     change_ids: tuple[tuple[int, str], ...] = ()  # (source disk key, its change id at this point)
     confirmed: datetime | None = None  # a later cycle found nothing changed: still the source's data then
+    group: str | None = None  # the consistency group's cycle it was taken in, with its plan's other VMs
+
+    _shown_columns = ("id", "created", "quiesced", "bytes_moved", "bytes_changed", "verified", "confirmed")
 
     @property
     def current_as_of(self) -> datetime:
         """Until when this point is known to hold the source's data (what the RPO is measured from)."""
         return self.confirmed or self.created
+
+    @property
+    def verified(self) -> bool:
+        """Whether the point was made with verify (it carries digests to re-check it against)."""
+        return bool(self.digests)
+
+
+class RestorePoints(ShownRows, tuple[RestorePoint, ...]):
+    """Restore points oldest first, as `list_restore_points` answers: a tuple shown as a table.
+
+    `to_dataframe()` columns and dtypes: id, snapshot (string); created
+    (datetime64[ns, UTC]); quiesced (bool); bytes_moved, bytes_changed
+    (int64); verified (bool); confirmed (datetime64[ns, UTC], NaT when never
+    confirmed); current_as_of (datetime64[ns, UTC]: what the RPO counts from).
+    `vm` names the protected VM they belong to, when known (the table's caption shows it).
+    """
+
+    vm: str | None
+
+    def __new__(cls, points: Iterable[RestorePoint] = (), *, vm: str | None = None) -> RestorePoints:
+        self = super().__new__(cls, points)
+        self.vm = vm
+        return self
+
+    _noun = ("restore point", "restore points")
+    _frame_columns = (
+        ("id", "string"),
+        ("snapshot", "string"),
+        ("created", "datetime64[ns, UTC]"),
+        ("quiesced", "bool"),
+        ("bytes_moved", "int64"),
+        ("bytes_changed", "int64"),
+        ("verified", "bool"),
+        ("confirmed", "datetime64[ns, UTC]"),
+        ("current_as_of", "datetime64[ns, UTC]"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +134,7 @@ class SourceIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaState:
+class ReplicaState(Shown):
     """What a replica mirrors and which restore points it holds (oldest first)."""
 
     source: SourceIdentity
@@ -109,6 +150,8 @@ class ReplicaState:
     # from which failback reads what changed on the replica since.
     promoted_point: str | None = None
     failback_ids: tuple[tuple[int, str], ...] = ()
+
+    _shown_title = "source"
 
     @property
     def latest(self) -> RestorePoint:
@@ -179,6 +222,7 @@ class Journal:
     retired: tuple[int, ...] = field(default=())
     chunk: int | None = None  # the read size the copy plan was cut with; a resume keeps it
     source_created: datetime | None = None  # when the source snapshot was taken: the point's time
+    group: str | None = None  # a consistency group's cycle: its restore point carries it
 
     def with_disk(self, disk: JournalDisk) -> Journal:
         others = tuple(d for d in self.disks if d.source_key != disk.source_key)
@@ -207,6 +251,7 @@ class Journal:
             bytes_changed=sum(d.changed for d in self.disks),
             digests=digests,
             change_ids=tuple((d.source_key, d.change_id) for d in disks),
+            group=self.group,
         )
         return point, disks
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from vsphere_replicator.checks import check_duration, check_type
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.inventory import VMSelector, find_vms
+from vsphere_replicator.display import Shown, ShownRows
+from vsphere_replicator.inventory import VMRef, VMSelector, find_vms, resolve_vm
 from vsphere_replicator.replication.lease import is_live
 from vsphere_replicator.replication.replica import Replica, all_replicas
 
@@ -17,7 +19,7 @@ UNREADABLE = "state unreadable"
 
 
 @dataclass(frozen=True, slots=True)
-class ProtectionStatus:
+class ProtectionStatus(Shown):
     """One protected VM as plain data; `compliant` is None without a target RPO or once failed over.
 
     `operation` names a failover or failback in flight (and its phase), with
@@ -40,6 +42,50 @@ class ProtectionStatus:
     operation: str | None = None
     next_step: str | None = None
     busy: str | None = None
+
+    _shown_columns: ClassVar[tuple[str, ...]] = (
+        "vm",
+        "replica",
+        "state",
+        "restore_points",
+        "latest_point",
+        "age_seconds",
+        "target_rpo_seconds",
+        "compliant",
+        "last_error",
+        "operation",
+    )
+
+
+class StatusList(ShownRows, tuple[ProtectionStatus, ...]):
+    """What `protection_status` answers: a tuple of ProtectionStatus that shows itself as a table.
+
+    `to_dataframe()` columns and dtypes: vm, replica, state (string);
+    restore_points (int64); latest_point (string); latest_created
+    (datetime64[ns, UTC]); age_seconds, target_rpo_seconds (float64, NaN when
+    unknown); compliant (boolean, <NA> when unknown); last_bytes_moved,
+    last_bytes_changed (Int64); last_error, operation, next_step, busy (string).
+    """
+
+    __slots__ = ()
+    _noun = ("protected VM", "protected VMs")
+    _frame_columns = (
+        ("vm", "string"),
+        ("replica", "string"),
+        ("state", "string"),
+        ("restore_points", "int64"),
+        ("latest_point", "string"),
+        ("latest_created", "datetime64[ns, UTC]"),
+        ("age_seconds", "float64"),
+        ("target_rpo_seconds", "float64"),
+        ("compliant", "boolean"),
+        ("last_bytes_moved", "Int64"),
+        ("last_bytes_changed", "Int64"),
+        ("last_error", "string"),
+        ("operation", "string"),
+        ("next_step", "string"),
+        ("busy", "string"),
+    )
 
 
 def _continue_with(replica: Replica, vm: str) -> tuple[str | None, str | None]:
@@ -133,8 +179,10 @@ def _busy(replica: Replica, now: datetime) -> str | None:
 
 def protection_status(
     conn: Connection, *, target_rpo: timedelta | None = None, now: datetime | None = None
-) -> tuple[ProtectionStatus, ...]:
+) -> StatusList:
     """Every protected VM, by name; `target_rpo` overrides the one each replication recorded.
+
+    The answer is a StatusList: a tuple that shows itself as a table and has `to_dataframe()`.
 
     A replica whose state cannot be read is listed (state "state unreadable",
     the reason in `last_error`) without hiding the others.
@@ -151,4 +199,30 @@ def protection_status(
             if found_vms:
                 names[replica.source_uuid] = found_vms[0].name
     found = [_status(r, moment, target_rpo, _busy(r, moment), names) for r in replicas]
-    return tuple(sorted(found, key=lambda s: (s.vm, s.replica)))
+    return StatusList(sorted(found, key=lambda s: (s.vm, s.replica)))
+
+
+def protection_of(conn: Connection, vm: VMRef, *, now: datetime | None = None) -> ProtectionStatus | None:
+    """The protection of one VM, or None when that VM exists and nothing protects it.
+
+    `vm` is matched against the name each replica's state records first, so a
+    source that is gone (failed over for good) is still found; otherwise it
+    is looked up in vCenter (NotFound when no VM is called that) and matched
+    by its name. A VM failed over to its replica answers state "failed over".
+    This is what an idempotent caller asks before protecting, unprotecting,
+    failing over or back: it changes nothing.
+    """
+    found = protection_status(conn, now=now)
+    if isinstance(vm, str):
+        named = [s for s in found if s.vm == vm]
+        if named:
+            return _one(named)
+    name = resolve_vm(conn, vm).name
+    return _one([s for s in found if s.vm == name])
+
+
+def _one(found: list[ProtectionStatus]) -> ProtectionStatus | None:
+    """A failed-over replica counts before one still seeding: it is the protection in force."""
+    if not found:
+        return None
+    return sorted(found, key=lambda s: (s.state != FAILED_OVER, s.state == "seeding"))[0]

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
 
 	"github.com/vmware/govmomi/object"
@@ -40,6 +41,20 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 	})
 	if fault != nil {
 		return nil, fault
+	}
+	linked := spec.Location.DiskMoveType == string(types.VirtualMachineRelocateDiskMoveOptionsCreateNewChildDiskBacking)
+	if linked && spec.Snapshot == nil {
+		// VirtualMachineRelocateDiskMoveOptions: createNewChildDiskBacking shares the
+		// source's disks, "only safe if the clone was taken from a snapshot point ...
+		// for a clone this option is only valid when cloning from a snapshot".
+		return nil, newFault(&types.InvalidArgument{InvalidProperty: "spec.location.diskMoveType"},
+			"a linked clone (createNewChildDiskBacking) of %s needs spec.snapshot", srcName)
+	}
+	if spec.Customization != nil {
+		// Checked against the source's adapters before anything is copied.
+		if _, fault := planCustomization(req.Name, source.GuestId, source.Hardware.Device, spec.Customization); fault != nil {
+			return nil, fault
+		}
 	}
 	if req.Name == "" || len(req.Name) > 80 {
 		return nil, newFault(&types.InvalidName{Name: req.Name}, "invalid VM name %q", req.Name)
@@ -80,6 +95,7 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 
 	var devices []types.BaseVirtualDevice
 	var copied []string
+	var sharedLayers []string // a linked clone's parents: every layer of the snapshot's chains
 	var total, done int64
 	for _, d := range vmDisks(source.Hardware.Device) {
 		total += d.CapacityInBytes
@@ -125,9 +141,21 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 			}
 			index++
 			nb.FileName = (&object.DatastorePath{Datastore: ds, Path: path.Join(req.Name, name)}).String()
+			if linked {
+				child, chain, err := newLinkedChild(b, nb.FileName, d.CapacityInBytes)
+				if err != nil {
+					return nil, l.undoClone(copied, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: nb.FileName}}, "cannot create the child disk of disk %d: %v", d.Key, err))
+				}
+				copied = append(copied, child.FileName)
+				sharedLayers = append(sharedLayers, chain...)
+				child.DiskMode, child.ThinProvisioned, child.EagerlyScrub = nb.DiskMode, nb.ThinProvisioned, nb.EagerlyScrub
+				d.Backing = child
+				devices = append(devices, d)
+				continue
+			}
 			dst, err := resolveLayer(nb.FileName)
 			if err == nil {
-				err = copySparse(src.extent, dst.extent, d.CapacityInBytes)
+				err = flattenChain(src.datastorePath, dst.extent, d.CapacityInBytes)
 			}
 			if err == nil {
 				copied = append(copied, nb.FileName)
@@ -169,17 +197,41 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		})
 	}
 	ctx := context.Background()
+	// vcsim registers an existing disk only when its "-flat.vmdk" is there:
+	// a linked clone's redo logs get an empty stand-in for the registration.
+	placeholders := linkedPlaceholders(devices)
 	f := object.NewFolder(l.inproc, req.Folder)
 	t, err := f.CreateVM(ctx, config, object.NewResourcePool(l.inproc, *pool), object.NewHostSystem(l.inproc, *host))
-	if err != nil {
+	var info *types.TaskInfo
+	if err == nil {
+		info, err = t.WaitForResult(ctx, nil)
+	}
+	for _, p := range placeholders {
+		_ = os.Remove(p)
+	}
+	if err != nil && t == nil {
 		return nil, l.undoClone(copied, newFault(&types.SystemError{Reason: err.Error()}, "%v", err))
 	}
-	info, err := t.WaitForResult(ctx, nil)
 	if fault := waitInproc(t, err); fault != nil {
 		return nil, l.undoClone(copied, fault)
 	}
 	ref := info.Result.(types.ManagedObjectReference)
+	l.share(ref.Value, sharedLayers)
+	if linked {
+		if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+			simulator.Map.WithLock(target, func() { restoreChains(target, devices) })
+		}
+	}
 	clone := object.NewVirtualMachine(l.inproc, ref)
+	if spec.Customization != nil {
+		if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+			var fault *methodFault
+			simulator.Map.WithLock(target, func() { fault = l.setPendingCustomization(target, spec.Customization) })
+			if fault != nil {
+				return nil, fault
+			}
+		}
+	}
 	if spec.Template {
 		if err := clone.MarkAsTemplate(ctx); err != nil {
 			return nil, newFault(&types.SystemError{Reason: err.Error()}, "%v", err)
@@ -191,7 +243,12 @@ func (l *lab) cloneVM(vm *simulator.VirtualMachine, req *types.CloneVM_Task, pro
 		}
 	}
 	if target, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
-		simulator.Map.WithLock(target, func() { l.newVMConfig(target) })
+		simulator.Map.WithLock(target, func() {
+			l.newVMConfig(target)
+			if target.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+				l.applyGuest(target) // spec.powerOn: the customization runs now
+			}
+		})
 	}
 	return ref, nil
 }

@@ -105,7 +105,7 @@ func validateDatastoreOptions(c *config) error {
 		if !starAnswers[answer] {
 			return fmt.Errorf("-star-answer: %q for %s is not allocated, whole or fault", answer, name)
 		}
-		if name != primaryDatastore && name != secondaryDatastore && c.datastoreKinds[name] == "" {
+		if name != c.names().primaryDS && name != c.names().secondaryDS && c.datastoreKinds[name] == "" {
 			return fmt.Errorf("-star-answer: the lab has no datastore %q", name)
 		}
 	}
@@ -115,10 +115,11 @@ func validateDatastoreOptions(c *config) error {
 // datastoreNames is the lab's datastores: the two it always has, then those
 // -datastore-kind adds, by name.
 func (c *config) datastoreNames() []string {
-	names := []string{primaryDatastore, secondaryDatastore}
+	site := c.names()
+	names := []string{site.primaryDS, site.secondaryDS}
 	var extra []string
 	for name := range c.datastoreKinds {
-		if name != primaryDatastore && name != secondaryDatastore {
+		if name != site.primaryDS && name != site.secondaryDS {
 			extra = append(extra, name)
 		}
 	}

@@ -100,7 +100,7 @@ func freshVM(t *testing.T) string {
 	if n > testVMCount {
 		t.Fatalf("the test lab ran out of VMs: raise testVMCount")
 	}
-	return vmName(int(n))
+	return (&config{}).vmName(int(n))
 }
 
 // client logs in over the lab's SOAP endpoint, as any client would.

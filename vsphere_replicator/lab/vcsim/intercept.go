@@ -245,6 +245,11 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 			return false
 		}
 		runTask(vm, "powerOn", func(func(int32)) (types.AnyType, *methodFault) { return l.powerOn(vm) })
+	case *types.CustomizeVM_Task:
+		if vm == nil {
+			return false
+		}
+		runTask(vm, "customizeVm", func(func(int32)) (types.AnyType, *methodFault) { return l.customize(vm, req.Spec) })
 	case *types.Destroy_Task:
 		if vm == nil {
 			return false

@@ -42,12 +42,19 @@ type lab struct {
 	sessions     *sessionBook
 	stats        *requestStats
 	pages        *pager
-	versions     *versionClock     // config.changeVersion, lab-wide
-	busy         *busyBook         // VMs a task is running on (vmtasks.go)
-	tools        map[string]string // VMware Tools state per VM moref value, when not "running"
-	dataSessions *sessionRegistry  // disk layers a data-path session holds open (datapath.go)
-	datastores   *datastoreBook    // kinds and changeId="*" answers (datastores.go)
-	started      time.Time
+	versions     *versionClock              // config.changeVersion, lab-wide
+	busy         *busyBook                  // VMs a task is running on (vmtasks.go)
+	tools        map[string]string          // VMware Tools state per VM moref value, when not "running"
+	dataSessions *sessionRegistry           // disk layers a data-path session holds open (datapath.go)
+	datastores   *datastoreBook             // kinds and changeId="*" answers (datastores.go)
+	linked       map[string]map[string]bool // layer -> linked clones reading through it (linked.go)
+	orphans      map[string]bool            // shared layers whose VM is gone (linked.go)
+	// Guest customization (customize.go), by VM moref value: what waits for
+	// the next power-on, what the guest reports since, and the DHCP leases.
+	pendingGuests map[string]*guestIdentity
+	guests        map[string]*guestIdentity
+	dhcpLeases    uint32
+	started       time.Time
 }
 
 type diskID struct {
@@ -66,31 +73,40 @@ type snapshotExtra struct {
 type inventory struct {
 	datacenter string // its inventory path, what /folder's dcPath names: "DC0", "Sites/DC0"
 	datastores map[string]string
+	// instanceUUID is about.instanceUuid, this vCenter's identity.
+	instanceUUID string
 }
 
 func newLab(cfg config, inproc *vim25.Client) *lab {
 	return &lab{
-		cfg:          cfg,
-		inproc:       inproc,
-		shutdown:     make(chan struct{}),
-		trackers:     make(map[diskID]*cbtTracker),
-		snapshots:    make(map[string]*snapshotExtra),
-		snapshotSeq:  make(map[string]int32),
-		deltas:       make(map[string]map[string]bool),
-		started:      time.Now(),
-		faults:       newFaultBox(),
-		sessions:     newSessionBook(),
-		stats:        newRequestStats(),
-		pages:        newPager(),
-		versions:     newVersionClock(time.Now),
-		busy:         newBusyBook(),
-		tools:        make(map[string]string),
-		dataSessions: newSessionRegistry(),
-		datastores:   newDatastoreBook(cfg),
+		cfg:           cfg,
+		inproc:        inproc,
+		shutdown:      make(chan struct{}),
+		trackers:      make(map[diskID]*cbtTracker),
+		snapshots:     make(map[string]*snapshotExtra),
+		snapshotSeq:   make(map[string]int32),
+		deltas:        make(map[string]map[string]bool),
+		started:       time.Now(),
+		faults:        newFaultBox(),
+		sessions:      newSessionBook(),
+		stats:         newRequestStats(),
+		pages:         newPager(),
+		versions:      newVersionClock(time.Now),
+		busy:          newBusyBook(),
+		tools:         make(map[string]string),
+		dataSessions:  newSessionRegistry(),
+		datastores:    newDatastoreBook(cfg),
+		linked:        make(map[string]map[string]bool),
+		orphans:       make(map[string]bool),
+		pendingGuests: make(map[string]*guestIdentity),
+		guests:        make(map[string]*guestIdentity),
 	}
 }
 
 func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, error) {
+	if err := l.nameSite(); err != nil {
+		return nil, fmt.Errorf("site: %w", err)
+	}
 	finder := find.NewFinder(l.inproc, false)
 	dc, err := finder.DefaultDatacenter(ctx)
 	if err != nil {
@@ -101,7 +117,7 @@ func (l *lab) buildInventory(ctx context.Context, dsRoot string) (*inventory, er
 	if err != nil {
 		return nil, err
 	}
-	inv := &inventory{datacenter: dc.Name(), datastores: map[string]string{}}
+	inv := &inventory{datacenter: dc.Name(), datastores: map[string]string{}, instanceUUID: l.inproc.ServiceContent.About.InstanceUuid}
 	for _, name := range l.cfg.datastoreNames() {
 		dir := filepath.Join(dsRoot, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -185,10 +201,9 @@ func (l *lab) createVMs(ctx context.Context, folder *object.Folder, pool *object
 	return firstErr
 }
 
-func vmName(i int) string { return fmt.Sprintf("lab-vm-%04d", i) }
-
 func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.ResourcePool, host *object.HostSystem, network types.ManagedObjectReference, i int) error {
-	name := vmName(i)
+	name := l.cfg.vmName(i)
+	names := l.cfg.names()
 	var devices object.VirtualDeviceList
 	scsi, err := devices.CreateSCSIController("pvscsi")
 	if err != nil {
@@ -201,7 +216,7 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 			file = fmt.Sprintf("%s_%d.vmdk", name, d)
 		}
 		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), types.ManagedObjectReference{},
-			fmt.Sprintf("[%s] %s/%s", primaryDatastore, name, file))
+			fmt.Sprintf("[%s] %s/%s", names.primaryDS, name, file))
 		disk.Key = int32(2000 + d) // vSphere numbers disks from 2000, labels them "Hard disk N"
 		disk.DeviceInfo = &types.Description{Label: fmt.Sprintf("Hard disk %d", d+1), Summary: "lab disk"}
 		disk.CapacityInKB = l.cfg.diskSize / 1024
@@ -212,13 +227,13 @@ func (l *lab) createVM(ctx context.Context, folder *object.Folder, pool *object.
 		backing.Uuid = newDiskUUID()
 		devices = append(devices, disk)
 	}
-	devices = append(devices, newNIC(network, vmNetworkName))
+	devices = append(devices, newNIC(network, names.vmNetwork))
 	spec := types.VirtualMachineConfigSpec{
 		Name:     name,
 		GuestId:  string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
 		NumCPUs:  2,
 		MemoryMB: 2048,
-		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", primaryDatastore)},
+		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", names.primaryDS)},
 	}
 	spec.DeviceChange, err = devices.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
 	if err != nil {

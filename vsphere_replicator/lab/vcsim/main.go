@@ -47,11 +47,16 @@ type config struct {
 	// lockRunningDisks refuses /folder reads of a powered-on VM's current
 	// disk layer, as the host holding its lock makes vCenter do (folder.go).
 	lockRunningDisks bool
+	// redoLogs makes snapshot layers redo logs (vmfsSparse over COWD
+	// extents, redolog.go) instead of full flat images.
+	redoLogs bool
 	// datastoreKinds is each datastore's kind (vmfs, nfs, vsan) when not
 	// vmfs; a name beyond primary-ds and secondary-ds adds a datastore.
 	datastoreKinds nameValues
 	// starAnswers overrides a datastore's answer to changeId="*".
 	starAnswers nameValues
+	// site names this lab's inventory after another vCenter's (site.go).
+	site string
 }
 
 // labInfo is what lab.json holds: everything a client needs to connect.
@@ -64,6 +69,8 @@ type labInfo struct {
 	CAFile     string            `json:"ca_file"`
 	Datacenter string            `json:"datacenter"`
 	Datastores map[string]string `json:"datastores"`
+	Site       string            `json:"site"`
+	InstanceID string            `json:"instance_uuid"`
 	PID        int               `json:"pid"`
 	StateDir   string            `json:"state_dir"`
 }
@@ -84,8 +91,10 @@ func parseFlags() config {
 	flag.DurationVar(&c.latency, "latency", 0, "added to every SOAP call, as a WAN link and a busy vCenter would (e.g. 5ms)")
 	flag.StringVar(&c.dcFolder, "dc-folder", "", "put the datacenter inside this folder path (e.g. Sites): its dcPath becomes Sites/DC0")
 	flag.BoolVar(&c.lockRunningDisks, "lock-running-disks", false, "refuse /folder reads of a powered-on VM's current disk layer with 500, as vCenter does")
+	flag.BoolVar(&c.redoLogs, "redo-logs", false, "make snapshot layers vmfsSparse redo logs, as ESXi does, instead of full flat images")
 	flag.Var(&c.datastoreKinds, "datastore-kind", "NAME=vmfs|nfs|vsan, repeatable: a datastore's kind; a new NAME adds a datastore")
 	flag.Var(&c.starAnswers, "star-answer", "NAME=allocated|whole|fault, repeatable: what QueryChangedDiskAreas(changeId=\"*\") answers for disks on NAME")
+	flag.StringVar(&c.site, "site", "", "name the inventory after this site (another vCenter): DC-B, primary-ds-b, VM Network B, lab-b-vm-0001")
 	flag.Parse()
 	return c
 }
@@ -108,6 +117,8 @@ func validate(c *config) error {
 		return fmt.Errorf("-cbt-block must be a power of two of at least 512")
 	case c.cbtWindow < c.cbtBlock || c.cbtWindow%c.cbtBlock != 0:
 		return fmt.Errorf("-cbt-window must be a positive multiple of -cbt-block")
+	case c.site != "" && !validSite.MatchString(c.site):
+		return fmt.Errorf("-site must be 1 to 16 letters, digits or '-', starting with a letter or digit")
 	case !validFolderPath(c.dcFolder):
 		return fmt.Errorf("-dc-folder must be folder names separated by /, without empty names, %%2f or more than 8 levels")
 	}
@@ -206,6 +217,8 @@ func run(cfg config) error {
 		CAFile:     caFile,
 		Datacenter: inv.datacenter,
 		Datastores: inv.datastores,
+		Site:       cfg.site,
+		InstanceID: inv.instanceUUID,
 		PID:        os.Getpid(),
 		StateDir:   stateDir,
 	}
@@ -240,6 +253,7 @@ func newLabServer(cfg config, tlsConfig *tls.Config) (*lab, *simulator.Server, e
 	model.Datastore = 0
 	model.Machine = 0
 	model.Portgroup = 1
+	model.ServiceContent.About.InstanceUuid = newInstanceUUID()
 	if err := model.Create(); err != nil {
 		return nil, nil, fmt.Errorf("model: %w", err)
 	}

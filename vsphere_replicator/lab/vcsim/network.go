@@ -24,6 +24,7 @@ const (
 // so the other hosts get theirs directly. It returns "VM Network".
 func (l *lab) buildNetworks(ctx context.Context, finder *find.Finder, hosts []*object.HostSystem) (types.ManagedObjectReference, error) {
 	var none types.ManagedObjectReference
+	vmNetworkName, drNetworkName := l.cfg.names().vmNetwork, l.cfg.names().drNetwork
 	if len(hosts) == 0 {
 		return none, fmt.Errorf("no hosts")
 	}

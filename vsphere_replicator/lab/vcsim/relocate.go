@@ -67,6 +67,15 @@ func (l *lab) relocate(vm *simulator.VirtualMachine, spec types.VirtualMachineRe
 	if fault := vmGone(vm); fault != nil {
 		return nil, fault
 	}
+	var layers []string
+	simulator.Map.WithLock(vm, func() { layers = allLayers(vm) })
+	for _, p := range layers {
+		if l.shared(p) {
+			// Moving the layers of a linked clone's chain is not modelled
+			// (vSphere copies shared layers and keeps the originals): refused.
+			return nil, newFault(&types.NotSupported{}, "the lab does not move %s: a linked clone reads through it", p)
+		}
+	}
 	named := func(ref types.ManagedObjectReference) (string, *methodFault) {
 		ds, ok := simulator.Map.Get(ref).(*simulator.Datastore)
 		if !ok {
@@ -269,6 +278,9 @@ func moveLayer(from, to string) error {
 	dst, err := resolveLayer(to)
 	if err != nil {
 		return err
+	}
+	if src.sparse {
+		dst = redoLogLayer(to)
 	}
 	if err := os.MkdirAll(filepath.Dir(dst.descriptor), 0o755); err != nil {
 		return err

@@ -188,21 +188,15 @@ func (l *lab) createSnapshotLocked(vm *simulator.VirtualMachine, req *types.Crea
 			rollback()
 			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: home}}, "%v", err)
 		}
-		delta, _ := resolveLayer(deltaPath)
-		if err := copySparse(parent.extent, delta.extent, disk.CapacityInBytes); err != nil {
+		if err := l.newDelta(deltaPath, parent, disk.CapacityInBytes); err != nil {
 			rollback()
-			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: deltaPath}}, "cannot create %s: %v", deltaPath, err)
-		}
-		hint, _ := filepath.Rel(filepath.Dir(delta.descriptor), parent.descriptor)
-		if err := writeDescriptor(delta, disk.CapacityInBytes, randomHex(4), descriptorCID(parent.descriptor), hint); err != nil {
-			rollback()
-			_ = os.Remove(delta.extent)
 			return nil, newFault(&types.CannotCreateFile{FileFault: types.FileFault{File: deltaPath}}, "cannot create %s: %v", deltaPath, err)
 		}
 		nb := deepCopy(*b)
 		parentBacking := deepCopy(*b)
 		nb.FileName = deltaPath
 		nb.Parent = &parentBacking
+		nb.DeltaDiskFormat = l.deltaFormat(parent)
 		layers = append(layers, newLayer{disk: disk, path: deltaPath, backing: &nb})
 	}
 
@@ -350,6 +344,9 @@ func (l *lab) removeOne(vm *simulator.VirtualMachine, ref types.ManagedObjectRef
 		for c := range children {
 			y = c
 		}
+		if l.shared(x) || l.shared(y) {
+			continue // a linked clone reads through x (linked.go): x stays as it is
+		}
 		if err := l.foldInto(vm, y, x, capacity); err != nil {
 			return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
 		}
@@ -388,7 +385,12 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(yf.extent, xf.extent); err != nil {
+	if yf.sparse {
+		if err := foldRedoLog(yf, xf); err != nil {
+			return err
+		}
+		_ = os.Remove(yf.extent)
+	} else if err := os.Rename(yf.extent, xf.extent); err != nil {
 		if err := copySparse(yf.extent, xf.extent, capacity); err != nil {
 			return err
 		}
@@ -409,7 +411,11 @@ func (l *lab) foldInto(vm *simulator.VirtualMachine, y, x string, capacity int64
 			parentCID = descriptorCID(pf.descriptor)
 		}
 	}
-	if err := writeDescriptor(xf, capacity, descriptorCID(xf.descriptor), parentCID, hint); err != nil {
+	rewrite := writeDescriptor
+	if xf.sparse {
+		rewrite = writeRedoLogDescriptor
+	}
+	if err := rewrite(xf, capacity, descriptorCID(xf.descriptor), parentCID, hint); err != nil {
 		return err
 	}
 	_ = os.Remove(yf.descriptor)
@@ -445,6 +451,9 @@ func (l *lab) foldToBase(vm *simulator.VirtualMachine) *methodFault {
 	for _, d := range vmDisks(vm.Config.Hardware.Device) {
 		for b := diskBacking(d); b != nil && b.Parent != nil; b = diskBacking(d) {
 			y, x := b.FileName, b.Parent.FileName
+			if l.shared(x) || l.shared(y) {
+				break // the chain from here down is a linked clone's too (linked.go)
+			}
 			if err := l.foldInto(vm, y, x, d.CapacityInBytes); err != nil {
 				return newFault(&types.FileFault{File: y}, "cannot consolidate %s into %s: %v", y, x, err)
 			}
@@ -480,7 +489,7 @@ func (l *lab) collectGarbage(vm *simulator.VirtualMachine) {
 		used[b.FileName] = true
 	}
 	for path := range l.deltas[vm.Self.Value] {
-		if !used[path] {
+		if !used[path] && !l.shared(path) {
 			removeLayer(path)
 			delete(l.deltas[vm.Self.Value], path)
 		}
@@ -602,16 +611,12 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 				var deltaPath string
 				deltaPath, err = nextDeltaPath(home, baseDiskName(b.FileName))
 				if err == nil {
-					delta, _ := resolveLayer(deltaPath)
-					err = copySparse(parent.extent, delta.extent, disk.CapacityInBytes)
-					if err == nil {
-						hint, _ := filepath.Rel(filepath.Dir(delta.descriptor), parent.descriptor)
-						err = writeDescriptor(delta, disk.CapacityInBytes, randomHex(4), descriptorCID(parent.descriptor), hint)
-					}
+					err = l.newDelta(deltaPath, parent, disk.CapacityInBytes)
 					created = append(created, deltaPath)
 					parentBacking := deepCopy(*b)
 					b.FileName = deltaPath
 					b.Parent = &parentBacking
+					b.DeltaDiskFormat = l.deltaFormat(parent)
 				}
 			}
 			if err != nil {
@@ -672,4 +677,34 @@ func (l *lab) revert(vm *simulator.VirtualMachine, snap *simulator.VirtualMachin
 		publishVM(vm)
 	})
 	return nil, fault
+}
+
+// newDelta creates the layer a snapshot or a revert puts on top of `parent`:
+// a redo log with -redo-logs (as ESXi does), else a full flat copy. Over a
+// redo log (a linked clone's disk) it is always a redo log: a redo log holds
+// only its own grains, so it cannot be copied as a whole image.
+func (l *lab) newDelta(deltaPath string, parent layerFile, capacity int64) error {
+	if l.cfg.redoLogs || parent.sparse {
+		_, err := newRedoLog(deltaPath, parent, capacity)
+		return err
+	}
+	delta, _ := resolveLayer(deltaPath)
+	if err := copySparse(parent.extent, delta.extent, capacity); err != nil {
+		return err
+	}
+	hint, _ := filepath.Rel(filepath.Dir(delta.descriptor), parent.descriptor)
+	if err := writeDescriptor(delta, capacity, randomHex(4), descriptorCID(parent.descriptor), hint); err != nil {
+		_ = os.Remove(delta.extent)
+		return err
+	}
+	return nil
+}
+
+// deltaFormat is the deltaDiskFormat of a new delta's backing over `parent`:
+// "redoLogFormat" (vmfsSparse) for a redo log; unset for the lab's full flat copies.
+func (l *lab) deltaFormat(parent layerFile) string {
+	if l.cfg.redoLogs || parent.sparse {
+		return string(types.VirtualDiskDeltaDiskFormatRedoLogFormat)
+	}
+	return ""
 }

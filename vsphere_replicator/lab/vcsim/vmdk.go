@@ -25,7 +25,8 @@ import (
 type layerFile struct {
 	datastorePath string // "[ds] dir/name.vmdk"
 	descriptor    string // local path of the descriptor
-	extent        string // local path of the flat extent
+	extent        string // local path of the extent: "-flat.vmdk", or "-delta.vmdk" for a redo log
+	sparse        bool   // the extent is a redo log (redolog.go)
 }
 
 func datastoreDir(name string) (string, error) {
@@ -47,12 +48,27 @@ func resolveLayer(datastorePath string) (layerFile, error) {
 	if err != nil {
 		return layerFile{}, err
 	}
-	desc := filepath.Join(dir, filepath.FromSlash(p.Path))
-	return layerFile{
-		datastorePath: datastorePath,
-		descriptor:    desc,
-		extent:        strings.TrimSuffix(desc, ".vmdk") + "-flat.vmdk",
-	}, nil
+	f := localLayer(filepath.Join(dir, filepath.FromSlash(p.Path)))
+	f.datastorePath = datastorePath
+	return f, nil
+}
+
+// localLayer is the layer whose descriptor is the local file `desc`: a redo
+// log when its "-delta.vmdk" extent exists, else a flat disk.
+func localLayer(desc string) layerFile {
+	base := strings.TrimSuffix(desc, ".vmdk")
+	if _, err := os.Stat(base + "-delta.vmdk"); err == nil {
+		return layerFile{descriptor: desc, extent: base + "-delta.vmdk", sparse: true}
+	}
+	return layerFile{descriptor: desc, extent: base + "-flat.vmdk"}
+}
+
+// redoLogLayer is the layer `datastorePath` made a redo log (before its files exist).
+func redoLogLayer(datastorePath string) layerFile {
+	f, _ := resolveLayer(datastorePath)
+	base := strings.TrimSuffix(f.descriptor, ".vmdk")
+	f.extent, f.sparse = base+"-delta.vmdk", true
+	return f
 }
 
 func randomHex(n int) string {

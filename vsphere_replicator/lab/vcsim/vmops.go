@@ -105,7 +105,7 @@ func (l *lab) queryLocked(vm *simulator.VirtualMachine, req *types.QueryChangedD
 		if err != nil {
 			return nil, newFault(&types.FileFault{File: file}, "%v", err)
 		}
-		segs, err := dataSegments(layer.extent, req.StartOffset, end)
+		segs, err := layerAllocated(layer, req.StartOffset, end)
 		if err != nil {
 			return nil, newFault(&types.FileFault{File: file}, "Error caused by file %s: %v", file, err)
 		}
@@ -351,6 +351,7 @@ func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 		publishVM(vm)
 		l.publishTools(vm)
+		l.applyGuest(vm)
 	})
 	return nil, nil
 }
@@ -376,13 +377,21 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 	if fault := l.lockedLayer(files); fault != nil {
 		return nil, fault
 	}
+	// vcsim deletes the VM's whole home directory: the layers a linked clone
+	// still reads through are set aside and put back (linked.go).
+	restore, err := l.setAsideShared(vm.Self.Value, files)
+	if err != nil {
+		return nil, newFault(&types.FileFault{}, "cannot keep the layers linked clones share: %v", err)
+	}
 	t, err := object.NewVirtualMachine(l.inproc, vm.Self).Destroy(context.Background())
-	if f := waitInproc(t, err); f != nil {
+	f := waitInproc(t, err)
+	if rerr := restore(); rerr != nil && f == nil {
+		f = newFault(&types.FileFault{}, "cannot put back the layers linked clones share: %v", rerr)
+	}
+	if f != nil {
 		return nil, f
 	}
-	for _, f := range files {
-		removeLayer(f)
-	}
+	l.removeFilesOf(vm.Self.Value, files)
 	for id := range l.trackers {
 		if id.vm == vm.Self.Value {
 			delete(l.trackers, id)
@@ -394,6 +403,8 @@ func (l *lab) destroy(vm *simulator.VirtualMachine) (types.AnyType, *methodFault
 		}
 	}
 	delete(l.deltas, vm.Self.Value)
+	delete(l.guests, vm.Self.Value)
+	delete(l.pendingGuests, vm.Self.Value)
 	return nil, nil
 }
 
@@ -448,15 +459,13 @@ func (l *lab) guestWrite(vmName string, index int, offset int64, data []byte) (m
 			err = lerr
 			return
 		}
-		f, oerr := os.OpenFile(layer.extent, os.O_WRONLY, 0)
+		chain, oerr := openChain(layer.datastorePath, true)
 		if oerr != nil {
 			err = oerr
 			return
 		}
-		_, err = f.WriteAt(data, offset)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+		err = chain.WriteAt(data, offset)
+		chain.Close()
 		if err != nil {
 			return
 		}
@@ -506,4 +515,18 @@ func (l *lab) cbtReset(vmName string, index int) (map[string]interface{}, error)
 		publishVM(vm)
 	})
 	return map[string]interface{}{"vm": name, "disks": out}, err
+}
+
+// layerAllocated lists the allocated byte ranges of a layer within [from, to):
+// a flat layer's own, or for a redo log those of its whole chain.
+func layerAllocated(layer layerFile, from, to int64) ([][2]int64, error) {
+	if !layer.sparse {
+		return dataSegments(layer.extent, from, to)
+	}
+	chain, err := openChain(layer.datastorePath, false)
+	if err != nil {
+		return nil, err
+	}
+	defer chain.Close()
+	return chain.allocated(from, to)
 }
