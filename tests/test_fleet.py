@@ -186,7 +186,7 @@ def test_run_with_scheduler_gives_each_vm_one_restore_point_on_both_workers(
 
     result = cli(lab, "run", str(policy), "--json", VSPHERE_REPLICATOR_SCHEDULER=cluster.address)
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, (result.stdout, result.stderr)
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert sorted((r["vm"], r["ok"]) for r in records) == [(vm, True) for vm in sorted(vms)]
     assert {r["worker"] for r in records} == {"a", "b"}
@@ -218,7 +218,7 @@ protections:
         lab, "run", str(policy), "--watch", "--max-cycles", "2", "--json", "--scheduler", cluster.address
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, (result.stdout, result.stderr)
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert [(r["vm"], r["ok"]) for r in records] == [(vm, True), (vm, True)]
     assert {r["worker"] for r in records} <= {"a", "b"}

@@ -179,7 +179,10 @@ def _cluster_slots(job: CycleJob) -> Iterator[None]:
     for ds in sorted(job.datastores):
         wanted.append((f"{SEMAPHORE_PREFIX}/datastore/{ds}", job.limits.per_datastore))
     with ExitStack() as held:
-        for name, leases in wanted:
+        for base, leases in wanted:
+            # dask refuses a semaphore of another size under the same name: the size is in the name, so
+            # callers with the same limits share slots and one with other limits does not fail.
+            name = f"{base}@{leases}"
             with _sessions_lock:  # one object per name and size in this process: each keeps a timer
                 semaphore = _semaphores.get((name, leases))
                 if semaphore is None:
