@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what vsphere_replicator and its lab need on a fresh Debian machine: the Debian
 # packages (Go and govmomi's sources for the lab, qemu-utils, nbdkit), then the package with
-# its test, dev and notebook extras, in editable mode, into a project virtual environment (.venv, or
-# VSPHERE_REPLICATOR_VENV): a stock Debian 12 refuses pip installs into its own Python (PEP 668).
+# its test, dev, notebook, ansible and fleet extras, in editable mode, into a project virtual
+# environment (.venv, or VSPHERE_REPLICATOR_VENV): a stock Debian 12 refuses pip installs into its
+# own Python (PEP 668).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,4 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,dev,notebook,ansible]'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,dev,notebook,ansible,fleet]'

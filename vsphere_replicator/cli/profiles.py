@@ -16,15 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsphere_replicator.connection import Connection, connect, profile_prefix
+from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabInfo, lab_status
 from vsphere_replicator.replication import MountedDatastores
-from vsphere_replicator.replication.access import DiskAccess, VDDKDisks, parse_mounts
+from vsphere_replicator.replication.access import DiskAccess
+from vsphere_replicator.replication.sessions import MOUNTS_VARIABLE as MOUNTS_VARIABLE  # cli/lab.py
+from vsphere_replicator.replication.sessions import disk_access, mounted_datastores, profile_environment
 
-MOUNTS_VARIABLE = "VSPHERE_REPLICATOR_MOUNTS"
-VDDK_LIBDIR_VARIABLE = "VSPHERE_REPLICATOR_VDDK_LIBDIR"
-VDDK_PLUGIN_VARIABLE = "VSPHERE_REPLICATOR_VDDK_PLUGIN"
 LAB_STATE_VARIABLE = "VR_LAB_STATE_DIR"
 
 
@@ -54,11 +53,8 @@ def environment(profile: str | None) -> dict[str, str]:
     A named profile is read by `settings_from(profile=...)` from its own
     VSPHERE_<NAME>_* variables only, never completed from the default ones.
     """
-    env = dict(os.environ)
+    env = profile_environment(profile)  # a named profile must be set (replication/sessions.py)
     if profile:
-        prefix = profile_prefix(profile)
-        if not env.get(prefix + "HOST"):
-            raise InvalidInput(f"profile {profile!r} is not set: export {prefix}HOST, {prefix}USER, ...")
         return env
     if env.get("VSPHERE_HOST"):
         return env
@@ -80,10 +76,7 @@ class Session:
 
         Each is proven to be the datastore before anything is written through it.
         """
-        found = parse_mounts(self.env.get(MOUNTS_VARIABLE, os.environ.get(MOUNTS_VARIABLE, "")))
-        for item in extra or ():
-            found.update(parse_mounts(item))
-        return MountedDatastores(found, conn=self.conn)
+        return mounted_datastores(self.conn, self._variables(), extra or ())
 
     def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
         """(replica access, source access) the command's --transport chooses.
@@ -93,12 +86,17 @@ class Session:
         """
         if getattr(args, "transport", "mount") != "vddk":
             return self.mounts(args.mount), None
-        vddk = VDDKDisks(
+        return disk_access(
             self.conn,
-            libdir=args.vddk_libdir or os.environ.get(VDDK_LIBDIR_VARIABLE) or None,
-            plugin=args.vddk_plugin or os.environ.get(VDDK_PLUGIN_VARIABLE) or "vddk",
+            self._variables(),
+            transport="vddk",
+            vddk_libdir=args.vddk_libdir,
+            vddk_plugin=args.vddk_plugin,
         )
-        return vddk, vddk
+
+    def _variables(self) -> dict[str, str]:
+        """The session's environment over this process's (the lab's names no VDDK library)."""
+        return {**os.environ, **self.env}
 
 
 @contextmanager

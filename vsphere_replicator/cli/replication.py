@@ -9,10 +9,12 @@ show a progress bar on a terminal.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from types import FrameType
 
@@ -55,6 +57,7 @@ from vsphere_replicator.cli.profiles import session
 from vsphere_replicator.errors import NotFound
 from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies import LiveEngine, RunRecord, load_policy_file, run_policies
+from vsphere_replicator.policies.fleet import SCHEDULER_VARIABLE, dask_executor
 from vsphere_replicator.replication import CycleSettings, ReplicaTarget, failover, protect, replicate
 from vsphere_replicator.replication.cycle import DEFAULT_CHECKPOINT
 from vsphere_replicator.replication.failback import failback
@@ -205,11 +208,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         emit(args.json, record, lambda: run_record_line(record))
         sys.stdout.flush()
 
-    with session(args.profile) as s:
+    scheduler = args.scheduler or os.environ.get(SCHEDULER_VARIABLE)
+    with session(args.profile) as s, ExitStack() as stack:
         replica_access, source_access = s.disks(args)
         engine = LiveEngine(s.conn, replica_access=replica_access, source_access=source_access)
+        # On a dask cluster each worker runs the cycles with its own session for the same profile.
+        executor = stack.enter_context(dask_executor(scheduler)) if scheduler else None
         records = run_policies(
-            policy_file, engine, once=not args.watch, stop=stop, max_cycles=args.max_cycles, on_record=show
+            policy_file,
+            engine,
+            once=not args.watch,
+            stop=stop,
+            max_cycles=args.max_cycles,
+            on_record=show,
+            executor=executor,
+            profile=args.profile,
+            transport=getattr(args, "transport", "mount"),
         )
     if not records and not stop.is_set():
         print(f"nothing ran: no VM matches the selections of {args.policy_file}", file=sys.stderr)
@@ -400,6 +414,12 @@ def add_commands(commands: Commands) -> None:
         default=None,
         metavar="N",
         help="stop watching after this many cycles",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help=f"run the cycles on the workers of this dask scheduler (default: ${SCHEDULER_VARIABLE})",
     )
 
     p = command(

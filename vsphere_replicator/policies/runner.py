@@ -1,6 +1,8 @@
 """Drive a policy file: find each protection's VMs, run their cycles when due, within the limits.
 
-One scheduler thread decides what starts; cycles run in a thread pool. The
+One scheduler thread decides what starts; cycles run in a thread pool, or
+as picklable jobs on any `concurrent.futures.Executor` given (a dask
+cluster's, a process pool: see fleet.py). The
 scheduler alone counts slots (in total, per source host, per source
 datastore), so limits hold without locks in the workers. A VM never runs
 two cycles at once, and a failing VM is recorded and retried with backoff
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,8 +28,10 @@ from vsphere_replicator.display import Shown, ShownRows
 from vsphere_replicator.errors import InvalidInput, PolicyError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy
+from vsphere_replicator.policies.fleet import CycleJob, JobResult, is_dask_executor, run_cycle_job, worker_id
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
 from vsphere_replicator.policies.registry import get_policy
+from vsphere_replicator.replication.sessions import TRANSPORTS
 from vsphere_replicator.transport.throttle import Throttle
 
 __all__ = ["RunRecord", "RunRecords", "run_policies"]
@@ -37,7 +42,10 @@ _STOP_POLL = 1.0  # seconds: how long a stop request may wait while cycles are i
 
 @dataclass(frozen=True, slots=True)
 class RunRecord(Shown):
-    """One cycle of one VM: when it ran and how it ended. `error` is "Type: message" when `ok` is false."""
+    """One cycle of one VM: when, where and how it ended. `error` is "Type: message" when `ok` is false.
+
+    `worker` names what ran the cycle: a dask worker's name, else host:pid:thread.
+    """
 
     vm: str
     protection: str
@@ -47,6 +55,7 @@ class RunRecord(Shown):
     ok: bool
     summary: str
     error: str | None
+    worker: str | None = None
 
     _shown_columns = ("vm", "protection", "policy", "started", "duration_seconds", "ok", "summary", "error")
 
@@ -100,6 +109,7 @@ class _Outcome:
     finished: datetime
     summary: str
     error: str | None
+    worker: str | None = None
 
 
 class _Slots:
@@ -194,8 +204,14 @@ class _Scheduler:
         max_sleep: float,
         retry_after: timedelta,
         on_record: Callable[[RunRecord], None] | None,
+        executor: Executor | None = None,
+        profile: str | None = None,
+        transport: str = "mount",
     ) -> None:
         self.engine = engine
+        self.executor = executor
+        self.profile = profile
+        self.transport = transport
         self.once = once
         self.now = now
         self.sleep = sleep
@@ -213,30 +229,35 @@ class _Scheduler:
         )
         self.slots = _Slots(self.limits)
         self.records: list[RunRecord] = []
-        self.running: dict[Future[_Outcome], _InFlight] = {}
+        self.running: dict[Future[Any], _InFlight] = {}
         self.started = 0  # cycles started, counting placements that failed
 
     def run(self) -> list[RunRecord]:
         """Start what is due, wait for what runs, until done (once) or stopped; records in finishing order."""
+        if self.executor is not None:
+            return self._loop(self.executor)  # the caller's: it shuts it down, not us
         with ThreadPoolExecutor(max_workers=self.limits.total, thread_name_prefix="vr-policy") as pool:
-            while True:
-                stopping = self._stopping()
-                if not stopping:
-                    self._start_due(pool)
-                if not self.running:
-                    if stopping or (self.once and all(job.runs for job in self.jobs)) or not self.jobs:
-                        break
-                    if not self.once:
-                        self._idle(max(0.0, self._until_next_due()))
-                    continue
-                timeout = self.max_sleep if self.once else self._until_next_due()
-                if self.stop is not None:
-                    timeout = min(timeout, _STOP_POLL)
-                done, _ = wait(self.running, timeout=max(0.0, timeout), return_when=FIRST_COMPLETED)
-                for future in done:
-                    flight = self.running.pop(future)
-                    self.slots.release(flight.host, flight.datastores)
-                    self._record(flight.job, flight.began, future.result())
+            return self._loop(pool)
+
+    def _loop(self, pool: Executor) -> list[RunRecord]:
+        while True:
+            stopping = self._stopping()
+            if not stopping:
+                self._start_due(pool)
+            if not self.running:
+                if stopping or (self.once and all(job.runs for job in self.jobs)) or not self.jobs:
+                    break
+                if not self.once:
+                    self._idle(max(0.0, self._until_next_due()))
+                continue
+            timeout = self.max_sleep if self.once else self._until_next_due()
+            if self.stop is not None:
+                timeout = min(timeout, _STOP_POLL)
+            done, _ = wait(self.running, timeout=max(0.0, timeout), return_when=FIRST_COMPLETED)
+            for future in done:
+                flight = self.running.pop(future)
+                self.slots.release(flight.host, flight.datastores)
+                self._record(flight.job, flight.began, self._outcome(flight.job, future))
         return self.records
 
     def _stopping(self) -> bool:
@@ -249,7 +270,7 @@ class _Scheduler:
     def _busy(self) -> set[str]:
         return {flight.job.vm for flight in self.running.values()}
 
-    def _start_due(self, pool: ThreadPoolExecutor) -> None:
+    def _start_due(self, pool: Executor) -> None:
         """Submit every due job whose VM is idle and whose host and datastores have a free slot."""
         current = self.now()
         busy = self._busy()
@@ -267,7 +288,45 @@ class _Scheduler:
             self.slots.take(host, datastores)
             job.runs += 1
             self.started += 1
-            self.running[pool.submit(self._cycle, job)] = _InFlight(job, current, host, datastores)
+            future = self._submit(pool, job, host, datastores)
+            self.running[future] = _InFlight(job, current, host, datastores)
+
+    def _submit(self, pool: Executor, job: _Job, host: str, datastores: frozenset[str]) -> Future[Any]:
+        """The cycle on our own pool (sharing the engine), or as a picklable job on the caller's executor."""
+        if self.executor is None:
+            return pool.submit(self._cycle, job)
+        cycle_job = CycleJob(
+            vm=job.vm,
+            protection=job.protection.name,
+            policy=job.protection.policy,
+            target=job.protection.target,
+            settings=job.protection.settings,
+            profile=self.profile,
+            transport=self.transport,
+            limits=self.limits,
+            host=host,
+            datastores=tuple(sorted(datastores)),
+            cluster=is_dask_executor(pool),
+        )
+        if cycle_job.cluster:  # a fresh key per cycle: dask would answer an equal call from its cache
+            dask: Any = pool  # its submit also takes dask's own keywords
+            key = f"vr-cycle-{job.vm}-{uuid.uuid4().hex}"
+            submitted: Future[Any] = dask.submit(run_cycle_job, cycle_job, pure=False, key=key)
+            return submitted
+        return pool.submit(run_cycle_job, cycle_job)
+
+    def _outcome(self, job: _Job, future: Future[Any]) -> _Outcome:
+        """What a finished future says; a job the executor lost (a worker gone for good) is a failure."""
+        try:
+            result = future.result()
+        except Exception as exc:  # the executor's failure, not the cycle's: recorded, retried later
+            error = f"{type(exc).__name__}: {exc}"
+            get_logger(vm=job.vm).error("policy_job_lost", error=error)
+            return _Outcome(finished=self.now(), summary="", error=error)
+        if isinstance(result, JobResult):
+            return _Outcome(result.finished, result.summary, result.error, result.worker)
+        assert isinstance(result, _Outcome)
+        return result
 
     def _place(self, job: _Job, current: datetime) -> tuple[str, frozenset[str]] | None:
         """Where the VM is (host, datastores), kept until its next record; None when the engine failed.
@@ -289,6 +348,7 @@ class _Scheduler:
     def _cycle(self, job: _Job) -> _Outcome:
         """One cycle of one VM, on a pool thread; an exception becomes a failed outcome."""
         protection = job.protection
+        worker = worker_id()
         log = get_logger(vm=job.vm, protection=protection.name, policy=protection.policy)
         log.info("policy_cycle_started")
         try:
@@ -297,9 +357,9 @@ class _Scheduler:
             )
         except Exception as exc:  # one VM's failure is recorded; the others carry on
             log.error("policy_cycle_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return _Outcome(finished=self.now(), summary="", error=f"{type(exc).__name__}: {exc}")
+            return _Outcome(self.now(), "", f"{type(exc).__name__}: {exc}", worker)
         log.info("policy_cycle_finished", summary=summary)
-        return _Outcome(finished=self.now(), summary=summary, error=None)
+        return _Outcome(finished=self.now(), summary=summary, error=None, worker=worker)
 
     def _record(self, job: _Job, began: datetime, outcome: _Outcome) -> None:
         """Keep the record and set when the job is next due: its schedule, or backoff after a failure."""
@@ -313,6 +373,7 @@ class _Scheduler:
             ok=ok,
             summary=outcome.summary,
             error=outcome.error,
+            worker=outcome.worker,
         )
         self.records.append(record)
         job.placement = None  # read again next time: the VM may have moved
@@ -359,6 +420,9 @@ def run_policies(
     max_sleep: float = 30.0,
     retry_after: timedelta = timedelta(seconds=30),
     on_record: Callable[[RunRecord], None] | None = None,
+    executor: Executor | None = None,
+    profile: str | None = None,
+    transport: str = "mount",
 ) -> RunRecords:
     """Run the policy file's protections through `engine`; answer a record per cycle, in finishing order.
 
@@ -379,6 +443,16 @@ def run_policies(
     Selection problems (a VM in two protections) raise PolicyError before
     any cycle starts; engine errors from `select` propagate unchanged.
     Wrong arguments (`max_cycles=0`, a `policy_file` that is a path) raise InvalidInput.
+
+    `executor` (any `concurrent.futures.Executor`; default: a thread pool
+    of `limits.total` threads sharing `engine`) runs each cycle as a
+    picklable `CycleJob` through `run_cycle_job` instead: the worker logs in
+    with connection profile `profile` (None: the default one) from its own
+    environment and reaches disks by `transport` ("mount" or "vddk"); `engine`
+    still selects and places VMs here. A dask client's executor
+    (`client.get_executor()`) also holds the limits across the whole
+    cluster with distributed semaphores (fleet.py); the caller keeps
+    ownership of `executor` (it is not shut down).
     """
     check_type(policy_file, PolicyFile, "policy_file (load it with load_policy_file)")
     check_type(once, bool, "once")
@@ -389,6 +463,10 @@ def run_policies(
         raise InvalidInput(f"max_sleep must be above 0 and at most 3600 seconds, not {max_sleep}")
     check_duration(retry_after, "retry_after")
     check_callable(on_record, "on_record", optional=True)
+    check_type(executor, Executor, "executor (a concurrent.futures.Executor)", optional=True)
+    check_type(profile, str, "profile", optional=True)
+    if transport not in TRANSPORTS:
+        raise InvalidInput(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     scheduler = _Scheduler(
         policy_file,
         engine,
@@ -401,5 +479,8 @@ def run_policies(
         max_sleep=max_sleep,
         retry_after=retry_after,
         on_record=on_record,
+        executor=executor,
+        profile=profile,
+        transport=transport,
     )
     return RunRecords(scheduler.run())
