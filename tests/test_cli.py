@@ -148,7 +148,7 @@ def _status(**changes: Any) -> ProtectionStatus:
 
 
 @contextmanager
-def _fake_session(profile: str | None) -> Iterator[Any]:
+def _fake_session(args: argparse.Namespace) -> Iterator[Any]:
     yield argparse.Namespace(conn=None, env={})
 
 
@@ -185,7 +185,7 @@ def test_status_exits_1_while_a_vm_is_stuck_and_3_only_for_a_missed_rpo(
     rows: list[ProtectionStatus],
     code: int,
 ) -> None:
-    monkeypatch.setattr(cli.replication, "session", _fake_session)
+    monkeypatch.setattr(cli.replication, "target_session", _fake_session)
     monkeypatch.setattr(cli.replication, "protection_status", lambda conn, target_rpo: tuple(rows))
     assert main(["status", "--json"]) == code
     assert len(json.loads(capsys.readouterr().out)) == len(rows)
@@ -195,7 +195,7 @@ def test_status_of_named_vms_judges_only_those(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = (_status(vm="good"), _status(vm="stuck", last_error="FileFault: locked"))
-    monkeypatch.setattr(cli.replication, "session", _fake_session)
+    monkeypatch.setattr(cli.replication, "target_session", _fake_session)
     monkeypatch.setattr(cli.replication, "protection_status", lambda conn, target_rpo: rows)
     assert main(["status", "good"]) == 0
     assert "stuck" not in capsys.readouterr().out

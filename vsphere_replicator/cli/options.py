@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -120,6 +120,17 @@ def duration_option(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def datetime_option(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is this machine's local time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO time such as 2026-11-26T09:30, not {text[:40]!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
 def age_option(text: str) -> timedelta:
     """A duration that may also be zero ("0s": any age), for --older-than."""
     if text.strip() in ("0", "0s", "0m", "0h", "0d"):
@@ -146,6 +157,20 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """--profile and --json: every command that talks to vCenter takes them."""
     parser.add_argument(
         "--profile", default=None, metavar="NAME", help="read VSPHERE_<NAME>_* instead of VSPHERE_*"
+    )
+    parser.add_argument(
+        "--source-profile",
+        default=None,
+        metavar="NAME",
+        help="the protected VMs' vCenter (default: the source profile when VSPHERE_SOURCE_HOST is set, "
+        "else --profile)",
+    )
+    parser.add_argument(
+        "--target-profile",
+        default=None,
+        metavar="NAME",
+        help="the replicas' vCenter, at the recovery site (default: the target profile when "
+        "VSPHERE_TARGET_HOST is set, else the source's)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print JSON for machines (errors too: one object on stdout)"

@@ -24,6 +24,7 @@ from vsphere_replicator.policies import RunRecord
 from vsphere_replicator.replication import CycleResult, CycleSettings, RestorePoint
 from vsphere_replicator.replication.failover import FailoverResult
 from vsphere_replicator.replication.leftovers import LeftoverDisk
+from vsphere_replicator.replication.plans import PlanReplication, PlanResult
 from vsphere_replicator.replication.protection import SettingsChange, UnprotectResult
 from vsphere_replicator.replication.restore_points import RestorePointCheck
 from vsphere_replicator.replication.status import FAILED_OVER, UNREADABLE, ProtectionStatus
@@ -161,6 +162,27 @@ def failover_line(result: FailoverResult, vm: str | None = None, what: str | Non
         f"{name}: {what or result.kind + ' failover'}, {result.running} running at "
         f"{result.restore_point}{final}{again}{_nics(result)}"
     )
+
+
+def plan_lines(result: PlanResult) -> str:
+    """failover --plan: each tier in the order it came up, one line per VM."""
+    group = f" at consistency group {result.group}" if result.group else ""
+    lines = [f"recovery plan {result.plan}: {result.kind} failover{group}"]
+    by_vm = {r.vm: r for r in result.vms}
+    for number, tier in enumerate(result.tiers, start=1):
+        for vm in tier:
+            if vm in by_vm:
+                lines.append(f"  tier {number}: {failover_line(by_vm[vm])}")
+    return "\n".join(lines)
+
+
+def plan_replication_lines(made: PlanReplication) -> str:
+    """replicate --plan: a restore point per VM (one group's), or why a VM made none."""
+    group = f" (consistency group {made.group})" if made.group else ""
+    lines = [f"recovery plan {made.plan}: {len(made.cycles)} restore points{group}"]
+    lines += [f"  {c.vm} -> {c.replica}: restore point {c.restore_point}" for c in made.cycles]
+    lines += [f"  {vm}: failed: {error}" for vm, error in made.failed]
+    return "\n".join(lines)
 
 
 def reversed_line(vm: str, running: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
 from vsphere_replicator.lab import LabInfo, lab_status
-from vsphere_replicator.replication import MountedDatastores
+from vsphere_replicator.replication import MountedDatastores, Sites
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.sessions import MOUNTS_VARIABLE as MOUNTS_VARIABLE  # cli/lab.py
 from vsphere_replicator.replication.sessions import disk_access, mounted_datastores, profile_environment
@@ -100,8 +100,89 @@ class Session:
 
 
 @contextmanager
-def session(profile: str | None) -> Iterator[Session]:
-    """A connection to the vCenter `profile` names (or the default one, or the lab), closed afterwards."""
-    env = environment(profile)
+def session(profile: str | None, *, role_mounts: Mapping[str, str] | None = None) -> Iterator[Session]:
+    """A connection to the vCenter `profile` names (or the default one, or the lab), closed afterwards.
+
+    `role_mounts` replaces the mounts variable with a site's own (two sites).
+    """
+    env = {**environment(profile), **(role_mounts or {})}
     with connect(environ=env, profile=profile or None) as conn:
         yield Session(conn, env)
+
+
+# -- two sites ----------------------------------------------------------------------------------------
+
+SOURCE_ROLE, TARGET_ROLE = "source", "target"
+
+
+def site_profiles(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(source profile, target profile) of a command.
+
+    --source-profile / --target-profile; else the `source` / `target`
+    profile when VSPHERE_SOURCE_HOST / VSPHERE_TARGET_HOST is set (what
+    `lab env --as source|target` exports); else --profile, one vCenter for
+    both sites.
+    """
+    base = getattr(args, "profile", None)
+    source = getattr(args, "source_profile", None) or (
+        SOURCE_ROLE if os.environ.get("VSPHERE_SOURCE_HOST") else base
+    )
+    target = getattr(args, "target_profile", None) or (
+        TARGET_ROLE if os.environ.get("VSPHERE_TARGET_HOST") else source
+    )
+    return source, target
+
+
+def _role_mounts(profile: str | None) -> dict[str, str]:
+    """A site's own mounts (VSPHERE_REPLICATOR_<PROFILE>_MOUNTS) as this process's mounts, when set."""
+    if profile:
+        mounts = os.environ.get(f"VSPHERE_REPLICATOR_{profile.upper()}_MOUNTS")
+        if mounts:
+            return {MOUNTS_VARIABLE: mounts}
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSessions:
+    """The source site's session and the target site's: the same one for one vCenter."""
+
+    source: Session
+    target: Session
+
+    @property
+    def sites(self) -> Sites:
+        return Sites.one(self.target.conn) if self.single else Sites(self.source.conn, self.target.conn)
+
+    @property
+    def single(self) -> bool:
+        return self.source is self.target
+
+    def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
+        """(replica access on the target site, source access on the source site) for --transport."""
+        if self.single:
+            return self.target.disks(args)
+        replica_access, _ = self.target.disks(args)
+        if getattr(args, "transport", "mount") != "vddk":
+            return replica_access, None  # the source is read over its vCenter's HTTP /folder
+        _, source_access = self.source.disks(args)
+        return replica_access, source_access
+
+
+@contextmanager
+def target_session(args: argparse.Namespace) -> Iterator[Session]:
+    """The recovery site's session alone: what status, restore points and recovery need."""
+    _, target = site_profiles(args)
+    with session(target, role_mounts=_role_mounts(target)) as s:
+        yield s
+
+
+@contextmanager
+def site_sessions(args: argparse.Namespace) -> Iterator[SiteSessions]:
+    """Both sites' sessions (one, when both are the same vCenter)."""
+    source, target = site_profiles(args)
+    with session(target, role_mounts=_role_mounts(target)) as t:
+        if source == target:
+            yield SiteSessions(t, t)
+            return
+        with session(source, role_mounts=_role_mounts(source)) as s:
+            yield SiteSessions(s, t)

@@ -26,6 +26,7 @@ from vsphere_replicator.cli.options import (
     add_cycle_options,
     add_mount_option,
     age_option,
+    datetime_option,
     duration_option,
     given_settings,
     int_option,
@@ -40,6 +41,8 @@ from vsphere_replicator.cli.output import (
     failover_line,
     is_stuck,
     misses_rpo,
+    plan_lines,
+    plan_replication_lines,
     progress,
     restore_points_table,
     reversed_line,
@@ -53,12 +56,13 @@ from vsphere_replicator.cli.output import (
     verify_document,
     verify_line,
 )
-from vsphere_replicator.cli.profiles import session
+from vsphere_replicator.cli.profiles import session, site_profiles, site_sessions, target_session
+from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import NotFound
 from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies import LiveEngine, RunRecord, load_policy_file, run_policies
 from vsphere_replicator.policies.fleet import SCHEDULER_VARIABLE, dask_executor
-from vsphere_replicator.replication import CycleSettings, ReplicaTarget, failover, protect, replicate
+from vsphere_replicator.replication import CycleSettings, ReplicaTarget, failover, plans, protect, replicate
 from vsphere_replicator.replication.cycle import DEFAULT_CHECKPOINT
 from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.leftovers import find_leftover_disks, remove_leftover_disks
@@ -69,6 +73,7 @@ from vsphere_replicator.replication.settings import (
     CHUNK_UNIT,
     MAX_CHECKPOINT,
     MAX_CHUNK,
+    PlanMembership,
     apply_overrides,
 )
 from vsphere_replicator.replication.status import StatusList, protection_status
@@ -85,6 +90,31 @@ def _progress_shown(args: argparse.Namespace) -> bool:
     return not args.json and sys.stderr.isatty()
 
 
+def _recovery_ip(args: argparse.Namespace) -> RecoveryIp | None:
+    """--recovery-ip (per NIC) and --recovery-dns as the replica's addresses on the recovery site."""
+    if not args.recovery_ip:
+        if args.recovery_dns:
+            raise UsageError("--recovery-dns goes with --recovery-ip")
+        return None
+    dns = tuple(d.strip() for d in (args.recovery_dns or "").split(",") if d.strip())
+    return RecoveryIp(nics=tuple(NicAddress.parse(text) for text in args.recovery_ip), dns=dns)
+
+
+def _plan_membership(args: argparse.Namespace) -> PlanMembership | None:
+    if args.plan is None:
+        if args.tier != 1 or args.consistency_group or args.plan_wait is not None:
+            raise UsageError("--tier, --consistency-group and --plan-wait go with --plan")
+        return None
+    wait = args.plan_wait
+    return PlanMembership(
+        name=args.plan,
+        tier=args.tier,
+        consistency_group=args.consistency_group,
+        wait="tools" if wait is None else "delay",
+        delay_seconds=0.0 if wait is None else wait.total_seconds(),
+    )
+
+
 def cmd_protect(args: argparse.Namespace) -> int:
     target = ReplicaTarget(
         datastore=args.datastore,
@@ -94,16 +124,18 @@ def cmd_protect(args: argparse.Namespace) -> int:
         provisioning=args.provisioning,
         name=args.name,
         networks=tuple(network_pair(n) for n in args.network or []),
+        recovery_ip=_recovery_ip(args),
+        plan=_plan_membership(args),
     )
     chosen = given_settings(args)
     settings = CycleSettings(**chosen) if chosen else None
     with (
-        session(args.profile) as s,
-        progress(f"seeding {args.vm} (clone)", enabled=_progress_shown(args)) as bar,
+        site_sessions(args) as s,
+        progress(f"seeding {args.vm}", enabled=_progress_shown(args)) as bar,
     ):
         replica_access, source_access = s.disks(args)
         result = protect(
-            s.conn,
+            s.sites,
             args.vm,
             target,
             settings=settings,
@@ -125,14 +157,26 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         )
     overrides = given_settings(args)
     apply_overrides(CycleSettings(), overrides)  # a bad value is refused before connecting
-    with session(args.profile) as s, progress(f"replicating {args.vm}", enabled=_progress_shown(args)) as bar:
+    if (args.vm is None) == (args.plan is None):
+        raise UsageError("name a VM, or a recovery plan with --plan (its VMs replicate together)")
+    if args.plan is not None:
+        if overrides:
+            raise UsageError("--plan runs each VM with its recorded settings: drop the cycle options")
+        with site_sessions(args) as s:
+            replica_access, source_access = s.disks(args)
+            made = plans.replicate_plan(
+                s.sites, args.plan, replica_access=replica_access, source_access=source_access
+            )
+        emit(args.json, made, lambda: plan_replication_lines(made))
+        return EXIT_OK if not made.failed else EXIT_FAILED
+    with site_sessions(args) as s, progress(f"replicating {args.vm}", enabled=_progress_shown(args)) as bar:
         replica_access, source_access = s.disks(args)
         result = replicate(
-            s.conn,
+            s.sites,
             args.vm,
             replica_access=replica_access,
             source_access=source_access,
-            verify_access=source_access,
+            verify_access=source_access if s.single else None,  # None: the target's HTTP /folder
             overrides=overrides,
             checkpoint_every=args.checkpoint_every,
             chunk=args.chunk,
@@ -143,7 +187,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with session(args.profile) as s:
+    with target_session(args) as s:
         found = protection_status(s.conn, target_rpo=args.rpo)
     if args.vm:
         found = StatusList(f for f in found if f.vm in args.vm)
@@ -157,14 +201,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_restore_points(args: argparse.Namespace) -> int:
-    with session(args.profile) as s:
+    with target_session(args) as s:
         points = list_restore_points(s.conn, args.vm)
     emit(args.json, points, lambda: restore_points_table(points))
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with session(args.profile) as s, progress(f"verifying {args.vm}", enabled=_progress_shown(args)) as bar:
+    with target_session(args) as s, progress(f"verifying {args.vm}", enabled=_progress_shown(args)) as bar:
         check = verify_restore_point(s.conn, args.vm, s.disks(args)[0], args.restore_point, on_progress=bar)
     emit(args.json, verify_document(check), lambda: verify_line(check))
     return EXIT_OK if check.ok else EXIT_FAILED
@@ -242,23 +286,37 @@ def cmd_failover(args: argparse.Namespace) -> int:
         raise UsageError("a planned failover always brings up the newest data: drop --restore-point")
     if args.restore_point and args.cleanup:
         raise UsageError("--cleanup removes every test copy: drop --restore-point")
-    with session(args.profile) as s:
-        if args.cleanup:
-            removed = failover.cleanup_test_failover(s.conn, args.vm)
-            emit(args.json, {"removed": removed}, lambda: f"removed {', '.join(removed) or 'nothing'}")
-            return EXIT_OK
-        if args.test:
-            result = failover.start_test_failover(s.conn, args.vm, restore_point=args.restore_point)
-        elif args.planned:
-            replica_access, source_access = s.disks(args)
+    if (args.vm is None) == (args.plan is None):
+        raise UsageError("name a VM, or a recovery plan with --plan")
+    if args.test_network and not args.test:
+        raise UsageError("--test-network applies to --test only")
+    if args.at is not None and args.plan is None:
+        raise UsageError("--at picks a plan's restore points by time: use --restore-point for one VM")
+    if args.plan is not None:
+        return _failover_plan(args)
+    tests = dict(network_pair(n) for n in args.test_network or [])
+    if args.planned:
+        with site_sessions(args) as both:
+            replica_access, source_access = both.disks(args)
             with progress(f"syncing {args.vm}", enabled=_progress_shown(args)) as bar:
                 result = failover.planned_failover(
-                    s.conn,
+                    both.sites,
                     args.vm,
                     replica_access=replica_access,
                     source_access=source_access,
                     on_progress=bar,
                 )
+        emit(args.json, result, lambda: failover_line(result))
+        return EXIT_OK
+    with target_session(args) as s:  # the recovery site alone: the source's may be lost
+        if args.cleanup:
+            removed = failover.cleanup_test_failover(s.conn, args.vm)
+            emit(args.json, {"removed": removed}, lambda: f"removed {', '.join(removed) or 'nothing'}")
+            return EXIT_OK
+        if args.test:
+            result = failover.start_test_failover(
+                s.conn, args.vm, restore_point=args.restore_point, test_networks=tests
+            )
         else:
             result = failover.unplanned_failover(
                 s.conn, args.vm, restore_point=args.restore_point, force=args.force
@@ -267,7 +325,42 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _failover_plan(args: argparse.Namespace) -> int:
+    if args.restore_point:
+        raise UsageError("a plan's restore points are one group's: pick them with --at TIME")
+    tests = dict(network_pair(n) for n in args.test_network or [])
+    if args.cleanup:
+        with target_session(args) as s:
+            removed = plans.cleanup_plan_test(s.conn, args.plan)
+        emit(args.json, {"removed": removed}, lambda: f"removed {', '.join(removed) or 'nothing'}")
+        return EXIT_OK
+    kind: plans.PlanKind = "test" if args.test else "planned" if args.planned else "unplanned"
+    if kind == "planned":
+        with site_sessions(args) as both:
+            replica_access, source_access = both.disks(args)
+            result = plans.failover_plan(
+                both.sites,
+                args.plan,
+                kind="planned",
+                replica_access=replica_access,
+                source_access=source_access,
+            )
+    else:
+        with target_session(args) as s:
+            result = plans.failover_plan(
+                s.conn, args.plan, kind=kind, at=args.at, test_networks=tests, force=args.force
+            )
+    emit(args.json, result, lambda: plan_lines(result))
+    return EXIT_OK
+
+
 def cmd_failback(args: argparse.Namespace) -> int:
+    source, target = site_profiles(args)
+    if source != target:
+        raise UsageError(
+            "failback across two vCenters is not supported yet: protect the running replica back "
+            "(protect with --source-profile and --target-profile swapped), then fail over planned"
+        )
     with session(args.profile) as s:
         try:
             running = replica_of(s.conn, args.vm, promoted=True).vm.name
@@ -318,14 +411,14 @@ def cmd_settings(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag} and --no-{flag} contradict each other: give one")
         if getattr(args, f"no_{option}"):
             given[field] = none
-    with session(args.profile) as s:
+    with target_session(args) as s:
         change = update_settings(s.conn, args.vm, **given)
     emit(args.json, change, lambda: settings_table(change))
     return EXIT_OK
 
 
 def cmd_unprotect(args: argparse.Namespace) -> int:
-    with session(args.profile) as s:
+    with target_session(args) as s:
         result = unprotect(s.conn, args.vm, delete_replica=args.delete_replica)
     emit(args.json, result, lambda: unprotect_line(result))
     return EXIT_OK
@@ -370,6 +463,29 @@ def add_commands(commands: Commands) -> None:
         metavar="SOURCE=RECOVERY",
         help="on failover, move NICs from this port group to that one (repeatable)",
     )
+    p.add_argument(
+        "--recovery-ip",
+        action="append",
+        metavar="ADDRESS/PREFIX[,gateway=GW]|dhcp",
+        help="the replica's address on the recovery site, per NIC in order (repeatable; guest customization)",
+    )
+    p.add_argument("--recovery-dns", default=None, metavar="IP[,IP]", help="DNS servers with --recovery-ip")
+    p.add_argument("--plan", default=None, metavar="NAME", help="the recovery plan this VM fails over with")
+    p.add_argument(
+        "--tier", type=int_option(1, 100), default=1, metavar="N", help="its tier in --plan (1 first)"
+    )
+    p.add_argument(
+        "--consistency-group",
+        action="store_true",
+        help="--plan's VMs replicate together, their snapshots in one window (replicate --plan)",
+    )
+    p.add_argument(
+        "--plan-wait",
+        type=duration_option,
+        default=None,
+        metavar="DURATION",
+        help="between --plan's tiers wait this long (default: until the tier's VMware Tools run)",
+    )
     add_cycle_options(p)
 
     p = command(
@@ -379,7 +495,10 @@ def add_commands(commands: Commands) -> None:
         mount=True,
         more="Cycle settings given here hold for this run only; `settings` changes the recorded ones.",
     )
-    p.add_argument("vm", help="the protected (source) VM")
+    p.add_argument("vm", nargs="?", default=None, help="the protected (source) VM")
+    p.add_argument(
+        "--plan", default=None, metavar="NAME", help="replicate every VM of this recovery plan together"
+    )
     p.add_argument(
         "--chunk",
         type=size_option(CHUNK_UNIT, MAX_CHUNK, CHUNK_UNIT),
@@ -428,7 +547,21 @@ def add_commands(commands: Commands) -> None:
         "bring a replica up: --test copy, --planned, --unplanned; --cleanup test copies",
         mount=True,
     )
-    p.add_argument("vm", help="the protected (source) VM's name")
+    p.add_argument("vm", nargs="?", default=None, help="the protected (source) VM's name")
+    p.add_argument("--plan", default=None, metavar="NAME", help="a recovery plan's VMs, tier by tier")
+    p.add_argument(
+        "--at",
+        type=datetime_option,
+        default=None,
+        metavar="TIME",
+        help="with --plan: the newest consistency group at or before this ISO time (default: the newest)",
+    )
+    p.add_argument(
+        "--test-network",
+        action="append",
+        metavar="SOURCE=TEST",
+        help="with --test: put NICs of this port group on that test network; others are disconnected",
+    )
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--test", action="store_true", help="run an isolated copy; touch nothing else")
     kind.add_argument("--planned", action="store_true", help="final sync, source off, replica on")

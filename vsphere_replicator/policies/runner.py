@@ -19,7 +19,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -163,7 +163,8 @@ def _resolve(policy_file: PolicyFile, engine: Engine, now: datetime) -> list[_Jo
                 conflicts[vm].append(protection.name)
                 continue
             due = policy.next_due(protection.settings, None, now)
-            jobs.append(_Job(vm=vm, protection=protection, policy=policy, due=due))
+            mine = replace(protection, target=policy_file.target_for(protection, vm))  # its recovery plan
+            jobs.append(_Job(vm=vm, protection=mine, policy=policy, due=due))
     if conflicts:
         details = "; ".join(
             f"{vm!r} by {' and '.join(repr(p) for p in names)}" for vm, names in sorted(conflicts.items())
