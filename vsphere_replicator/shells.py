@@ -127,6 +127,7 @@ def create_vm(
     ]
     for index, network in enumerate(wanted):
         nic = vim.vm.device.VirtualVmxnet3(key=-(200 + index), backing=backings[network])
+        nic.deviceInfo = vim.Description(label=f"Network adapter {index + 1}", summary=network)
         nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True)
         devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
     spec = vim.vm.ConfigSpec(

@@ -125,12 +125,12 @@ def cycle_line(result: CycleResult) -> str:
     )
 
 
-def seed_line(result: CycleResult, adopted: str | None) -> str:
-    """protect: the first restore point, made by a clone or by adopting a copy (every disk is whole)."""
+def seed_line(result: CycleResult, adopted: str | None, *, copied: bool = False) -> str:
+    """protect: the first restore point, made by a clone, a copy into another vCenter, or adopting a copy."""
     if result.confirmed:
         newest = result.restore_point
         return f"{result.vm} is already protected by {result.replica} (newest restore point {newest})"
-    how = f"adopted {adopted} as the seed" if adopted else "seeded by clone"
+    how = f"adopted {adopted} as the seed" if adopted else f"seeded by {'copy' if copied else 'clone'}"
     return (
         f"{result.vm} -> {result.replica}: restore point {result.restore_point} {how} "
         f"(disks {_disks(result.full_resync)}, {size_text(result.bytes_changed)} in use, "

@@ -145,7 +145,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
             allow_source_datastore=args.allow_source_datastore,
             on_progress=bar.percent,
         )
-    emit(args.json, result, lambda: seed_line(result, args.adopt))
+    emit(args.json, result, lambda: seed_line(result, args.adopt, copied=not s.single))
     return EXIT_OK
 
 

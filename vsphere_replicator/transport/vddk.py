@@ -62,12 +62,25 @@ def verified_thumbprint(settings: ConnectionSettings, timeout: float = 30.0) -> 
 
 
 def _without_secret(environ: Mapping[str, str], secret: str) -> dict[str, str]:
-    """The environment for nbdkit: no variable that holds the password (VSPHERE_PASSWORD, say)."""
-    return {
+    """The environment for nbdkit: no variable that holds the password (VSPHERE_PASSWORD, say).
+
+    Nor a Python virtual environment on PATH: nbdkit's python plugin embeds
+    the system's libpython, which finds its standard library from the first
+    `python3` on PATH, and a venv's (of another Python build) breaks its
+    imports. A plugin written in Python runs with the system's Python.
+    """
+    kept = {
         name: value
         for name, value in environ.items()
         if not name.upper().endswith("PASSWORD") and not (secret and secret in value)
     }
+    kept.pop("VIRTUAL_ENV", None)
+    kept.pop("PYTHONHOME", None)
+    if "PATH" in kept:
+        kept["PATH"] = os.pathsep.join(
+            d for d in kept["PATH"].split(os.pathsep) if d and not (Path(d).parent / "pyvenv.cfg").exists()
+        )
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
