@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import _listening
 from vsphere_replicator.errors import TransportError
 from vsphere_replicator.extents import Extent, merge_extents
 from vsphere_replicator.transport.nbd import (
@@ -42,7 +43,7 @@ def serving(argv: list[str], sock: Path) -> Iterator[NBDEndpoint]:
                 raise AssertionError(
                     f"{argv[0]} exited: {server.stderr.read().decode() if server.stderr else ''}"
                 )
-            if sock.exists():
+            if _listening(sock):  # the file appears at bind(), a moment before the server accepts
                 break
             time.sleep(0.05)
         yield NBDEndpoint(socket_path=str(sock))
