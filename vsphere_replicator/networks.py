@@ -126,6 +126,21 @@ def check_networks(conn: Connection, names: Iterable[str], *, what: str | None =
         raise NotFound(f"no port group named {listed}")
 
 
+def _nics_and_networks(
+    conn: Connection, vm_moref: str, wanted: Iterable[str]
+) -> tuple[dict[str, _Network], Any]:
+    """The port groups here (NotFound naming any of `wanted` missing) and the VM's devices."""
+    networks = _networks(conn)
+    missing = sorted(set(wanted) - set(networks))
+    if missing:
+        raise NotFound(f"no port group named {', '.join(missing)}")
+    handle = vm_object(conn, vm_moref)
+    config = conn.call("read the VM's devices", lambda: handle.config)
+    if config is None:
+        raise NotFound(f"VM {vm_moref} has no configuration to read its network adapters from")
+    return networks, config.hardware.device
+
+
 def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> tuple[NicChange, ...]:
     """Move every NIC on a port group named in `mapping` to the port group it maps to.
 
@@ -133,15 +148,7 @@ def remap_nics(conn: Connection, vm_moref: str, mapping: Mapping[str, str]) -> t
     """
     if not mapping:
         return ()
-    networks = _networks(conn)
-    missing = sorted(set(mapping.values()) - set(networks))
-    if missing:
-        raise NotFound(f"no port group named {', '.join(missing)}")
-    handle = vm_object(conn, vm_moref)
-    config = conn.call("read the VM's devices", lambda: handle.config)
-    if config is None:
-        raise NotFound(f"VM {vm_moref} has no configuration to read its network adapters from")
-    devices = config.hardware.device
+    networks, devices = _nics_and_networks(conn, vm_moref, mapping.values())
     changes, specs = [], []
     for nic in devices:
         if not isinstance(nic, vim.vm.device.VirtualEthernetCard):
@@ -186,16 +193,9 @@ def isolate_nics(
     source's port group, for a replica whose NICs sit on recovery networks).
     Raises NotFound (changing nothing) when a test network does not exist.
     """
-    networks = _networks(conn)
-    missing = sorted(set(test_networks.values()) - set(networks))
-    if missing:
-        raise NotFound(f"no port group named {', '.join(missing)}")
-    handle = vm_object(conn, vm_moref)
-    config = conn.call("read the VM's devices", lambda: handle.config)
-    if config is None:
-        raise NotFound(f"VM {vm_moref} has no configuration to read its network adapters from")
+    networks, devices = _nics_and_networks(conn, vm_moref, test_networks.values())
     changes, specs = [], []
-    for nic in config.hardware.device:
+    for nic in devices:
         if not isinstance(nic, vim.vm.device.VirtualEthernetCard):
             continue
         old = _current_network(nic, networks)

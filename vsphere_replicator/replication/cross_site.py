@@ -37,6 +37,7 @@ COPY_PENDING_KEY = PREFIX + "seed_copy_pending"  # on a replica created empty: i
 
 
 def by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
+    """Disks in the order their controllers and units give: how a source's and a replica's pair up."""
     return sorted(disks, key=lambda d: (d.controller_key, d.unit_number or 0, d.key))
 
 

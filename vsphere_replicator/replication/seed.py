@@ -25,6 +25,7 @@ from vsphere_replicator.networks import check_networks
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
 from vsphere_replicator.replication.cross_site import (
+    by_position,
     check_cross_site,
     copy_pending,
     create_replica,
@@ -298,10 +299,6 @@ def _clone(
     )
 
 
-def _by_position(disks: tuple[DiskInfo, ...]) -> list[DiskInfo]:
-    return sorted(disks, key=lambda d: (d.controller_key, d.unit_number or 0, d.key))
-
-
 def _adoptable(conn: Connection, adopt: VMRef, access: DiskAccess | None) -> VMInfo:
     """The copy to adopt, refused before anything changes when it cannot be."""
     if access is None:
@@ -324,8 +321,8 @@ def _adopt(
     writer: DiskAccess,
 ) -> VMInfo:
     """Check that `copy` holds the seed snapshot's bytes, then mark it as the replica being seeded."""
-    frozen = _by_position(snapshot_disks(sites.source, snapshot.moref))
-    disks = _by_position(copy.disks)
+    frozen = by_position(snapshot_disks(sites.source, snapshot.moref))
+    disks = by_position(copy.disks)
     if [d.capacity for d in frozen] != [d.capacity for d in disks]:
         raise InvalidInput(
             f"{copy.name}'s disks do not match {source.name}'s in number or size", vm=copy.name
@@ -424,7 +421,7 @@ def _finish(
     if snapshot_alive:
         at = next(s for s in source.all_snapshots() if s.moref == record.snapshot)
         allocated = sum(changed_areas(sites.source, source, at, key, ALL_ALLOCATED).total for key in ids)
-    pairs = list(zip(_by_position(frozen), _by_position(vm.disks), strict=True))
+    pairs = list(zip(by_position(frozen), by_position(vm.disks), strict=True))
     digests: tuple[tuple[int, str], ...] = ()
     if settings.verify and writer is not None:
         if not snapshot_alive:
