@@ -299,6 +299,7 @@ def test_status_list_to_dataframe_has_the_documented_columns_and_dtypes() -> Non
         "operation": "string",
         "next_step": "string",
         "busy": "string",
+        "source_state": "string",
     }
     assert list(frame["vm"]) == ["a", "b"]
     assert frame["last_bytes_changed"].isna().all()

@@ -83,6 +83,7 @@ def test_the_two_site_walkthrough(tmp_path: Path) -> None:
 
         status = vr(env, "status")
         assert sorted(s["vm"] for s in status) == ["lab-vm-0001", "lab-vm-0002"]
+        assert {s["source_state"] for s in status} == {"poweredOn"}  # read on site A
         test = vr(env, "failover", "--plan", "web", "--test")
         assert [vm["running"] for vm in test["vms"]] == [
             "lab-vm-0001-failover-test",
@@ -96,6 +97,10 @@ def test_the_two_site_walkthrough(tmp_path: Path) -> None:
         ]
 
         stop_lab(site_a_dir)  # site A is lost; site B answers alone
+        lost = vr(env, "status")  # exit 0: an unknown source is no error
+        assert {s["source_state"] for s in lost} == {"unknown"} and {s["state"] for s in lost} == {
+            "protected"
+        }
         points = vr(env, "restore-points", "lab-vm-0002")
         assert points[-1]["group"] == made["group"]
         result = vr(env, "failover", "--plan", "web", "--unplanned")

@@ -205,12 +205,27 @@ def status_table(found: Sequence[ProtectionStatus]) -> str:
     """status: one row per protected VM, its newest restore point, age, RPO and what needs doing."""
     if not found:
         return "no protected VMs"
-    rows = [["VM", "REPLICA", "STATE", "POINTS", "LATEST", "AGE", "RPO", "OK", "NOTE"]]
+    sources = any(s.source_state is not None for s in found)  # two sites: the SOURCE column
+    rows = [
+        [
+            "VM",
+            *(["SOURCE"] if sources else []),
+            "REPLICA",
+            "STATE",
+            "POINTS",
+            "LATEST",
+            "AGE",
+            "RPO",
+            "OK",
+            "NOTE",
+        ]
+    ]
     for s in found:
         ok = "n/a" if s.state == FAILED_OVER else {True: "yes", False: "NO", None: "-"}[s.compliant]
         rows.append(
             [
                 s.vm,
+                *([s.source_state or "-"] if sources else []),
                 s.replica,
                 s.state,
                 str(s.restore_points),

@@ -58,7 +58,7 @@ from vsphere_replicator.cli.output import (
 )
 from vsphere_replicator.cli.profiles import session, site_profiles, site_sessions, target_session
 from vsphere_replicator.customize import NicAddress, RecoveryIp
-from vsphere_replicator.errors import NotFound
+from vsphere_replicator.errors import ConnectionFailed, NotFound
 from vsphere_replicator.inventory import PROVISIONING
 from vsphere_replicator.policies import LiveEngine, RunRecord, load_policy_file, run_policies
 from vsphere_replicator.policies.fleet import SCHEDULER_VARIABLE, dask_executor
@@ -187,8 +187,18 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    source_profile, target_profile = site_profiles(args)
     with target_session(args) as s:
-        found = protection_status(s.conn, target_rpo=args.rpo)
+        if source_profile == target_profile:
+            found = protection_status(s.conn, target_rpo=args.rpo)
+        else:  # two sites: the sources' states if their vCenter answers; "unknown" is no error
+            try:
+                with session(source_profile) as src:
+                    found = protection_status(s.conn, target_rpo=args.rpo, source=src.conn)
+            except ConnectionFailed as exc:
+                print(f"warning: the source site cannot be reached ({exc}): its VMs' states are unknown",
+                      file=sys.stderr)  # fmt: skip
+                found = protection_status(s.conn, target_rpo=args.rpo, source_unreachable=True)
     if args.vm:
         found = StatusList(f for f in found if f.vm in args.vm)
         missing = sorted(set(args.vm) - {f.vm for f in found})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
@@ -42,6 +42,9 @@ class ProtectionStatus(Shown):
     operation: str | None = None
     next_step: str | None = None
     busy: str | None = None
+    # The source VM's power state on its site's vCenter, "not found" there, or "unknown" when that
+    # vCenter cannot be reached; None when it was not asked (one vCenter, or the target's alone).
+    source_state: str | None = None
 
     _shown_columns: ClassVar[tuple[str, ...]] = (
         "vm",
@@ -64,7 +67,8 @@ class StatusList(ShownRows, tuple[ProtectionStatus, ...]):
     restore_points (int64); latest_point (string); latest_created
     (datetime64[ns, UTC]); age_seconds, target_rpo_seconds (float64, NaN when
     unknown); compliant (boolean, <NA> when unknown); last_bytes_moved,
-    last_bytes_changed (Int64); last_error, operation, next_step, busy (string).
+    last_bytes_changed (Int64); last_error, operation, next_step, busy,
+    source_state (string).
     """
 
     __slots__ = ()
@@ -85,6 +89,7 @@ class StatusList(ShownRows, tuple[ProtectionStatus, ...]):
         ("operation", "string"),
         ("next_step", "string"),
         ("busy", "string"),
+        ("source_state", "string"),
     )
 
 
@@ -178,18 +183,29 @@ def _busy(replica: Replica, now: datetime) -> str | None:
 
 
 def protection_status(
-    conn: Connection, *, target_rpo: timedelta | None = None, now: datetime | None = None
+    conn: Connection,
+    *,
+    target_rpo: timedelta | None = None,
+    now: datetime | None = None,
+    source: Connection | None = None,
+    source_unreachable: bool = False,
 ) -> StatusList:
     """Every protected VM, by name; `target_rpo` overrides the one each replication recorded.
 
     The answer is a StatusList: a tuple that shows itself as a table and has `to_dataframe()`.
 
     A replica whose state cannot be read is listed (state "state unreadable",
-    the reason in `last_error`) without hiding the others.
+    the reason in `last_error`) without hiding the others. Everything is read
+    from `conn`, the replicas' (target) vCenter. `source`, the source site's
+    vCenter, adds each source VM's power state; `source_unreachable` says
+    that vCenter could not be reached: the sources' states are "unknown",
+    which is no error (the recovery site answers alone).
     """
     check_type(conn, Connection, "conn")
     check_duration(target_rpo, "target_rpo", optional=True)
     check_type(now, datetime, "now", optional=True)
+    check_type(source, Connection, "source", optional=True)
+    check_type(source_unreachable, bool, "source_unreachable")
     moment = now or datetime.now(UTC)
     replicas = all_replicas(conn)
     names: dict[str, str] = {}
@@ -199,7 +215,21 @@ def protection_status(
             if found_vms:
                 names[replica.source_uuid] = found_vms[0].name
     found = [_status(r, moment, target_rpo, _busy(r, moment), names) for r in replicas]
+    if source is not None or source_unreachable:
+        found = [
+            replace(f, source_state=_source_state(source, r)) for f, r in zip(found, replicas, strict=True)
+        ]
     return StatusList(sorted(found, key=lambda s: (s.vm, s.replica)))
+
+
+def _source_state(source: Connection | None, replica: Replica) -> str:
+    if source is None:
+        return "unknown"
+    uuid = replica.state.source.instance_uuid if replica.state else replica.source_uuid
+    if not uuid:
+        return "unknown"
+    vms = find_vms(source, VMSelector(instance_uuid=uuid))
+    return vms[0].power_state if vms else "not found"
 
 
 def protection_of(conn: Connection, vm: VMRef, *, now: datetime | None = None) -> ProtectionStatus | None:
