@@ -10,19 +10,24 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from tests import labutil
-from vsphere_replicator.lab import running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def custom_si() -> Iterator[Any]:
+def custom_lab() -> Iterator[LabInfo]:
     with running_lab(vms=6, disk_size=4 << 20, hosts=1) as info:
-        si = labutil.connect(info)
-        try:
-            yield si
-        finally:
-            labutil.disconnect(si)
+        yield info
+
+
+@pytest.fixture(scope="module")
+def custom_si(custom_lab: LabInfo) -> Iterator[Any]:
+    si = labutil.connect(custom_lab)
+    try:
+        yield si
+    finally:
+        labutil.disconnect(si)
 
 
 def fixed(address: str, mask: str = "255.255.255.0", gateway: str | None = None, **kw: Any) -> Any:
@@ -186,3 +191,20 @@ def test_a_clone_with_a_customization_comes_up_with_its_new_address(custom_si: A
     labutil.wait(clone.PowerOffVM_Task())
     labutil.wait(clone.Destroy_Task())
     labutil.wait(snap.RemoveSnapshot_Task(removeChildren=False))
+
+
+def test_a_customization_waits_for_vmware_tools_in_the_guest(custom_lab: LabInfo, custom_si: Any) -> None:
+    """Tools carry the customization out: a guest without running Tools keeps it pending."""
+    vm = powered_off(custom_si, "lab-vm-0006")
+    labutil.wait(vm.CustomizeVM_Task(spec=linux("app06", fixed("10.20.30.46"))))
+    control = LabControl(custom_lab)
+    control.set_tools("lab-vm-0006", "notRunning")
+    try:
+        labutil.wait(vm.PowerOnVM_Task())
+        assert vm.config.tools.pendingCustomization  # still to run
+        assert vm.guest.ipAddress != "10.20.30.46"
+        control.set_tools("lab-vm-0006", "running")  # Tools start in the guest: it runs now
+        assert not vm.config.tools.pendingCustomization
+        assert (vm.guest.ipAddress, vm.guest.hostName) == ("10.20.30.46", "app06")
+    finally:
+        control.set_tools("lab-vm-0006", "running")

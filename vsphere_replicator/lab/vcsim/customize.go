@@ -316,6 +316,14 @@ func (l *lab) setPendingCustomization(vm *simulator.VirtualMachine, spec *types.
 // report its identity. The caller holds l.mu and the VM's lock, and the VM
 // is powered on.
 func (l *lab) applyGuest(vm *simulator.VirtualMachine) {
+	// The customization is carried out inside the guest by VMware Tools (its
+	// deployPkg plugin; vSphere's "Guest Operating System Customization
+	// Requirements": VMware Tools must be installed): a guest whose Tools do
+	// not run neither applies it nor reports any identity. It stays pending
+	// until Tools start (setTools), as a failover must find out by waiting.
+	if l.toolsState(vm) != toolsRunning {
+		return
+	}
 	if pending := l.pendingGuests[vm.Self.Value]; pending != nil {
 		delete(l.pendingGuests, vm.Self.Value)
 		for _, key := range pending.order {

@@ -222,6 +222,9 @@ func (l *lab) setTools(nameOrRef, state string) (map[string]interface{}, error) 
 	res := map[string]interface{}{"vm": vm.Self.Value, "state": state}
 	simulator.Map.WithLock(vm, func() {
 		l.publishTools(vm)
+		if state == toolsRunning && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+			l.applyGuest(vm) // Tools started: a pending customization runs now
+		}
 		res["name"] = vm.Name
 		res["tools_running_status"] = vm.Guest.ToolsRunningStatus
 		res["tools_status"] = vm.Guest.ToolsStatus
