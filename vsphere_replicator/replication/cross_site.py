@@ -86,11 +86,12 @@ def create_replica(
         options=options,
     )
     failpoints.point("seed-shell-made")
-    return _with_disks(sites, shell, snapshot, target.datastore)
-
-
-def _with_disks(sites: Sites, replica: VMInfo, snapshot: SnapshotInfo, datastore: str) -> VMInfo:
     frozen = by_position(snapshot_disks(sites.source, snapshot.moref))
+    return _with_disks(sites, shell, frozen, target.datastore)
+
+
+def _with_disks(sites: Sites, replica: VMInfo, frozen: list[DiskInfo], datastore: str) -> VMInfo:
+    """The replica with a disk for each of the seed snapshot's `frozen` disks (by position)."""
     missing = frozen[len(replica.disks) :]  # a run interrupted while adding them added a prefix or none
     if missing:
         reshape_replica(sites.target, replica, missing, [], datastore)
@@ -109,8 +110,8 @@ def fill_replica(
     on_progress: ProgressCallback | None = None,
 ) -> VMInfo:
     """Copy the seed snapshot's allocated areas into the replica's disks, then clear the mark."""
-    replica = _with_disks(sites, replica, snapshot, datastore)
     frozen = by_position(snapshot_disks(sites.source, snapshot.moref))
+    replica = _with_disks(sites, replica, frozen, datastore)
     pairs = list(zip(frozen, by_position(replica.disks), strict=True))
     plans = [
         (ours, theirs, allocated_areas(sites.source, source, snapshot, ours.key, reader))

@@ -158,28 +158,32 @@ def replicate(
         throttle=throttle,
         on_progress=on_progress,
     )
-    sites = sites_of(conn)
+    return cycle_under_lease(
+        sites_of(conn),
+        vm,
+        replica_access=replica_access,
+        source_access=source_access,
+        settings=settings,
+        overrides=overrides,
+        verify_access=verify_access,
+        throttle=throttle,
+        on_progress=on_progress,
+        checkpoint_every=checkpoint_every,
+        chunk=chunk,
+        workers=workers,
+    )
+
+
+def cycle_under_lease(sites: Sites, vm: VMRef, *, replica_access: DiskAccess, **options: Any) -> CycleResult:
+    """Find `vm`'s replica, take its lease and run one cycle (`options` go to run_cycle): replicate's
+    body, and each member's cycle of a recovery plan's."""
     source = resolve_vm(sites.source, vm)
     found = require_replica(sites.target, source)
     for disk in found.vm.disks:  # a replica datastore not mounted as said: refused before even the lease
         replica_access.check(disk)
     with Lease(sites.target, found.vm.moref, operation="replicate", vm=found.vm.name) as lease:
-        return run_cycle(
-            sites,
-            source,
-            settle_seed(sites.target, lease, reread(sites.target, found)),
-            lease,
-            replica_access=replica_access,
-            source_access=source_access,
-            settings=settings,
-            overrides=overrides,
-            verify_access=verify_access,
-            throttle=throttle,
-            on_progress=on_progress,
-            checkpoint_every=checkpoint_every,
-            chunk=chunk,
-            workers=workers,
-        )
+        replica = settle_seed(sites.target, lease, reread(sites.target, found))
+        return run_cycle(sites, source, replica, lease, replica_access=replica_access, **options)
 
 
 def run_cycle(

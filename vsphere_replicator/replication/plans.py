@@ -35,7 +35,7 @@ from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, S
 from vsphere_replicator.inventory import resolve_vm, vm_object
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.access import DiskAccess
-from vsphere_replicator.replication.cycle import run_cycle
+from vsphere_replicator.replication.cycle import cycle_under_lease
 from vsphere_replicator.replication.failover import (
     FailoverResult,
     cleanup_test_failover,
@@ -43,8 +43,7 @@ from vsphere_replicator.replication.failover import (
     start_test_failover,
     unplanned_failover,
 )
-from vsphere_replicator.replication.lease import Lease
-from vsphere_replicator.replication.replica import Replica, all_replicas, require_replica, reread, settle_seed
+from vsphere_replicator.replication.replica import Replica, all_replicas
 from vsphere_replicator.replication.settings import CycleResult, PlanMembership
 from vsphere_replicator.replication.sites import Sites, sites_of
 from vsphere_replicator.replication.state import ReplicaState, RestorePoint
@@ -143,19 +142,14 @@ def replicate_plan(
 
     def one(replica: Replica) -> CycleResult:
         try:
-            source = resolve_vm(sites.source, _state(replica).source.name)
-            found = require_replica(sites.target, source)
-            with Lease(sites.target, found.vm.moref, operation="replicate", vm=found.vm.name) as lease:
-                return run_cycle(
-                    sites,
-                    source,
-                    settle_seed(sites.target, lease, reread(sites.target, found)),
-                    lease,
-                    replica_access=replica_access,
-                    source_access=source_access,
-                    group=group,
-                    on_snapshot=snapshot_taken if barrier is not None else None,
-                )
+            return cycle_under_lease(
+                sites,
+                _state(replica).source.name,
+                replica_access=replica_access,
+                source_access=source_access,
+                group=group,
+                on_snapshot=snapshot_taken if barrier is not None else None,
+            )
         except BaseException:
             if barrier is not None:
                 barrier.abort()  # the others stop waiting for a snapshot that will not come

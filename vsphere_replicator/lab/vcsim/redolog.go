@@ -369,35 +369,21 @@ func flattenChain(datastorePath, dst string, size int64) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	tmp := dst + ".partial"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if err := out.Truncate(size); err != nil {
-		out.Close()
-		return err
-	}
 	const step = 4 << 20
-	for _, r := range ranges {
-		for at := r[0]; at < r[1]; at += step {
-			buf := make([]byte, min64(step, r[1]-at))
-			if err := chain.ReadAt(buf, at); err == nil {
-				_, err = out.WriteAt(buf, at)
-			}
-			if err != nil {
-				out.Close()
-				return err
+	return writeSparse(dst, size, func(out *os.File) error {
+		for _, r := range ranges {
+			for at := r[0]; at < r[1]; at += step {
+				buf := make([]byte, min64(step, r[1]-at))
+				if err := chain.ReadAt(buf, at); err != nil {
+					return err
+				}
+				if _, err := out.WriteAt(buf, at); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
+		return nil
+	})
 }
 
 // foldRedoLog writes the grains of redo log `child` into the layer `parent`

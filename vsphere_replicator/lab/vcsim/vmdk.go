@@ -194,6 +194,27 @@ func copySparse(src, dst string, size int64) error {
 		return err
 	}
 	defer in.Close()
+	return writeSparse(dst, size, func(out *os.File) error {
+		for _, s := range segs {
+			if _, err := in.Seek(s[0], io.SeekStart); err != nil {
+				return err
+			}
+			if _, err := out.Seek(s[0], io.SeekStart); err != nil {
+				return err
+			}
+			// os.File.ReadFrom uses copy_file_range for a LimitedReader over a file.
+			if _, err := io.Copy(out, io.LimitReader(in, s[1]-s[0])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writeSparse makes dst a sparse file of `size` bytes that `fill` writes,
+// through "dst.partial" renamed at the end: a copy interrupted half-way
+// leaves no dst that looks whole.
+func writeSparse(dst string, size int64, fill func(out *os.File) error) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
@@ -202,24 +223,12 @@ func copySparse(src, dst string, size int64) error {
 	if err != nil {
 		return err
 	}
-	if err := out.Truncate(size); err != nil {
+	if err := out.Truncate(size); err == nil {
+		err = fill(out)
+	}
+	if err != nil {
 		out.Close()
 		return err
-	}
-	for _, s := range segs {
-		if _, err := in.Seek(s[0], io.SeekStart); err != nil {
-			out.Close()
-			return err
-		}
-		if _, err := out.Seek(s[0], io.SeekStart); err != nil {
-			out.Close()
-			return err
-		}
-		// os.File.ReadFrom uses copy_file_range for a LimitedReader over a file.
-		if _, err := io.Copy(out, io.LimitReader(in, s[1]-s[0])); err != nil {
-			out.Close()
-			return err
-		}
 	}
 	if err := out.Close(); err != nil {
 		return err
