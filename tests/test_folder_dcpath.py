@@ -21,17 +21,17 @@ from pyVmomi import vim
 
 from tests import labutil
 from tests.conftest import DISK_SIZE
-from tests.replication_util import assert_replica_matches, find
+from tests.replication_util import assert_point_matches_chains, find
 from vsphere_replicator.cli import build_parser
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.errors import InvalidInput, NotFound, TransportError
 from vsphere_replicator.inventory import datacenter_path, datastore_datacenters, get_vm, named_objects
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
 from vsphere_replicator.lab.process import start_lab
 from vsphere_replicator.replication import (
     HTTPDatastores,
-    MountedDatastores,
     ReplicaTarget,
+    VDDKDisks,
     disks,
     protect,
     replicate,
@@ -200,16 +200,20 @@ def test_a_running_vms_current_layer_is_refused_with_500(
 def test_protect_replicate_verify_over_http_with_the_datacenter_in_a_folder(
     folder_lab: LabInfo, folder_si: Any, folder_conn: Connection, folder_control: LabControl
 ) -> None:
-    """Source reads and verification go over /folder (dcPath derived); the running source stays locked."""
+    """Source reads go over /folder (dcPath derived); the running source stays locked.
+
+    The lab is ESXi-like: the replica's current layer is a redo log once it
+    has a restore point, so its writes go through VDDK (no mount can).
+    """
     name = "lab-vm-0001"
     rng = random.Random(11)
-    access = MountedDatastores(folder_lab.datastores, conn=folder_conn)  # proves each mount over /folder
+    access = VDDKDisks(folder_conn, plugin=str(vddk_standin()))
     for _ in range(3):
         folder_control.write_random(name, offset=rng.randrange(DISK_SIZE - 70_000), length=65_536, seed=1)
     seeded = protect(folder_conn, name, ReplicaTarget(datastore="secondary-ds"))
     source, replica = find(folder_si, name), find(folder_si, f"{name}-replica")
     assert source.runtime.powerState == "poweredOn"
-    assert_replica_matches(folder_lab, source, replica, seeded.restore_point)
+    assert_point_matches_chains(folder_lab, source, replica, seeded.restore_point)
     for cycle in range(2):
         for disk in (0, 1):
             folder_control.write_random(
@@ -218,14 +222,16 @@ def test_protect_replicate_verify_over_http_with_the_datacenter_in_a_folder(
         folder_control.reset_stats()
         result = replicate(folder_conn, name, replica_access=access)
         assert result.bytes_changed > 0 and folder_control.stats()["folder_requests"] > 0
-        assert_replica_matches(folder_lab, source, replica, result.restore_point)
+        assert_point_matches_chains(folder_lab, source, replica, result.restore_point)
 
 
 def test_lab_up_takes_the_options_and_bad_ones_are_refused_before_a_process_starts(tmp_path: Any) -> None:
     args = build_parser().parse_args(["lab", "up", "--dc-folder", "Sites/West", "--lock-running-disks"])
     assert args.dc_folder == "Sites/West" and args.lock_running_disks is True
     defaults = build_parser().parse_args(["lab", "up"])
-    assert defaults.dc_folder is None and defaults.lock_running_disks is False
+    assert defaults.dc_folder is None and defaults.lock_running_disks is True and defaults.redo_logs is True
+    lenient = build_parser().parse_args(["lab", "up", "--no-lock-running-disks", "--no-redo-logs"])
+    assert lenient.lock_running_disks is False and lenient.redo_logs is False
     for bad in ["", "Sites//West", "a%2Fb", "/".join(["f"] * 9)]:
         with pytest.raises(InvalidInput, match="dc_folder"):
             start_lab(tmp_path, dc_folder=bad)

@@ -19,7 +19,7 @@ from pyVmomi import vim
 
 from tests import labutil
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.lab import LabInfo, running_lab
+from vsphere_replicator.lab import LabInfo, running_lab, vddk_standin
 from vsphere_replicator.lab.process import default_state_dir, lab_status, site_names
 
 pytestmark = pytest.mark.lab
@@ -178,6 +178,9 @@ def test_lab_up_site_with_no_vms_then_down_leaves_the_other_sites_serving(
             "VSPHERE_TARGET_PASSWORD": info.password,
             "VSPHERE_TARGET_CA_FILE": info.ca_file,
             "VSPHERE_REPLICATOR_TARGET_MOUNTS": ",".join(f"{k}={v}" for k, v in info.datastores.items()),
+            # The data path serves both sites alike: VDDK through the lab's stand-in, never a role's.
+            "VSPHERE_REPLICATOR_TRANSPORT": "vddk",
+            "VSPHERE_REPLICATOR_VDDK_PLUGIN": str(vddk_standin()),
         }
         assert set(info.datastores) == {"primary-ds-r", "secondary-ds-r"}
         si = labutil.connect(info)

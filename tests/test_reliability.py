@@ -121,7 +121,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with running_lab(vms=300, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10) as lab:
+    with running_lab(
+        vms=300, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10, redo_logs=False
+    ) as lab:
         si = labutil.connect(lab)
         conn = connect(
             lab.host,

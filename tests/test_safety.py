@@ -51,7 +51,9 @@ TARGET = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DR Ne
 
 @pytest.fixture(scope="module")
 def slab() -> Iterator[LabInfo]:
-    with running_lab(vms=60, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10) as lab:
+    with running_lab(
+        vms=60, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10, redo_logs=False
+    ) as lab:
         yield lab
 
 

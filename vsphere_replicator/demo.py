@@ -1,7 +1,10 @@
 """The main job on the embedded lab: protect a VM, replicate its changes, test a failover.
 
-Every restore point is made with `verify`, so its bytes are compared with
-the source snapshot they came from before it is recorded; the demo then
+The lab is ESXi-like (snapshot layers are redo logs; a running VM's disks are
+locked), so every byte goes through VDDK: one nbdkit per disk with the lab's
+VDDK stand-in, as against a real vCenter with VMware's plugin. Every
+restore point is made with `verify`, so its bytes are compared with the
+source snapshot they came from before it is recorded; the demo then
 re-checks each one against its digest and reports.
 """
 
@@ -12,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vsphere_replicator.connection import Connection, connect
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
-from vsphere_replicator.replication import CycleSettings, MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
+from vsphere_replicator.replication import CycleSettings, ReplicaTarget, VDDKDisks, protect, replicate
 from vsphere_replicator.replication.failover import cleanup_test_failover, start_test_failover
 from vsphere_replicator.replication.restore_points import list_restore_points, verify_restore_point
 
@@ -46,7 +49,8 @@ def run_demo(say: Callable[[str], None] = print) -> DemoReport:
 
 def _demo(lab: LabInfo, control: LabControl, conn: Connection, say: Callable[[str], None]) -> DemoReport:
     say(f"lab up at {lab.url} (TLS verified with {lab.ca_file})")
-    access = MountedDatastores(lab.datastores)
+    access = VDDKDisks(conn, plugin=str(vddk_standin()))
+    say(f"disks through VDDK: nbdkit with the lab's stand-in {vddk_standin().name}, nothing mounted")
     settings = CycleSettings(keep=3, verify=True)
     rng = random.Random(2026)
 
@@ -62,13 +66,20 @@ def _demo(lab: LabInfo, control: LabControl, conn: Connection, say: Callable[[st
 
     written = guest_writes()
     seeded = protect(
-        conn, VM, ReplicaTarget(datastore="secondary-ds"), settings=settings, replica_access=access
+        conn,
+        VM,
+        ReplicaTarget(datastore="secondary-ds"),
+        settings=settings,
+        replica_access=access,
+        source_access=access,
     )
     say(f"{VM}: protected by {seeded.replica} on secondary-ds, restore point {seeded.restore_point}")
     moved = 0
     for _ in range(3):
         written += guest_writes()
-        cycle = replicate(conn, VM, replica_access=access, settings=settings)
+        cycle = replicate(
+            conn, VM, replica_access=access, source_access=access, verify_access=access, settings=settings
+        )
         moved += cycle.bytes_moved
         say(
             f"cycle -> {cycle.restore_point}: {cycle.bytes_changed} bytes changed, "

@@ -26,6 +26,8 @@ from vsphere_replicator.cli.output import print_json
 from vsphere_replicator.cli.profiles import (
     LAB_STATE_VARIABLE,
     MOUNTS_VARIABLE,
+    TRANSPORT_VARIABLE,
+    VDDK_PLUGIN_VARIABLE,
     lab_environment,
     running_lab,
 )
@@ -133,13 +135,16 @@ def cmd_lab_env(args: argparse.Namespace) -> int:
     info = running_lab(_state_dir(args))
     env = lab_environment(info)
     mounts = env.pop(MOUNTS_VARIABLE)
+    # The transport and the VDDK plugin serve every site alike: never a role's.
+    data_path = {name: env.pop(name) for name in (TRANSPORT_VARIABLE, VDDK_PLUGIN_VARIABLE)}
     if args.role == "default":
-        values = {**env, LAB_STATE_VARIABLE: info.state_dir, MOUNTS_VARIABLE: mounts}
+        values = {**env, LAB_STATE_VARIABLE: info.state_dir, MOUNTS_VARIABLE: mounts, **data_path}
     else:
         # VSPHERE_SOURCE_HOST ...: the profile the role names; the site's datastores in the role's mounts.
         role = args.role.upper()
         values = {name.replace("VSPHERE_", f"VSPHERE_{role}_", 1): value for name, value in env.items()}
         values[f"VSPHERE_REPLICATOR_{role}_MOUNTS"] = mounts
+        values.update(data_path)
     for name, value in values.items():
         print(f"export {name}={shlex.quote(value)}")
     return EXIT_OK
@@ -258,13 +263,17 @@ def add_commands(commands: Commands) -> None:
     )
     up.add_argument(
         "--lock-running-disks",
-        action="store_true",
-        help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="/folder refuses a powered-on VM's current disk layer with 500, as vCenter does (the "
+        "default; --no-lock-running-disks serves it, which no vCenter does)",
     )
     up.add_argument(
         "--redo-logs",
-        action="store_true",
-        help="snapshot layers are vmfsSparse redo logs (-delta.vmdk), as on ESXi: only VDDK reads them",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="snapshot layers are vmfsSparse redo logs (-delta.vmdk), as on ESXi: only VDDK reads them "
+        "(the default; --no-redo-logs makes every layer a flat image, for --transport mount)",
     )
     up.add_argument(
         "--datastore-kind",

@@ -193,9 +193,10 @@ def add_mount_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
         choices=TRANSPORTS,
-        default="mount",
-        help="how disks are read and written: through mounted datastores (mount, the default), or "
-        "through VMware's VDDK, one nbdkit vddk per disk (vddk: no --mount needed)",
+        default=None,
+        help="how disks are read and written: through mounted datastores (mount), or through VMware's "
+        "VDDK, one nbdkit vddk per disk (vddk: no --mount needed). Default: "
+        "$VSPHERE_REPLICATOR_TRANSPORT, else mount; the lab's environment says vddk",
     )
     parser.add_argument(
         "--vddk-libdir",

@@ -3,8 +3,10 @@
 Connection: the VSPHERE_* variables, `--profile NAME` (VSPHERE_<NAME>_HOST and
 friends, and only those), or, when neither names a vCenter, the lab that
 `lab up` started (the one in VR_LAB_STATE_DIR, else the default one).
-Replica disks are written through datastores mounted here: `--mount DS=DIR`
-(repeatable), VSPHERE_REPLICATOR_MOUNTS, or the lab's datastore directories.
+Disks are reached by `--transport`, else VSPHERE_REPLICATOR_TRANSPORT, else
+through datastores mounted here (`--mount DS=DIR`, repeatable, and
+VSPHERE_REPLICATOR_MOUNTS). The lab's environment names vddk through the lab's
+VDDK stand-in: its layers are redo logs, as on ESXi, which no mount can write.
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ from pathlib import Path
 
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
-from vsphere_replicator.lab import LabInfo, lab_status
+from vsphere_replicator.lab import LabInfo, lab_status, vddk_standin
 from vsphere_replicator.replication import MountedDatastores, Sites
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.sessions import MOUNTS_VARIABLE as MOUNTS_VARIABLE  # cli/lab.py
-from vsphere_replicator.replication.sessions import disk_access, mounted_datastores, profile_environment
+from vsphere_replicator.replication.sessions import TRANSPORT_VARIABLE as TRANSPORT_VARIABLE  # cli/lab.py
+from vsphere_replicator.replication.sessions import VDDK_PLUGIN_VARIABLE as VDDK_PLUGIN_VARIABLE
+from vsphere_replicator.replication.sessions import (
+    chosen_transport,
+    disk_access,
+    mounted_datastores,
+    profile_environment,
+)
 
 LAB_STATE_VARIABLE = "VR_LAB_STATE_DIR"
 
 
 def lab_environment(lab: LabInfo) -> dict[str, str]:
-    """The variables that point the commands at `lab`: its vCenter and its datastore directories."""
+    """The variables that point the commands at `lab`: its vCenter, its VDDK (the stand-in), its directories.
+
+    Disks go through VDDK by default, as against ESXi; the datastore
+    directories stay exported for `--transport mount` on a lab whose layers
+    are flat (`lab up --no-redo-logs`).
+    """
     return {
         "VSPHERE_HOST": lab.host,
         "VSPHERE_PORT": str(lab.port),
@@ -36,6 +50,8 @@ def lab_environment(lab: LabInfo) -> dict[str, str]:
         "VSPHERE_PASSWORD": lab.password,
         "VSPHERE_CA_FILE": lab.ca_file,
         MOUNTS_VARIABLE: ",".join(f"{k}={v}" for k, v in lab.datastores.items()),
+        TRANSPORT_VARIABLE: "vddk",
+        VDDK_PLUGIN_VARIABLE: str(vddk_standin()),
     }
 
 
@@ -78,20 +94,41 @@ class Session:
         """
         return mounted_datastores(self.conn, self._variables(), extra or ())
 
+    def transport(self, args: argparse.Namespace) -> str:
+        """--transport (mount when only --mount is given), else VSPHERE_REPLICATOR_TRANSPORT of the
+        session's environment, else vddk when this vCenter is a running lab (its layers are redo
+        logs, as ESXi's), else mount."""
+        given = getattr(args, "transport", None)
+        if given is None and getattr(args, "mount", None):
+            given = "mount"  # --mount names the mount transport
+        variables = self._variables()
+        if given is None and not variables.get(TRANSPORT_VARIABLE) and self._is_lab():
+            return "vddk"
+        return chosen_transport(given, variables)
+
+    def _is_lab(self) -> bool:
+        """This vCenter is one of the labs running here (by its instance UUID, unique to each lab)."""
+        places = {self.env.get(LAB_STATE_VARIABLE), os.environ.get(LAB_STATE_VARIABLE)}
+        labs = [lab_status(p) for p in places if p] + [lab_status(site=site) for site in (None, "B")]
+        uuids = {lab.instance_uuid for lab in labs if lab is not None and lab.instance_uuid}
+        return bool(uuids) and self.conn.content.about.instanceUuid in uuids
+
     def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
-        """(replica access, source access) the command's --transport chooses.
+        """(replica access, source access) the command's transport chooses (`transport`).
 
         `mount`: the mounted datastores, and the library's default source
         (None). `vddk`: one VDDKDisks for both sides; no mount is needed.
         """
-        if getattr(args, "transport", "mount") != "vddk":
+        if self.transport(args) != "vddk":
             return self.mounts(args.mount), None
+        variables = self._variables()
+        standin = None if variables.get(VDDK_PLUGIN_VARIABLE) or not self._is_lab() else str(vddk_standin())
         return disk_access(
             self.conn,
-            self._variables(),
+            variables,
             transport="vddk",
             vddk_libdir=args.vddk_libdir,
-            vddk_plugin=args.vddk_plugin,
+            vddk_plugin=args.vddk_plugin or standin,
         )
 
     def _variables(self) -> dict[str, str]:
@@ -157,12 +194,19 @@ class SiteSessions:
     def single(self) -> bool:
         return self.source is self.target
 
+    def verify_access(self, args: argparse.Namespace, source_access: DiskAccess | None) -> DiskAccess | None:
+        """What reads a new restore point back: one vCenter's source side (None: its HTTP /folder),
+        or across vCenters the target's VDDK; a redo-log layer has no flat file for /folder."""
+        if self.single:
+            return source_access
+        return self.target.disks(args)[0] if self.target.transport(args) == "vddk" else None
+
     def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
         """(replica access on the target site, source access on the source site) for --transport."""
         if self.single:
             return self.target.disks(args)
         replica_access, _ = self.target.disks(args)
-        if getattr(args, "transport", "mount") != "vddk":
+        if self.source.transport(args) != "vddk":
             return replica_access, None  # the source is read over its vCenter's HTTP /folder
         _, source_access = self.source.disks(args)
         return replica_access, source_access

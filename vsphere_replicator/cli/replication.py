@@ -165,7 +165,11 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         with site_sessions(args) as s:
             replica_access, source_access = s.disks(args)
             made = plans.replicate_plan(
-                s.sites, args.plan, replica_access=replica_access, source_access=source_access
+                s.sites,
+                args.plan,
+                replica_access=replica_access,
+                source_access=source_access,
+                verify_access=s.verify_access(args, source_access),
             )
         emit(args.json, made, lambda: plan_replication_lines(made))
         return EXIT_OK if not made.failed else EXIT_FAILED
@@ -176,7 +180,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             args.vm,
             replica_access=replica_access,
             source_access=source_access,
-            verify_access=source_access if s.single else None,  # None: the target's HTTP /folder
+            verify_access=s.verify_access(args, source_access),
             overrides=overrides,
             checkpoint_every=args.checkpoint_every,
             chunk=args.chunk,
@@ -277,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_record=show,
             executor=executor,
             profile=args.profile,
-            transport=getattr(args, "transport", "mount"),
+            transport=s.transport(args),
         )
     if not records and not stop.is_set():
         print(f"nothing ran: no VM matches the selections of {args.policy_file}", file=sys.stderr)

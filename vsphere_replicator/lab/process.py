@@ -252,8 +252,8 @@ def start_lab(
     cbt_block: int | None = None,
     latency_ms: int = 0,
     dc_folder: str | None = None,
-    lock_running_disks: bool = False,
-    redo_logs: bool = False,
+    lock_running_disks: bool = True,
+    redo_logs: bool = True,
     datastore_kinds: Mapping[str, str] | None = None,
     star_answers: Mapping[str, str] | None = None,
     site: str | None = None,
@@ -265,11 +265,13 @@ def start_lab(
     against a vCenter that is not on the same machine. `dc_folder` puts the
     datacenter inside that folder path ("Sites": its inventory path, the
     `dcPath` of `/folder` and `LabInfo.datacenter`, becomes "Sites/DC0").
-    `lock_running_disks` makes `/folder` refuse a powered-on VM's current
-    disk layer with 500, as vCenter does (off by default: docs/lab.md).
-    `redo_logs` makes each snapshot's layers vmfsSparse redo logs over COWD
-    `-delta.vmdk` extents, as ESXi writes them on VMFS, instead of full flat
-    images: only VDDK (the stand-in) reads and writes them through the chain.
+    `lock_running_disks` (the default) makes `/folder` refuse a powered-on
+    VM's current disk layer with 500, as vCenter does. `redo_logs` (the
+    default) makes each snapshot's layers vmfsSparse redo logs over COWD
+    `-delta.vmdk` extents, as ESXi writes them on VMFS: only VDDK (the
+    stand-in) reads and writes them, through the chain. Turning either off
+    makes the lab easier than ESXi (every layer a flat image that a mount can
+    write; a running layer served): docs/lab.md says what that hides.
     `datastore_kinds` gives datastores a kind other than "vmfs" ("nfs",
     "vsan"); a name other than primary-ds and secondary-ds adds a datastore
     ({"vsan-ds": "vsan"}). `star_answers` overrides what

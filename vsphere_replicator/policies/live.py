@@ -29,7 +29,11 @@ __all__ = ["LiveEngine"]
 
 
 class LiveEngine:
-    """Runs policy decisions against vCenter through one connection (safe to share across threads)."""
+    """Runs policy decisions against vCenter through one connection (safe to share across threads).
+
+    `source_access` also reads new restore points back for `verify` (one
+    vCenter: it reaches the replica's disks as well; None: HTTP /folder).
+    """
 
     def __init__(
         self, conn: Connection, *, replica_access: DiskAccess, source_access: DiskAccess | None = None
@@ -79,6 +83,7 @@ class LiveEngine:
             vm,
             replica_access=self.replica_access,
             source_access=self.source_access,
+            verify_access=self.source_access,
             settings=cycle,
             throttle=throttle.consume if throttle is not None else None,
         )

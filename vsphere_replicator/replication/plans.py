@@ -114,6 +114,7 @@ def replicate_plan(
     *,
     replica_access: DiskAccess,
     source_access: DiskAccess | None = None,
+    verify_access: DiskAccess | None = None,
     window: float = 300.0,
 ) -> PlanReplication:
     """One cycle of every VM of plan `name` at once; a consistency group's snapshots in one window.
@@ -147,6 +148,7 @@ def replicate_plan(
                 _state(replica).source.name,
                 replica_access=replica_access,
                 source_access=source_access,
+                verify_access=verify_access,
                 group=group,
                 on_snapshot=snapshot_taken if barrier is not None else None,
             )

@@ -5,7 +5,8 @@ disks. Both come from the environment of the machine that does the work,
 never from whoever asked for it: the default profile (VSPHERE_HOST,
 VSPHERE_USER, ...) or a named one (VSPHERE_<NAME>_HOST, ... and only those),
 the datastores mounted here (VSPHERE_REPLICATOR_MOUNTS), the VDDK library
-(VSPHERE_REPLICATOR_VDDK_LIBDIR, VSPHERE_REPLICATOR_VDDK_PLUGIN). So a job
+(VSPHERE_REPLICATOR_VDDK_LIBDIR, VSPHERE_REPLICATOR_VDDK_PLUGIN), the
+transport when none is given (VSPHERE_REPLICATOR_TRANSPORT). So a job
 sent to a fleet worker carries a profile name and a transport, no secret;
 the CLI builds its sessions the same way (and adds the lab as a fallback).
 """
@@ -24,9 +25,11 @@ from vsphere_replicator.replication.access import DiskAccess, MountedDatastores,
 __all__ = [
     "MOUNTS_VARIABLE",
     "TRANSPORTS",
+    "TRANSPORT_VARIABLE",
     "VDDK_LIBDIR_VARIABLE",
     "VDDK_PLUGIN_VARIABLE",
     "ProfileSession",
+    "chosen_transport",
     "disk_access",
     "mounted_datastores",
     "open_session",
@@ -37,7 +40,22 @@ __all__ = [
 MOUNTS_VARIABLE = "VSPHERE_REPLICATOR_MOUNTS"
 VDDK_LIBDIR_VARIABLE = "VSPHERE_REPLICATOR_VDDK_LIBDIR"
 VDDK_PLUGIN_VARIABLE = "VSPHERE_REPLICATOR_VDDK_PLUGIN"
+TRANSPORT_VARIABLE = "VSPHERE_REPLICATOR_TRANSPORT"
 TRANSPORTS = ("mount", "vddk")
+
+
+def chosen_transport(given: str | None, env: Mapping[str, str]) -> str:
+    """`given`, else `env`'s VSPHERE_REPLICATOR_TRANSPORT (`lab env` sets vddk), else mount."""
+    if given is not None:
+        if given not in TRANSPORTS:
+            raise InvalidInput(f"transport must be one of {', '.join(TRANSPORTS)}, not {given!r}")
+        return given
+    named = env.get(TRANSPORT_VARIABLE, "").strip()
+    if not named:
+        return "mount"
+    if named not in TRANSPORTS:
+        raise InvalidInput(f"{TRANSPORT_VARIABLE}={named!r}: a transport is one of {', '.join(TRANSPORTS)}")
+    return named
 
 
 def profile_environment(profile: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:

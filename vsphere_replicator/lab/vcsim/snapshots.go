@@ -475,6 +475,10 @@ func renameLayer(devices []types.BaseVirtualDevice, y, x string, xParent *types.
 			if xParent != nil {
 				p := deepCopy(*xParent)
 				b.Parent = &p
+			} else {
+				// x is a base disk: no delta format (VirtualDiskFlatVer2BackingInfo.deltaDiskFormat
+				// is set on delta disks only), whatever y's layer was.
+				b.DeltaDiskFormat = ""
 			}
 			renamed = true
 		}
