@@ -109,6 +109,25 @@ def vm(si: Any, vm_name: str) -> Any:
     return labutil.find_vm(si, vm_name)
 
 
+def powered_off(si: Any, name: str) -> str:
+    """Power `name` off (plain pyVmomi): vCenter's `/folder` serves a VM's current layer only then."""
+    found = labutil.find_vm(si, name)
+    if found.runtime.powerState != "poweredOff":
+        labutil.wait(found.PowerOffVM_Task())
+    return name
+
+
+@pytest.fixture
+def off_vm_name(si: Any, vm_name: str) -> str:
+    """A VM no other test has touched, powered off, for tests that read its current layer over `/folder`."""
+    return powered_off(si, vm_name)
+
+
+@pytest.fixture
+def off_vm(si: Any, off_vm_name: str) -> Any:
+    return labutil.find_vm(si, off_vm_name)
+
+
 def lab_connection(lab: LabInfo) -> Connection:
     """A library connection to the lab, with retries that do not sleep (use it in a `with`)."""
     return connect(

@@ -133,17 +133,17 @@ def test_first_mismatch_finds_the_byte(lab: Any) -> None:
     assert shutil.which("qemu-img")
 
 
-def test_http_reads_verify_the_pinned_certificate(lab: Any, control: Any, vm_name: str) -> None:
+def test_http_reads_verify_the_pinned_certificate(lab: Any, control: Any, off_vm_name: str) -> None:
     from tests.test_connection import lab_thumbprint
     from vsphere_replicator.connection import connect
     from vsphere_replicator.errors import TLSVerificationFailed
     from vsphere_replicator.inventory import get_vm
     from vsphere_replicator.transport import DatastoreHTTPSource
 
-    data = control.write_random(vm_name, offset=4096, length=1000, seed=8)
+    data = control.write_random(off_vm_name, offset=4096, length=1000, seed=8)
     pin = lab_thumbprint(lab)
     with connect(lab.host, lab.user, lab.password, port=lab.port, thumbprint=pin) as pinned:
-        disk = get_vm(pinned, vm_name).disks[0]
+        disk = get_vm(pinned, off_vm_name).disks[0]
         source = DatastoreHTTPSource(pinned, disk.file_name, disk.capacity, datacenter=lab.datacenter)
         assert source.read(4096, 1000) == data
         source.close()

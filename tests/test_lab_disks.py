@@ -24,10 +24,12 @@ def test_each_disk_is_a_descriptor_and_a_sparse_flat_extent(lab: Any, vm: Any) -
         assert info["format"] == "vmdk" and info["virtual-size"] == DISK_SIZE
 
 
-def test_folder_serves_disk_bytes_with_range(lab: Any, si: Any, control: Any, vm: Any, vm_name: str) -> None:
-    data = control.write_random(vm_name, offset=12345, length=5000, seed=1)
+def test_folder_serves_disk_bytes_with_range(
+    lab: Any, si: Any, control: Any, off_vm: Any, off_vm_name: str
+) -> None:
+    data = control.write_random(off_vm_name, offset=12345, length=5000, seed=1)
     session = labutil.folder_session(lab, si)
-    file_name = labutil.disks(vm)[0].backing.fileName
+    file_name = labutil.disks(off_vm)[0].backing.fileName
     assert labutil.read_range(session, lab, file_name, 12345, 5000) == data
     assert labutil.read_range(session, lab, file_name, 12340, 5) == b"\0" * 5
 

@@ -58,10 +58,12 @@ def test_a_dropped_connection_fails_one_request_only(lab: Any, control: Any, vm_
     labutil.disconnect(client)
 
 
-def test_a_dropped_range_read_is_cut_short(lab: Any, si: Any, control: Any, vm: Any, vm_name: str) -> None:
-    control.write_random(vm_name, offset=0, length=1 << 20, seed=1)
+def test_a_dropped_range_read_is_cut_short(
+    lab: Any, si: Any, control: Any, off_vm: Any, off_vm_name: str
+) -> None:
+    control.write_random(off_vm_name, offset=0, length=1 << 20, seed=1)
     session = labutil.folder_session(lab, si)
-    url, params = labutil.folder_url(lab, labutil.disks(vm)[0].backing.fileName)
+    url, params = labutil.folder_url(lab, labutil.disks(off_vm)[0].backing.fileName)
     control.drop_connections(count=1, path="folder")
     with pytest.raises(requests.exceptions.RequestException):
         _ = session.get(url, params=params, headers={"Range": "bytes=0-1048575"}, timeout=10).content
@@ -71,9 +73,9 @@ def test_a_dropped_range_read_is_cut_short(lab: Any, si: Any, control: Any, vm: 
     )
 
 
-def test_slow_reads_delay_datastore_reads(lab: Any, si: Any, control: Any, vm: Any) -> None:
+def test_slow_reads_delay_datastore_reads(lab: Any, si: Any, control: Any, off_vm: Any) -> None:
     session = labutil.folder_session(lab, si)
-    file_name = labutil.disks(vm)[0].backing.fileName
+    file_name = labutil.disks(off_vm)[0].backing.fileName
     control.slow_reads(delay_ms=400, count=1)
     assert [(f["kind"], f["remaining"]) for f in control.faults()] == [("slow-reads", 1)]
     start = time.monotonic()

@@ -127,10 +127,10 @@ def test_a_call_that_changes_state_is_tried_once() -> None:
 
 
 def test_a_range_read_survives_an_expired_session_and_a_dropped_connection(
-    lab: Any, recording: Connection, control: Any, vm_name: str, waits: list[float]
+    lab: Any, recording: Connection, control: Any, off_vm_name: str, waits: list[float]
 ) -> None:
-    written = control.write_random(vm_name, offset=1 << 20, length=300_000, seed=21)
-    disk = get_vm(recording, vm_name).disks[0]
+    written = control.write_random(off_vm_name, offset=1 << 20, length=300_000, seed=21)
+    disk = get_vm(recording, off_vm_name).disks[0]
     control.expire_sessions()
     control.drop_connections(count=1, path="folder")
     control.reset_stats()
@@ -164,10 +164,10 @@ def test_a_second_expiry_right_after_renewal_is_an_error_not_a_loop(
 
 
 def test_the_number_of_read_attempts_comes_from_the_policy(
-    lab: Any, control: Any, vm_name: str, waits: list[float]
+    lab: Any, control: Any, off_vm_name: str, waits: list[float]
 ) -> None:
     with lab_connection(lab, RetryPolicy(attempts=2, jitter=0, sleep=waits.append)) as conn:
-        disk = get_vm(conn, vm_name).disks[0]
+        disk = get_vm(conn, off_vm_name).disks[0]
         source = DatastoreHTTPSource(conn, disk.file_name, disk.capacity, datacenter=lab.datacenter)
         control.drop_connections(count=5, path="folder")
         control.reset_stats()
@@ -177,7 +177,7 @@ def test_the_number_of_read_attempts_comes_from_the_policy(
             assert control.stats()["folder_requests"] == 2 and waits == [0.5]
         finally:
             control.clear_faults()
-        written = control.write_random(vm_name, offset=0, length=65536, seed=22)
+        written = control.write_random(off_vm_name, offset=0, length=65536, seed=22)
         assert source.read(0, 65536) == written  # the pool kept no broken connection
         source.close()
 
@@ -206,9 +206,9 @@ def test_a_second_soap_expiry_right_after_renewal_is_an_error(
 
 
 def test_a_small_file_read_survives_an_expired_session_and_a_dropped_connection(
-    lab: Any, si: Any, recording: Connection, control: Any, vm_name: str, waits: list[float]
+    lab: Any, si: Any, recording: Connection, control: Any, off_vm_name: str, waits: list[float]
 ) -> None:
-    datastore, flat = flat_extent_path(get_vm(recording, vm_name).disks[0].file_name)
+    datastore, flat = flat_extent_path(get_vm(recording, off_vm_name).disks[0].file_name)
     descriptor = flat.removesuffix("-flat.vmdk") + ".vmdk"  # small: a cut answer misses its end
     expected = labutil.folder_session(lab, si).get(
         f"https://{lab.host}:{lab.port}/folder/{descriptor}",
@@ -226,15 +226,15 @@ def test_a_small_file_read_survives_an_expired_session_and_a_dropped_connection(
     assert waits == [0.5] and [e["event"] for e in logs].count("folder_read_retry") == 1
 
 
-def test_passwords_never_reach_the_retry_logs(lab: Any, control: Any, vm_name: str) -> None:
+def test_passwords_never_reach_the_retry_logs(lab: Any, control: Any, off_vm_name: str) -> None:
     with capture_logs() as logs, lab_connection(lab, RetryPolicy(sleep=lambda _: None)) as conn:
-        disk = get_vm(conn, vm_name).disks[0]
+        disk = get_vm(conn, off_vm_name).disks[0]
         source = DatastoreHTTPSource(conn, disk.file_name, disk.capacity, datacenter=lab.datacenter)
         control.expire_sessions()
         control.drop_connections(count=1, path="folder")
         source.read(0, 512)
         control.drop_connections(count=1, path="sdk")
-        get_vm(conn, vm_name)
+        get_vm(conn, off_vm_name)
         source.close()
     assert {"session_expired_relogin", "range_read_retry", "call_retry"} <= {e["event"] for e in logs}
     assert lab.password not in repr(logs)

@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self
 import pytest
 
 from tests import labutil
-from tests.conftest import _fresh_vm, lab_connection, serve
+from tests.conftest import _fresh_vm, lab_connection, powered_off, serve
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.extents import Extent
@@ -96,6 +96,11 @@ class LabDisk:
 def lab_disk(lab: Any) -> Iterator[LabDisk]:
     """One disk of a VM no other test touches, for every HTTP case of this module."""
     name = _fresh_vm()
+    si = labutil.connect(lab)
+    try:
+        powered_off(si, name)  # /folder serves a running VM's current layer nowhere (vCenter: 500)
+    finally:
+        labutil.disconnect(si)
     with lab_connection(lab) as conn:
         disk = get_vm(conn, name).disks[0]
         local = labutil.local_extent(lab, disk.file_name)
