@@ -74,12 +74,17 @@ def create_replica(
     snapshot: SnapshotInfo,
     record: SeedRecord,
     hardware: Hardware,
+    *,
+    name: str | None = None,
 ) -> VMInfo:
-    """The empty replica on the target site, marked as a seed whose copy is pending, with its disks."""
+    """The empty replica on the target site, marked as a seed whose copy is pending, with its disks.
+
+    Named `name`, or by the target's name template for `source`.
+    """
     options = {**seed_options(record), COPY_PENDING_KEY: record.cycle}  # a new VM has nothing to clear
     shell = create_vm(
         sites.target,
-        clone_name(target.name, source),
+        name or clone_name(target.name, source),
         target.datastore,
         hardware,
         networks=dict(target.networks),

@@ -401,7 +401,7 @@ class _Failback:
         assert datastore is not None  # _check_fresh
         return ReplicaTarget(
             datastore=datastore,
-            name=self.name if self._fresh() else "{vm}",
+            name="{vm}",
             networks=tuple((b, a) for a, b in self.state.target.networks),
         )
 
@@ -453,7 +453,7 @@ class _Failback:
                 running = enable_cbt(self.running_site, running)
             record, snapshot = seed_snapshot(self.running_site, running, self.state.settings, target)
             try:
-                vm = create_replica(sites, running, target, snapshot, record, hardware)
+                vm = create_replica(sites, running, target, snapshot, record, hardware, name=self.name)
             except Exception:  # nothing made: no snapshot of ours left on R (a crash: the next run sweeps it)
                 remove_snapshot(self.running_site, running, snapshot)
                 raise
