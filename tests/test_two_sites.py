@@ -131,6 +131,7 @@ def test_protect_replicate_recover_on_site_b_with_site_a_gone_then_fail_back_to_
         fresh = start_lab(fresh_dir, vms=0, disk_size=32 * MIB)
         si_a = labutil.connect(fresh)
         _fail_back_to_a_fresh_site(fresh, site_b, si_a, si_b, tmp_path, latest_on_b)
+        assert "protection_restored" in caplog.text  # the log is captured, and
         assert "failback_whole_disk" not in caplog.text  # once seeded, every copy was CBT-based
         stop_lab(fresh_dir)
     finally:
@@ -198,8 +199,13 @@ def test_a_seed_into_another_vcenter_needs_a_data_path_and_its_port_groups(site_
             labutil.disconnect(si_a)
 
 
-def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabInfo, tmp_path: Path) -> None:
-    """Sync on site A, power the source off there, sync what is left, bring the replica up on site B."""
+def test_a_planned_failover_across_vcenters_then_failback_to_the_original(
+    site_b: LabInfo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync on site A, power the source off there, sync what is left, bring the replica up on site B.
+
+    Then fail back to the original, still on site A.
+    """
     vm = "lab-vm-0002"
     with running_lab(vms=2, disks_per_vm=2, disk_size=32 * MIB) as site_a:
         si_a, si_b = labutil.connect(site_a), labutil.connect(site_b)
@@ -215,6 +221,26 @@ def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabI
             assert result.final_cycle is not None  # the sync after the source stopped ran, on site A's data
             assert chain_hashes(site_b, running) == chain_hashes(site_a, source)
             assert nic_networks(running) == ["DR Network B"] and our_source_snapshots(source) == []
+
+            # Site A still has the original: failback reuses it, copying only what differs (CBT).
+            LabControl(site_b).write_random(result.running, offset=8 * MIB, length=700_000, seed=10, disk=0)
+            latest_on_b = chain_hashes(site_b, running)
+            with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
+                sites = Sites(source=conn_a, target=conn_b)
+                reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+                back = failback(sites, vm, replica_access=writer, source_access=reader)
+            source, replica = find(si_a, vm), find(si_b, result.running)
+            assert (
+                back is not None and source.config.instanceUuid == state(replica)["source"]["instance_uuid"]
+            )
+            assert source.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
+            assert (
+                chain_hashes(site_a, source)
+                == latest_on_b
+                == point_chain_hashes(site_b, replica, back.restore_point)
+            )
+            assert "protection_restored" in caplog.text and "failback_whole_disk" not in caplog.text
+            assert our_source_snapshots(source) == [] and our_source_snapshots(replica) == []
         finally:
             labutil.disconnect(si_a)
             labutil.disconnect(si_b)

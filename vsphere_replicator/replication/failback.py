@@ -435,8 +435,9 @@ class _Failback:
         protect's seed across vCenters (cross_site.py, seed.py), under R's
         lease and then O's: the new O carries the seed record from birth, so
         an interrupted run finds it (`_made_of`) and finishes it. CBT is
-        switched on for R (the reverse cycles read it) and for O (the
-        reprotect after the switch copies only what O wrote).
+        switched on for R (the reverse cycles read it) and, by
+        cross_site.py, for O (the reprotect after the switch copies only
+        what O wrote).
         """
         sites = self._reverse_sites()
         target = self._reverse_target()
@@ -458,8 +459,6 @@ class _Failback:
                 remove_snapshot(self.running_site, running, snapshot)
                 raise
             failpoints.point("failback-original-made")
-        if not vm.cbt_enabled and not vm.snapshots:
-            vm = enable_cbt(self.original_site, vm)
         if self.original_lease is None:
             self.original_lease = self.leases.enter_context(
                 Lease(self.original_site, vm.moref, operation="failback", vm=vm.name)
