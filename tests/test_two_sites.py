@@ -34,7 +34,7 @@ from tests.test_vddk import nbdkit_processes
 from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import ConnectionFailed, InvalidInput
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab, stop_lab, vddk_standin
-from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, protect, replicate
+from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, failpoints, protect, replicate
 from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
@@ -153,7 +153,11 @@ def _fail_back_to_a_fresh_site(
         with pytest.raises(InvalidInput, match="datastore"):  # refused before anything changes
             failback(sites, VM, replica_access=writer, source_access=reader)
         assert all_vms(si_a) == [] and snapshots(find(si_b, f"{VM}-replica")) == []
+        for crash_at in ("seed-snapshot-taken:1", "seed-copied:1", "failback-reversed:1"):
+            with failpoints.armed(crash_at), pytest.raises(failpoints.Crash):  # killed mid-way: run again
+                failback(sites, VM, replica_access=writer, source_access=reader, datastore="primary-ds")
         back = failback(sites, VM, replica_access=writer, source_access=reader, datastore="primary-ds")
+        assert back is not None and back.resumed
         assert back is not None and back.running == VM and back.final_cycle is not None
         assert back.final_cycle.full_resync == () and back.final_cycle.bytes_moved < MIB  # CBT after the seed
         original, replica = find(si_a, VM), find(si_b, f"{VM}-replica")
@@ -228,11 +232,12 @@ def test_a_planned_failover_across_vcenters_then_failback_to_the_original(
             with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
                 sites = Sites(source=conn_a, target=conn_b)
                 reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+                with failpoints.armed("failback-switched:1"), pytest.raises(failpoints.Crash):
+                    failback(sites, vm, replica_access=writer, source_access=reader)  # killed: run again
                 back = failback(sites, vm, replica_access=writer, source_access=reader)
             source, replica = find(si_a, vm), find(si_b, result.running)
-            assert (
-                back is not None and source.config.instanceUuid == state(replica)["source"]["instance_uuid"]
-            )
+            assert back is not None and back.resumed
+            assert source.config.instanceUuid == state(replica)["source"]["instance_uuid"]
             assert source.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
             assert (
                 chain_hashes(site_a, source)

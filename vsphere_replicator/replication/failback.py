@@ -123,11 +123,13 @@ def _parties(sites: Sites, vm: str) -> _Parties | None:
     by_uuid = VMSelector(instance_uuid=running.state.source.instance_uuid)
     if sites.single:
         return _Parties(running=running, original=get_vm(sites.source, by_uuid))
-    found = find_vms(sites.source, by_uuid)
-    if found:
-        return _Parties(running=running, original=found[0])
+    # What an earlier run made or reversed first: a VM made anew may well have the original's
+    # instance UUID (a site restored from backup keeps them), so the UUID alone cannot tell.
     made = _made_of(sites.source, running.vm)
-    return _Parties(running=running, original=made.vm if made is not None else None)
+    if made is not None:
+        return _Parties(running=running, original=made.vm)
+    found = find_vms(sites.source, by_uuid)
+    return _Parties(running=running, original=found[0] if found else None)
 
 
 def _made_of(conn: Connection, running: VMInfo) -> Replica | None:
@@ -308,10 +310,6 @@ class _Failback:
         self.leases = leases
         self.log = get_logger(vm=self.name, replica=running.vm.name, operation="failback")
 
-    def _fresh(self) -> bool:
-        """O is not the original VM itself: site A was fresh and O is (being) made anew of R."""
-        return self.original is None or self.original.instance_uuid != self.state.source.instance_uuid
-
     def execute(self, *, switch: bool) -> FailoverResult | None:
         journal = self.running.recovery
         if journal is not None and journal.kind != "failback":
@@ -330,8 +328,10 @@ class _Failback:
             and mine.state.source.instance_uuid == self.running.vm.instance_uuid
         )
         switched = reversed_already and mine is not None and mine.state is not None and mine.state.promoted
+        # O is made anew of R: site A had no original, or an earlier run began making it
+        seeding = self.original is None or (mine is not None and mine.state is None and mine.seed is not None)
         if not switched and not reversed_already:
-            if self._fresh():
+            if seeding:
                 self._check_fresh()
             elif self.original is not None and self.original.power_state != "poweredOff":
                 raise InvalidInput(
@@ -341,7 +341,7 @@ class _Failback:
                 journal = RecoveryJournal(kind="failback", phase="reversing", started=datetime.now(UTC))
                 write_options(self.running_lease, recovery=journal)
                 failpoints.point("failback-begun")
-            if self._fresh():
+            if seeding:
                 self._seed_original()
             else:
                 self._reverse_into_original(journal)
@@ -450,6 +450,7 @@ class _Failback:
             self.log.warning("failback_seed_resumed", original=vm.name)
         else:
             hardware = check_cross_site(sites, running, target, writer)
+            running = sweep_source(self.running_site, running)  # a seed snapshot a crash left unused
             if not running.cbt_enabled or any(d.change_id is None for d in running.disks):
                 running = enable_cbt(self.running_site, running)
             record, snapshot = seed_snapshot(self.running_site, running, self.state.settings, target)
