@@ -54,6 +54,7 @@ from vsphere_replicator.inventory import (
     snapshot_disks,
 )
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.macs import MacKept
 from vsphere_replicator.networks import NicChange
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
@@ -356,6 +357,7 @@ class _Failback:
         assert self.original is not None and self.original_lease is not None
         final = None
         nics: tuple[NicChange, ...] = ()
+        macs: tuple[MacKept, ...] = ()
         if not switched:
             if journal.phase != "switching":
                 journal = replace(journal, phase="switching")
@@ -376,7 +378,7 @@ class _Failback:
                     self.access.source if self.access.sites.single else self.access.replica,
                 )
             )
-            final, nics = result.final_cycle, result.nics
+            final, nics, macs = result.final_cycle, result.nics, result.macs
             failpoints.point("failback-switched")
         if journal.phase != "reprotecting":
             journal = replace(journal, phase="reprotecting", snapshot=None)
@@ -390,6 +392,7 @@ class _Failback:
             restore_point=point,
             nics=nics,
             final_cycle=final,
+            macs=macs,
             resumed=self.running.recovery is not None,
         )
 
