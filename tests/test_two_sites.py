@@ -144,7 +144,7 @@ def test_protect_replicate_recover_on_site_b_with_site_a_gone_then_fail_back_to_
             stop_lab(fresh_dir)
 
 
-def nic_macs(vm: Any) -> list[tuple[str, str]]:
+def nic_macs(vm: Any) -> list[tuple[Any, Any]]:
     """Each NIC's (addressType, macAddress), as plain pyVmomi sees them."""
     return [
         (d.addressType, d.macAddress)
