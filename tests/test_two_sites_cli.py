@@ -123,6 +123,7 @@ def test_the_two_site_walkthrough(tmp_path: Path) -> None:
         assert find(si_b, "lab-vm-0001-replica").runtime.powerState == "poweredOn"  # nothing was touched
         back = vr(env, "failback", "lab-vm-0001", "--datastore", "primary-ds", "--transport", "vddk")
         assert back["running"] == "lab-vm-0001" and back["kind"] == "failback"
+        assert [m["kept"] for m in back["macs"]] == [False]  # site B's ESXi generated it: no static MAC
         si_a = labutil.connect(site_a)
         try:
             original = find(si_a, "lab-vm-0001")
