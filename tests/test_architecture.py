@@ -43,7 +43,19 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "blocks",
         frozenset(
-            {ROOT, "snapshots", "cbt", "clone", "shells", "customize", "networks", "tags", "verify", "delta"}
+            {
+                ROOT,
+                "snapshots",
+                "cbt",
+                "clone",
+                "shells",
+                "customize",
+                "networks",
+                "macs",
+                "tags",
+                "verify",
+                "delta",
+            }
         ),
     ),
     # Protect, cycles as transactions, restore points, failover, failback.

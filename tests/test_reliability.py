@@ -281,6 +281,7 @@ PLANNED_STEPS = [
     "confirmed:1",
     "failover-synced:1",
     "failover-nics-moved:1",
+    "failover-macs-kept:1",
     "failover-powered-on:1",
     "failover-committed:1",
     "failover-points-dropped:1",

@@ -15,23 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 
 from tests import labutil
 from tests.conftest import lab_connection
 from tests.replication_util import (
+    STATE_KEY,
     all_vms,
     chain_hashes,
     find,
+    option,
     our_source_snapshots,
     point_chain_hashes,
     snapshots,
     state,
 )
 from tests.test_failover import nic_networks
+from tests.test_vddk import nbdkit_processes
 from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import ConnectionFailed, InvalidInput
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab, stop_lab, vddk_standin
-from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, protect, replicate
+from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, failpoints, protect, replicate
+from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
     planned_failover,
@@ -66,7 +71,9 @@ def vddk(conn: Any, libdir: str) -> VDDKDisks:
     return VDDKDisks(conn, plugin=str(vddk_standin()), libdir=libdir)
 
 
-def test_protect_replicate_then_recover_on_site_b_with_site_a_gone(site_b: LabInfo, tmp_path: Path) -> None:
+def test_protect_replicate_recover_on_site_b_with_site_a_gone_then_fail_back_to_a_fresh_site_a(
+    site_b: LabInfo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     site_a_dir = Path(tempfile.mkdtemp(prefix="vr-site-a-"))
     site_a = start_lab(site_a_dir, vms=4, disks_per_vm=2, disk_size=32 * MIB)
     si_a, si_b = labutil.connect(site_a), labutil.connect(site_b)
@@ -117,11 +124,90 @@ def test_protect_replicate_then_recover_on_site_b_with_site_a_gone(site_b: LabIn
         assert running.guest.ipAddress == "10.20.0.15" and "10.20.0.15" in guest_addresses(running)
         assert chain_hashes(site_b, running) == points[chosen]
         assert [n.name for n in snapshots(running)] == []  # restore points go once the VM runs
+
+        # Production writes on site B; then a fresh site A comes up (a new vCenter, no VM of its own).
+        LabControl(site_b).write_random(result.running, offset=9 * MIB, length=500_000, seed=11, disk=1)
+        latest_on_b = chain_hashes(site_b, running)
+        fresh_dir = Path(tempfile.mkdtemp(prefix="vr-site-a-fresh-"))
+        fresh = start_lab(fresh_dir, vms=0, disk_size=32 * MIB)
+        si_a = labutil.connect(fresh)
+        _fail_back_to_a_fresh_site(fresh, site_b, si_a, si_b, tmp_path, latest_on_b)
+        assert "protection_restored" in caplog.text  # the log is captured, and
+        assert "failback_whole_disk" not in caplog.text  # once seeded, every copy was CBT-based
+        stop_lab(fresh_dir)
     finally:
         if si_a is not None:
             labutil.disconnect(si_a)
         labutil.disconnect(si_b)
         stop_lab(site_a_dir)
+        if "fresh_dir" in locals():
+            stop_lab(fresh_dir)
+
+
+def nic_macs(vm: Any) -> list[tuple[Any, Any]]:
+    """Each NIC's (addressType, macAddress), as plain pyVmomi sees them."""
+    return [
+        (d.addressType, d.macAddress)
+        for d in vm.config.hardware.device
+        if isinstance(d, vim.vm.device.VirtualEthernetCard)
+    ]
+
+
+def set_static_mac(vm: Any, mac: str) -> None:
+    """Give the (powered-off) VM's first NIC a static ("manual") MAC address, with plain pyVmomi."""
+    nic = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard))
+    nic.addressType, nic.macAddress = "manual", mac
+    edit = vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic)
+    labutil.wait(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[edit])))
+
+
+def _fail_back_to_a_fresh_site(
+    fresh: LabInfo, site_b: LabInfo, si_a: Any, si_b: Any, tmp_path: Path, latest_on_b: list[str]
+) -> None:
+    """Fail back into a fresh site A: the original made anew there, then protected into B again by CBT."""
+    with lab_connection(fresh) as conn_a, lab_connection(site_b) as conn_b:
+        sites = Sites(source=conn_a, target=conn_b)
+        reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+        with pytest.raises(InvalidInput, match="datastore"):  # refused before anything changes
+            failback(sites, VM, replica_access=writer, source_access=reader)
+        assert all_vms(si_a) == [] and snapshots(find(si_b, f"{VM}-replica")) == []
+        for crash_at in ("seed-snapshot-taken:1", "seed-copied:1", "failback-reversed:1"):
+            with failpoints.armed(crash_at), pytest.raises(failpoints.Crash):  # killed mid-way: run again
+                failback(sites, VM, replica_access=writer, source_access=reader, datastore="primary-ds")
+        back = failback(sites, VM, replica_access=writer, source_access=reader, datastore="primary-ds")
+        assert back is not None and back.resumed
+        assert back is not None and back.running == VM and back.final_cycle is not None
+        assert back.final_cycle.full_resync == () and back.final_cycle.bytes_moved < MIB  # CBT after the seed
+        b_mac = nic_macs(find(si_b, f"{VM}-replica"))[0][
+            1
+        ]  # generated by site B's ESXi: not to be set by hand
+        assert [(m.mac, m.kept) for m in back.macs] == [(b_mac, False)] and "ESXi" in (
+            back.macs[0].reason or ""
+        )
+        original, replica = find(si_a, VM), find(si_b, f"{VM}-replica")
+        assert original.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
+        assert nic_networks(original) == ["VM Network"] and nic_networks(replica) == ["DR Network B"]
+        assert chain_hashes(fresh, original) == latest_on_b  # the VM runs on A with B's latest bytes
+        assert point_chain_hashes(site_b, replica, back.restore_point) == latest_on_b
+        recorded = state(replica)  # protected in the original direction again: A -> B, points on B
+        assert recorded["source"]["instance_uuid"] == original.config.instanceUuid
+        assert not recorded.get("promoted") and [p["id"] for p in recorded["restore_points"]] == [
+            back.restore_point
+        ]
+        assert our_source_snapshots(original) == [] and option(original, STATE_KEY) in (None, "")
+
+        LabControl(fresh).write_random(VM, offset=2 * MIB, length=300_000, seed=12, disk=0)
+        cycle = replicate(sites, VM, replica_access=writer, source_access=reader)
+        assert (
+            cycle.full_resync == () and 300_000 <= cycle.bytes_moved <= 300_000 + 2 * 65536
+        )  # CBT: ≈ written
+        replica = find(si_b, f"{VM}-replica")
+        assert point_chain_hashes(site_b, replica, cycle.restore_point) == chain_hashes(fresh, find(si_a, VM))
+    assert our_source_snapshots(find(si_a, VM)) == []
+    for vm in all_vms(si_b):  # nothing of ours but the replica's restore points on B
+        assert our_source_snapshots(vm) == [], vm.name
+    assert len(snapshots(find(si_b, f"{VM}-replica"))) == 2  # the failback's point and the cycle's
+    assert nbdkit_processes(fresh.port) == {} and nbdkit_processes(site_b.port) == {}
 
 
 def test_a_seed_into_another_vcenter_needs_a_data_path_and_its_port_groups(site_b: LabInfo) -> None:
@@ -141,8 +227,13 @@ def test_a_seed_into_another_vcenter_needs_a_data_path_and_its_port_groups(site_
             labutil.disconnect(si_a)
 
 
-def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabInfo, tmp_path: Path) -> None:
-    """Sync on site A, power the source off there, sync what is left, bring the replica up on site B."""
+def test_a_planned_failover_across_vcenters_then_failback_to_the_original(
+    site_b: LabInfo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync on site A, power the source off there, sync what is left, bring the replica up on site B.
+
+    Then fail back to the original, still on site A.
+    """
     vm = "lab-vm-0002"
     with running_lab(vms=2, disks_per_vm=2, disk_size=32 * MIB) as site_a:
         si_a, si_b = labutil.connect(site_a), labutil.connect(site_b)
@@ -150,7 +241,15 @@ def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabI
             with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
                 sites = Sites(source=conn_a, target=conn_b)
                 reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+                original = find(si_a, vm)
+                labutil.wait(original.PowerOffVM_Task())
+                set_static_mac(original, "00:50:56:80:00:2a")  # vCenter's own range: ESXi will not start it
+                with pytest.raises(vim.fault.GenericVmConfigFault, match="not an allowed static Ethernet"):
+                    labutil.wait(original.PowerOnVM_Task())
+                set_static_mac(original, "00:50:56:3f:00:2a")  # the highest static range: allowed
+                labutil.wait(original.PowerOnVM_Task())
                 protect(sites, vm, TARGET, replica_access=writer, source_access=reader)
+                assert nic_macs(find(si_b, f"{vm}-replica"))[0][1] != "00:50:56:3f:00:2a"  # site B's own
                 LabControl(site_a).write_random(vm, offset=5 * MIB, length=600_000, seed=9, disk=1)
                 result = planned_failover(sites, vm, replica_access=writer, source_access=reader)
             source, running = find(si_a, vm), find(si_b, result.running)
@@ -158,6 +257,32 @@ def test_a_planned_failover_across_vcenters_carries_the_last_writes(site_b: LabI
             assert result.final_cycle is not None  # the sync after the source stopped ran, on site A's data
             assert chain_hashes(site_b, running) == chain_hashes(site_a, source)
             assert nic_networks(running) == ["DR Network B"] and our_source_snapshots(source) == []
+            assert nic_macs(running) == [("manual", "00:50:56:3f:00:2a")]  # the source's MAC, kept
+            assert [(m.label, m.mac, m.kept) for m in result.macs] == [
+                ("Network adapter 1", "00:50:56:3f:00:2a", True)
+            ]
+
+            # Site A still has the original: failback reuses it, copying only what differs (CBT).
+            LabControl(site_b).write_random(result.running, offset=8 * MIB, length=700_000, seed=10, disk=0)
+            latest_on_b = chain_hashes(site_b, running)
+            with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
+                sites = Sites(source=conn_a, target=conn_b)
+                reader, writer = vddk(conn_a, str(tmp_path)), vddk(conn_b, str(tmp_path))
+                with failpoints.armed("failback-switched:1"), pytest.raises(failpoints.Crash):
+                    failback(sites, vm, replica_access=writer, source_access=reader)  # killed: run again
+                back = failback(sites, vm, replica_access=writer, source_access=reader)
+            source, replica = find(si_a, vm), find(si_b, result.running)
+            assert back is not None and back.resumed
+            assert source.config.instanceUuid == state(replica)["source"]["instance_uuid"]
+            assert source.runtime.powerState == "poweredOn" and replica.runtime.powerState == "poweredOff"
+            assert (
+                chain_hashes(site_a, source)
+                == latest_on_b
+                == point_chain_hashes(site_b, replica, back.restore_point)
+            )
+            assert "protection_restored" in caplog.text and "failback_whole_disk" not in caplog.text
+            assert nic_macs(source) == [("manual", "00:50:56:3f:00:2a")]
+            assert our_source_snapshots(source) == [] and our_source_snapshots(replica) == []
         finally:
             labutil.disconnect(si_a)
             labutil.disconnect(si_b)

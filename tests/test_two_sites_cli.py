@@ -5,7 +5,8 @@ through VSPHERE_SOURCE_* and VSPHERE_TARGET_* (what `lab env --as source` and
 `lab env --site B --as target` export), and move every byte through the VDDK
 transport: nothing is mounted. Two VMs form recovery plan `web` (one
 consistency group, two tiers, recovery addresses). After site A's lab is
-stopped, status, restore points and the plan's failover run on site B alone.
+stopped, status, restore points and the plan's failover run on site B alone;
+then a fresh site A comes up and one VM fails back into it.
 Results are checked through plain pyVmomi and qemu-img, not the commands'
 own output.
 """
@@ -54,6 +55,7 @@ def vr(env: dict[str, str], *args: str, ok: bool = True) -> Any:
 def test_the_two_site_walkthrough(tmp_path: Path) -> None:
     site_a_dir = Path(tempfile.mkdtemp(prefix="vr-site-a-"))
     site_b_dir = Path(tempfile.mkdtemp(prefix="vr-site-b-"))
+    fresh_dir = Path(tempfile.mkdtemp(prefix="vr-site-a-fresh-"))  # site A once it is rebuilt
     site_a = start_lab(site_a_dir, vms=2, disks_per_vm=1, disk_size=32 * MIB)
     site_b = start_lab(site_b_dir, site="B", vms=0, disk_size=32 * MIB)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VSPHERE_", "VR_"))}
@@ -110,10 +112,33 @@ def test_the_two_site_walkthrough(tmp_path: Path) -> None:
             assert running.runtime.powerState == "poweredOn" and running.guest.ipAddress == address
             assert nic_networks(running) == ["DR Network B"]
             assert chain_hashes(site_b, running) == expected[vm]
-        refused = vr(env, "failback", "lab-vm-0001", ok=False)  # across vCenters: not yet, and what instead
-        assert refused["exit_code"] == 2 and "not supported yet" in refused["error"]
+
+        # Production writes on site B, then site A comes back fresh: a new vCenter with no VM.
+        LabControl(site_b).write_random("lab-vm-0001-replica", offset=6 * MIB, length=400_000, seed=21)
+        latest = chain_hashes(site_b, find(si_b, "lab-vm-0001-replica"))
+        site_a = start_lab(fresh_dir, vms=0, disk_size=32 * MIB)
+        env = {**env, **role_env(site_a, "source")}
+        refused = vr(env, "failback", "lab-vm-0001", "--transport", "vddk", ok=False)
+        assert refused["exit_code"] == 2 and "--datastore" in refused["error"]  # where to make it anew
         assert find(si_b, "lab-vm-0001-replica").runtime.powerState == "poweredOn"  # nothing was touched
+        back = vr(env, "failback", "lab-vm-0001", "--datastore", "primary-ds", "--transport", "vddk")
+        assert back["running"] == "lab-vm-0001" and back["kind"] == "failback"
+        assert [m["kept"] for m in back["macs"]] == [False]  # site B's ESXi generated it: no static MAC
+        si_a = labutil.connect(site_a)
+        try:
+            original = find(si_a, "lab-vm-0001")
+            assert original.runtime.powerState == "poweredOn" and nic_networks(original) == ["VM Network"]
+            assert chain_hashes(site_a, original) == latest
+        finally:
+            labutil.disconnect(si_a)
+        assert find(si_b, "lab-vm-0001-replica").runtime.powerState == "poweredOff"
+        again = {s["vm"]: s for s in vr(env, "status")}
+        assert (
+            again["lab-vm-0001"]["state"] == "protected"
+            and again["lab-vm-0001"]["source_state"] == "poweredOn"
+        )
     finally:
         labutil.disconnect(si_b)
         stop_lab(site_a_dir)
         stop_lab(site_b_dir)
+        stop_lab(fresh_dir)

@@ -160,8 +160,14 @@ def failover_line(result: FailoverResult, vm: str | None = None, what: str | Non
     again = " (continued an interrupted run)" if result.resumed else ""
     return (
         f"{name}: {what or result.kind + ' failover'}, {result.running} running at "
-        f"{result.restore_point}{final}{again}{_nics(result)}"
+        f"{result.restore_point}{final}{again}{_nics(result)}{_macs(result)}"
     )
+
+
+def _macs(result: FailoverResult) -> str:
+    """A planned failover's NICs: each kept its source's MAC address, or says why not."""
+    parts = [f"{m.label} kept {m.mac}" if m.kept else f"{m.label} not kept: {m.reason}" for m in result.macs]
+    return f"; MAC addresses: {'; '.join(parts)}" if parts else ""
 
 
 def plan_lines(result: PlanResult) -> str:

@@ -371,10 +371,9 @@ def _failover_plan(args: argparse.Namespace) -> int:
 def cmd_failback(args: argparse.Namespace) -> int:
     source, target = site_profiles(args)
     if source != target:
-        raise UsageError(
-            "failback across two vCenters is not supported yet: protect the running replica back "
-            "(protect with --source-profile and --target-profile swapped), then fail over planned"
-        )
+        return _failback_sites(args)
+    if args.datastore is not None:
+        raise UsageError("--datastore is for failing back into a fresh source site (two vCenters)")
     with session(args.profile) as s:
         try:
             running = replica_of(s.conn, args.vm, promoted=True).vm.name
@@ -387,6 +386,33 @@ def cmd_failback(args: argparse.Namespace) -> int:
                 args.vm,
                 replica_access=replica_access,
                 source_access=source_access,
+                switch=not args.no_switch,
+                on_progress=bar,
+            )
+    if result is None:
+        reversed_ = {"vm": args.vm, "reversed": True, "source": running, "replica": args.vm}
+        emit(args.json, reversed_, lambda: reversed_line(args.vm, running))
+    else:
+        emit(args.json, result, lambda: failover_line(result, args.vm, f"failed back from {running}"))
+    return EXIT_OK
+
+
+def _failback_sites(args: argparse.Namespace) -> int:
+    """Failback across two vCenters: the VM runs on the target site, comes back to the source site."""
+    with site_sessions(args) as both:
+        try:
+            running = replica_of(both.target.conn, args.vm, promoted=True).vm.name
+        except NotFound:
+            running = "its replica"
+        replica_access, _ = both.target.disks(args)  # each site's disks, read and written
+        source_access, _ = both.source.disks(args)
+        with progress(f"failing back {args.vm}", enabled=_progress_shown(args)) as bar:
+            result = failback(
+                both.sites,
+                args.vm,
+                replica_access=replica_access,
+                source_access=source_access,
+                datastore=args.datastore,
                 switch=not args.no_switch,
                 on_progress=bar,
             )
@@ -596,6 +622,12 @@ def add_commands(commands: Commands) -> None:
     )
     p.add_argument("vm", help="the original VM's name")
     p.add_argument("--no-switch", action="store_true", help="only reverse the replication")
+    p.add_argument(
+        "--datastore",
+        default=None,
+        metavar="NAME",
+        help="two vCenters: where the source site makes the original anew when it no longer has it",
+    )
 
     p = command(
         "status",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vsphere_replicator.cbt import enable_cbt
 from vsphere_replicator.clone import clone_name
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.extents import Extent
@@ -74,12 +75,17 @@ def create_replica(
     snapshot: SnapshotInfo,
     record: SeedRecord,
     hardware: Hardware,
+    *,
+    name: str | None = None,
 ) -> VMInfo:
-    """The empty replica on the target site, marked as a seed whose copy is pending, with its disks."""
+    """The empty replica on the target site, marked as a seed whose copy is pending, with its disks.
+
+    Named `name`, or by the target's name template for `source`.
+    """
     options = {**seed_options(record), COPY_PENDING_KEY: record.cycle}  # a new VM has nothing to clear
     shell = create_vm(
         sites.target,
-        clone_name(target.name, source),
+        name or clone_name(target.name, source),
         target.datastore,
         hardware,
         networks=dict(target.networks),
@@ -91,11 +97,19 @@ def create_replica(
 
 
 def _with_disks(sites: Sites, replica: VMInfo, frozen: list[DiskInfo], datastore: str) -> VMInfo:
-    """The replica with a disk for each of the seed snapshot's `frozen` disks (by position)."""
+    """The replica with a disk for each of the seed snapshot's `frozen` disks (by position), CBT on.
+
+    Tracking starts before its first restore point, as on a replica cloned
+    from its (tracked) source: once it is failed over to, its own writes are
+    what a failback copies back, and only CBT can say which they are.
+    """
     missing = frozen[len(replica.disks) :]  # a run interrupted while adding them added a prefix or none
     if missing:
         reshape_replica(sites.target, replica, missing, [], datastore)
-    return get_vm(sites.target, VMSelector(moref=replica.moref))
+    replica = get_vm(sites.target, VMSelector(moref=replica.moref))
+    if not replica.snapshots and (not replica.cbt_enabled or any(d.change_id is None for d in replica.disks)):
+        replica = enable_cbt(sites.target, replica)
+    return replica
 
 
 def fill_replica(

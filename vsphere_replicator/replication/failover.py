@@ -37,6 +37,7 @@ from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound, ReplicatorError, StateError
 from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_object
 from vsphere_replicator.logs import get_logger
+from vsphere_replicator.macs import MacKept, NicMac, keep_macs, nic_macs
 from vsphere_replicator.networks import NicChange, check_networks, isolate_nics, remap_nics
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.access import DiskAccess
@@ -73,6 +74,7 @@ class FailoverResult(Shown):
     restore_point: str
     nics: tuple[NicChange, ...]
     final_cycle: CycleResult | None = None
+    macs: tuple[MacKept, ...] = ()  # planned: per NIC, whether it kept the source's MAC address, and why not
     resumed: bool = False  # an interrupted operation (or a test copy already made) was carried on
     already_done: bool = False  # it had been done before: nothing changed but tidying
 
@@ -369,7 +371,14 @@ class _Failover:
                 journal = self._record(journal, phase="promoting", restore_point=self.state.latest.id)
                 failpoints.point("failover-synced")
             point = find_restore_point(self.state, journal.restore_point)
-            result = self._promote(journal, point, "planned")
+            same_vcenter = self.source_conn is self.conn
+            result = self._promote(
+                journal,
+                point,
+                "planned",
+                macs=nic_macs(self.source_conn, source.moref),
+                source_moref=source.moref if same_vcenter else None,
+            )
         except ReplicatorError:
             self._undo_planned(journal, source)
             raise
@@ -451,10 +460,23 @@ class _Failover:
 
     # -- promotion, shared ---------------------------------------------------------------
 
-    def _promote(self, journal: RecoveryJournal, point: RestorePoint, kind: str) -> FailoverResult:
-        """Bring the replica up holding `point`; commit "promoted"; then drop its restore-point snapshots."""
+    def _promote(
+        self,
+        journal: RecoveryJournal,
+        point: RestorePoint,
+        kind: str,
+        *,
+        macs: tuple[NicMac, ...] = (),
+        source_moref: str | None = None,
+    ) -> FailoverResult:
+        """Bring the replica up holding `point`; commit "promoted"; then drop its restore-point snapshots.
+
+        `macs`: the source's NICs, whose MAC addresses the replica's NICs take
+        where allowed (macs.py) before it powers on (a planned failover).
+        """
         vm = refresh(self.conn, self.replica)
         nics: tuple[NicChange, ...] = ()
+        macs_kept: tuple[MacKept, ...] = ()
         if vm.power_state != "poweredOn":
             at = find_snapshot(vm, moref=point.snapshot)
             if (
@@ -476,6 +498,9 @@ class _Failover:
                 journal = self._record(journal, phase="promoting", restore_point=point.id)
             nics = remap_nics(self.conn, vm.moref, dict(self.state.target.networks))
             failpoints.point("failover-nics-moved")
+            if macs:
+                macs_kept = keep_macs(self.conn, vm.moref, macs, source_moref=source_moref)
+                failpoints.point("failover-macs-kept")
             if self.state.target.recovery_ip is not None:  # its addresses on the recovery site
                 customize_ip(self.conn, vm.moref, self.state.target.recovery_ip, host_name=self.name)
             _power_on(self.conn, refresh(self.conn, self.replica))
@@ -497,7 +522,9 @@ class _Failover:
         failpoints.point("failover-committed")
         self._drop_restore_points(vm)
         self.log.warning("failed_over", kind=kind, restore_point=point.id)
-        return FailoverResult(vm=self.name, running=vm.name, kind=kind, restore_point=point.id, nics=nics)
+        return FailoverResult(
+            vm=self.name, running=vm.name, kind=kind, restore_point=point.id, nics=nics, macs=macs_kept
+        )
 
     def _drop_restore_points(self, vm: VMInfo) -> None:
         """The running VM sheds the restore-point snapshots (production does not run on a chain)."""

@@ -134,7 +134,7 @@ def protect(
             source = sweep_source(sites.source, source)
             if not source.cbt_enabled or any(d.change_id is None for d in source.disks):
                 source = enable_cbt(sites.source, source)
-            record, snapshot = _seed_snapshot(sites.source, source, chosen, target)
+            record, snapshot = seed_snapshot(sites.source, source, chosen, target)
             try:
                 if copy is not None:
                     assert replica_access is not None
@@ -165,7 +165,7 @@ def protect(
                     sites, lease, source, at, replica, reader, replica_access, target.datastore, on_progress
                 )
                 seeded = replace(seeded, vm=replica)
-            return _finish(sites, lease, source, seeded, target, chosen, started, reader, replica_access)
+            return finish_seed(sites, lease, source, seeded, target, chosen, started, reader, replica_access)
 
 
 def _already_protected(
@@ -244,9 +244,10 @@ def _check_protectable(
         check_networks(conn, (name for pair in target.networks for name in pair), what="--network / networks")
 
 
-def _seed_snapshot(
+def seed_snapshot(
     conn: Connection, source: VMInfo, settings: CycleSettings, target: ReplicaTarget
 ) -> tuple[SeedRecord, SnapshotInfo]:
+    """The marked seed snapshot of `source` and the seed record a replica made of it carries."""
     cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     taken = create_snapshot(
         conn,
@@ -388,7 +389,7 @@ def verify_seed(
     return tuple(digests)
 
 
-def _finish(
+def finish_seed(
     sites: Sites,
     lease: Lease,
     source: VMInfo,
@@ -399,6 +400,7 @@ def _finish(
     reader: DiskAccess,
     writer: DiskAccess | None,
 ) -> CycleResult:
+    """Take the seeded replica's first restore point and commit its state; then drop the seed snapshot."""
     assert replica.seed is not None
     record = replica.seed
     vm = replica.vm

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -275,4 +276,54 @@ func guestNICs(vm *simulator.VirtualMachine) []types.GuestNicInfo {
 		out = append(out, n)
 	}
 	return out
+}
+
+// staticMACRefusal says why ESXi refuses mac as a static ("manual") address,
+// or "" when it takes it. vSphere Networking, "VMware OUI in Static MAC
+// Addresses": with VMware's OUI 00:50:56 a static address must stay within
+// 00:50:56:00:00:00-00:50:56:3F:FF:FF (above is reserved for addresses
+// vCenter assigns and for VMkernel adapters); 00:0C:29, 00:05:69 and 00:1C:14
+// are what ESXi generates. vCenter takes the reconfiguration; the VM then fails
+// to power on with "... is not an allowed static Ethernet address. It
+// conflicts with VMware reserved MACs for other usage." (as reported against
+// vCenter in ansible-collections/community.vmware#1159).
+func staticMACRefusal(mac string) string {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return fmt.Sprintf("%q is not a valid static Ethernet address", mac)
+	}
+	reserved := hw[0]&1 == 1 // a multicast address is no NIC's
+	switch {
+	case hw[0] == 0x00 && hw[1] == 0x50 && hw[2] == 0x56:
+		reserved = reserved || hw[3] > 0x3f
+	case hw[0] == 0x00 && hw[1] == 0x0c && hw[2] == 0x29,
+		hw[0] == 0x00 && hw[1] == 0x05 && hw[2] == 0x69,
+		hw[0] == 0x00 && hw[1] == 0x1c && hw[2] == 0x14:
+		reserved = true
+	}
+	if reserved {
+		return fmt.Sprintf("%s is not an allowed static Ethernet address. It conflicts with VMware reserved MACs for other usage.", mac)
+	}
+	return ""
+}
+
+// checkStaticMACs refuses to power on a VM whose manual MAC address ESXi does not allow.
+func checkStaticMACs(vm *simulator.VirtualMachine) *methodFault {
+	var reason string
+	simulator.Map.WithLock(vm, func() {
+		for _, d := range vm.Config.Hardware.Device {
+			nic, ok := d.(types.BaseVirtualEthernetCard)
+			if !ok {
+				continue
+			}
+			card := nic.GetVirtualEthernetCard()
+			if card.AddressType == string(types.VirtualEthernetCardMacTypeManual) && reason == "" {
+				reason = staticMACRefusal(card.MacAddress)
+			}
+		}
+	})
+	if reason == "" {
+		return nil
+	}
+	return newFault(&types.GenericVmConfigFault{Reason: reason}, "%s", reason)
 }

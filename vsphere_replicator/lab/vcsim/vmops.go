@@ -338,6 +338,9 @@ func keepDeviceOrder(devices []types.BaseVirtualDevice, order map[int32]int) {
 func (l *lab) powerOn(vm *simulator.VirtualMachine) (types.AnyType, *methodFault) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if f := checkStaticMACs(vm); f != nil {
+		return nil, f
+	}
 	t, err := object.NewVirtualMachine(l.inproc, vm.Self).PowerOn(context.Background())
 	if f := waitInproc(t, err); f != nil {
 		return nil, f
