@@ -28,7 +28,7 @@ from tests.replication_util import (
     our_source_snapshots,
     state,
 )
-from vsphere_replicator.lab import LabInfo
+from vsphere_replicator.lab import LabInfo, vddk_standin
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTION = REPO / "ansible_collections" / "vsphere_replicator" / "replication"
@@ -104,6 +104,7 @@ def test_ansible_doc_shows_every_module_with_examples_and_the_shared_options(
         assert doc["return"], f"{name} has no RETURN"
         options = doc["doc"]["options"]
         shared = {"hostname", "port", "username", "password", "ca_file", "thumbprint", "mounts"}
+        shared |= {"transport", "vddk_libdir", "vddk_plugin"}
         assert shared <= set(options), f"{name} lacks {shared - set(options)}"
         assert "VSPHERE_PASSWORD" in " ".join(options["password"]["description"])
         assert doc["doc"]["attributes"]["check_mode"]["support"] in ("full", "partial")
@@ -129,7 +130,8 @@ class Playbook:
             "vcenter_user": lab.user,
             "vcenter_password": lab.password,
             "vcenter_ca_file": lab.ca_file,
-            "datastore_mounts": dict(lab.datastores),
+            "vr_transport": "vddk",  # every disk through the lab's VDDK stand-in, nothing mounted
+            "vddk_plugin": str(vddk_standin()),
             "lab_state_dir": lab.state_dir,
             "vr_cli": str(BIN / "vsphere-replicator"),
             "vm": vm,
@@ -250,3 +252,6 @@ def test_the_playbook_protects_replicates_fails_over_and_back_and_leaks_no_passw
     for output in playbook.outputs:
         assert lab.password not in output
     assert any("<localhost> EXEC" in o for o in playbook.outputs), "not run at -vvvv"
+    # Every module ran with the VDDK transport (its invocation's arguments, shown at -vvvv).
+    invoked = [o for o in playbook.outputs if '"invocation"' in o]
+    assert invoked and all('"transport": "vddk"' in o for o in invoked)

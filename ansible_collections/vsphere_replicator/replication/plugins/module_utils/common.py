@@ -32,7 +32,8 @@ try:
     from vsphere_replicator.connection import Connection, connect
     from vsphere_replicator.errors import InvalidInput, ReplicatorError
     from vsphere_replicator.inventory import VMSelector, get_vm
-    from vsphere_replicator.replication import MountedDatastores
+    from vsphere_replicator.replication import MountedDatastores, VDDKDisks
+    from vsphere_replicator.replication.access import DiskAccess
     from vsphere_replicator.units import parse_duration
 except ImportError:
     LIBRARY_IMPORT_ERROR: str | None = traceback.format_exc()
@@ -62,9 +63,17 @@ def connection_argument_spec() -> dict[str, Any]:
 
 
 def mounts_argument_spec() -> dict[str, Any]:
-    """`mounts`: where the modules that read or write replica disks find them (doc fragment `mounts`)."""
+    """How the modules that read or write disks reach them (doc fragment `mounts`): `transport`,
+    the datastores mounted on the managed node (`mounts`) or VDDK (`vddk_libdir`, `vddk_plugin`)."""
     return {
         "mounts": {"type": "dict", "fallback": (env_fallback, ["VSPHERE_REPLICATOR_MOUNTS"])},
+        "transport": {
+            "type": "str",
+            "choices": ["mount", "vddk"],
+            "fallback": (env_fallback, ["VSPHERE_REPLICATOR_TRANSPORT"]),
+        },
+        "vddk_libdir": {"type": "path", "fallback": (env_fallback, ["VSPHERE_REPLICATOR_VDDK_LIBDIR"])},
+        "vddk_plugin": {"type": "str", "fallback": (env_fallback, ["VSPHERE_REPLICATOR_VDDK_PLUGIN"])},
     }
 
 
@@ -103,10 +112,16 @@ def connection(module: AnsibleModule) -> Iterator[Connection]:
         yield conn
 
 
-def replica_access(module: AnsibleModule, conn: Connection) -> MountedDatastores:
-    """The datastores mounted on the managed node, from `mounts` (or VSPHERE_REPLICATOR_MOUNTS)."""
-    given = module.params.get("mounts") or {}
-    return MountedDatastores({str(k): str(v) for k, v in given.items()}, conn=conn)
+def disk_access(module: AnsibleModule, conn: Connection) -> tuple[DiskAccess, DiskAccess | None]:
+    """(replica access, source access) of `transport`: `mount` (the default) writes through the
+    datastores mounted on the managed node (`mounts`) and reads the source over vCenter's HTTP
+    (None); `vddk` reaches every disk through one nbdkit vddk per disk (ESXi's redo logs too)."""
+    p = module.params
+    if (p.get("transport") or "mount") == "vddk":
+        vddk = VDDKDisks(conn, libdir=p.get("vddk_libdir"), plugin=p.get("vddk_plugin") or "vddk")
+        return vddk, vddk
+    given = p.get("mounts") or {}
+    return MountedDatastores({str(k): str(v) for k, v in given.items()}, conn=conn), None
 
 
 def vm_name(conn: Connection, vm: str) -> str:

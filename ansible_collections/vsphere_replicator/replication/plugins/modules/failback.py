@@ -63,8 +63,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vsphere_replicator.replication.plugins.module_utils.common import (
     argument_spec,
+    disk_access,
     plain,
-    replica_access,
     run,
     vm_name,
 )
@@ -99,7 +99,8 @@ def main() -> None:
         }
         if module.check_mode:
             return result
-        done = failback(conn, vm, replica_access=replica_access(module, conn), switch=module.params["switch"])
+        writes, reads = disk_access(module, conn)
+        done = failback(conn, vm, replica_access=writes, source_access=reads, switch=module.params["switch"])
         if done is None:  # switch=false: the first stage only
             return {**result, "changed": True, "failback": None}
         result["diff"]["after"] = {"running": done.running}

@@ -103,8 +103,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vsphere_replicator.replication.plugins.module_utils.common import (
     argument_spec,
+    disk_access,
     plain,
-    replica_access,
     run,
     vm_name,
 )
@@ -174,7 +174,8 @@ def _production(module: AnsibleModule, conn: Any, vm: str) -> dict[str, Any]:
     if module.check_mode:
         return result
     if p["mode"] == "planned":
-        made = planned_failover(conn, vm, replica_access=replica_access(module, conn))
+        writes, reads = disk_access(module, conn)
+        made = planned_failover(conn, vm, replica_access=writes, source_access=reads)
     else:
         made = unplanned_failover(conn, vm, restore_point=p["restore_point"], force=p["force"])
     result["changed"] = not made.already_done

@@ -168,9 +168,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vsphere_replicator.replication.plugins.module_utils.common import (
     argument_spec,
+    disk_access,
     duration,
     plain,
-    replica_access,
     run,
     vm_name,
 )
@@ -242,13 +242,15 @@ def _present(module: AnsibleModule, conn: Any, vm: str) -> dict[str, Any]:
         result: dict[str, Any] = {"changed": True, "diff": {"before": {"state": "absent"}, "after": after}}
         if module.check_mode:
             return result
+        writes, reads = disk_access(module, conn)
         seed = protect(
             conn,
             vm,
             target,
             settings=settings,
             adopt=p["adopt"],
-            replica_access=replica_access(module, conn),
+            replica_access=writes,
+            source_access=reads,
             allow_source_datastore=p["allow_source_datastore"],
         )
         return {**result, "seed": plain(seed), "protection": plain(protection_of(conn, vm))}

@@ -71,8 +71,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vsphere_replicator.replication.plugins.module_utils.common import (
     argument_spec,
+    disk_access,
     plain,
-    replica_access,
     run,
     vm_name,
 )
@@ -106,7 +106,8 @@ def main() -> None:
                 "diff": {"before": {"restore_point": point}, "after": {"restore_point": "(a new one)"}},
             }
         before = protection_of(conn, vm)
-        cycle = replicate(conn, vm, replica_access=replica_access(module, conn))
+        writes, reads = disk_access(module, conn)
+        cycle = replicate(conn, vm, replica_access=writes, source_access=reads, verify_access=reads)
         previous = before.latest_point if before is not None else None
         return {
             "changed": not cycle.confirmed,

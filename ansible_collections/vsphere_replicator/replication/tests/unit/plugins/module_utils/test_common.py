@@ -64,7 +64,11 @@ def test_the_shared_spec_hides_the_password_and_reads_each_option_from_its_varia
         "ca_file": ["VSPHERE_CA_FILE"],
         "thumbprint": ["VSPHERE_THUMBPRINT"],
         "mounts": ["VSPHERE_REPLICATOR_MOUNTS"],
+        "transport": ["VSPHERE_REPLICATOR_TRANSPORT"],
+        "vddk_libdir": ["VSPHERE_REPLICATOR_VDDK_LIBDIR"],
+        "vddk_plugin": ["VSPHERE_REPLICATOR_VDDK_PLUGIN"],
     }
+    assert spec["transport"]["choices"] == ["mount", "vddk"]
     assert spec["vm"] == {"type": "str", "required": True}
 
 
