@@ -143,7 +143,8 @@ def replicate(
     holds it). `settings` replaces the ones recorded at protect time for
     this run, `overrides` changes some of them for this run; neither is
     recorded. `verify_access` reads the replica back for `verify` along a
-    path other than the writer's (default: the datastore HTTP endpoint).
+    path other than the writer's (default: one vCenter's `source_access`,
+    else the datastore HTTP endpoint).
     Raises IncrementalRefused (nothing changed) when `max_change_share` is
     exceeded. With `Sites` the source is read on its vCenter and the replica
     written on the target's.
@@ -237,7 +238,15 @@ def run_cycle(
         replica_access.check(disk)
     for disk in source.disks:
         reader.check(disk)
-    verifier = verify_access or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
+    # One vCenter: the source side's access reaches the replica's disks too (VDDK reads any layer).
+    verifier = (
+        verify_access
+        or (source_access if sites.single else None)
+        or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
+    )
+    if chosen.verify:
+        for disk in replica.vm.disks:
+            verifier.check(disk)  # a redo log over /folder: refused now, not after the copy
     run = _Cycle(sites, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
     run.verifier = verifier
     run.group, run.on_snapshot = group, on_snapshot
