@@ -52,6 +52,7 @@ __all__ = [
     "dask_executor",
     "is_dask_executor",
     "run_cycle_job",
+    "vm_moref",
     "worker_id",
 ]
 
@@ -66,7 +67,9 @@ class CycleJob:
 
     `host` and `datastores` are where the VM was when the job was made (the
     cluster-wide slots it takes); `cluster` says the job runs on a dask
-    cluster and must hold its limits there.
+    cluster and must hold its limits there. `moref` is the VM's as the
+    caller last saw it: the worker reads that VM alone instead of every
+    VM's name (a hint: a VM renamed or removed since is looked up by name).
     """
 
     vm: str
@@ -80,6 +83,7 @@ class CycleJob:
     host: str
     datastores: tuple[str, ...]
     cluster: bool = False
+    moref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,11 @@ def _engine(profile: str | None, transport: str) -> LiveEngine:
         return _sessions[key][1]
 
 
+def vm_moref(engine: object, vm: str) -> str | None:
+    """The moref a LiveEngine last saw for the VM named `vm` (None for other engines): a job's hint."""
+    return engine.moref_of(vm) if isinstance(engine, LiveEngine) else None
+
+
 def _local_now() -> datetime:
     return datetime.now().astimezone()
 
@@ -211,6 +220,7 @@ def run_cycle_job(job: CycleJob) -> JobResult:
     log.info("policy_cycle_started")
     try:
         engine = _engine(job.profile, job.transport)
+        engine.remember(job.vm, job.moref)
         policy: Any = get_policy(job.policy)
         with _cluster_slots(job):
             summary = policy.run(engine, job.vm, job.target, job.settings, _throttle(job.limits))
