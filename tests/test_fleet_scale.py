@@ -24,6 +24,7 @@ from vsphere_replicator.inventory import get_vm
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.policies import LiveEngine
 from vsphere_replicator.policies.base import Selection
+from vsphere_replicator.policies.fleet import profiler_deadlock_risk
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect
 from vsphere_replicator.replication.replica import _remember, find_replica
@@ -148,3 +149,20 @@ def test_the_lookups_counted_are_the_ones_a_cycle_makes(costs: dict[int, Any]) -
     for methods, _ in costs.values():
         assert methods["CreateSnapshot_Task"] >= 1 and methods["ReconfigVM_Task"] >= 1
     assert Counter(costs[SIZES[0]][0]) == Counter(costs[SIZES[1]][0])
+
+
+@pytest.mark.parametrize(
+    ("version", "profiling", "risk"),
+    [
+        ((3, 11, 7), True, True),  # this machine's Python: the 100-VM fleet run hung in it
+        ((3, 11, 7), False, False),  # the profiler off: nothing calls _current_frames
+        ((3, 11, 9), True, False),  # the fix (python/cpython#106883)
+        ((3, 12, 1), True, True),
+        ((3, 12, 3), True, False),
+        ((3, 13, 0), True, False),
+    ],
+)
+def test_a_worker_knows_when_dasks_profiler_can_deadlock_its_python(
+    version: tuple[int, int, int], profiling: bool, risk: bool
+) -> None:
+    assert profiler_deadlock_risk(version, profiling=profiling) is risk
