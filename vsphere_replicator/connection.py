@@ -36,6 +36,7 @@ from vsphere_replicator.logs import Logger, get_logger
 # RetryPolicy lives in retry; `connection.RetryPolicy` stays importable for callers.
 from vsphere_replicator.retry import RetryPolicy as RetryPolicy
 from vsphere_replicator.retry import is_transient
+from vsphere_replicator.units import parse_duration
 
 T = TypeVar("T")
 M = TypeVar("M", bound=ManagedObject)
@@ -54,6 +55,10 @@ class ConnectionSettings(Shown):
     ca_file: str | None = None
     thumbprint: str | None = None
     insecure: bool = False
+    # Seconds one SOAP call may wait on the network (each connect, send and receive): longer than the
+    # task waits' 30 s WaitForUpdatesEx, so a call that never answers fails (and is retried) instead of
+    # blocking its thread, and a lease renewal behind it, for ever.
+    timeout: float = 180.0
 
     def __post_init__(self) -> None:
         check_text(self.host, "host")
@@ -63,6 +68,12 @@ class ConnectionSettings(Shown):
         check_text(self.ca_file, "ca_file", optional=True)
         check_text(self.thumbprint, "thumbprint", optional=True)
         check_type(self.insecure, bool, "insecure")
+        check_type(self.timeout, (int, float), "timeout")
+        if not MIN_SOAP_TIMEOUT <= self.timeout <= MAX_SOAP_TIMEOUT:
+            raise InvalidInput(
+                f"the SOAP timeout must be between {MIN_SOAP_TIMEOUT} and {MAX_SOAP_TIMEOUT} seconds "
+                f"(longer than a task wait's {MIN_SOAP_TIMEOUT - 1} s), not {self.timeout}"
+            )
 
 
 def normalize_thumbprint(text: str) -> str:
@@ -73,7 +84,8 @@ def normalize_thumbprint(text: str) -> str:
     return value
 
 
-SOAP_TIMEOUT_SECONDS = 180
+SOAP_TIMEOUT_SECONDS = 180  # the default of ConnectionSettings.timeout
+MIN_SOAP_TIMEOUT, MAX_SOAP_TIMEOUT = 31, 3600  # a task wait asks vCenter to answer within 30 s
 
 
 def _network_reason(exc: BaseException) -> str:
@@ -173,7 +185,7 @@ class Connection:
                 sslContext=tls_context(s),
                 # A call that never answers (a hung vCenter, a lost update) must fail and be
                 # retried, not block forever: longer than any WaitForUpdatesEx wait we ask for.
-                httpConnectionTimeout=SOAP_TIMEOUT_SECONDS,
+                httpConnectionTimeout=s.timeout,
             )
             self._content = si.RetrieveContent()  # part of logging in: later reads use the cache
         except vim.fault.InvalidLogin as exc:
@@ -375,12 +387,14 @@ def settings_from(
     insecure: bool = False,
     environ: Mapping[str, str] | None = None,
     profile: str | None = None,
+    timeout: float | None = None,
 ) -> ConnectionSettings:
     """Settings from the arguments, completed from one environment profile and from nothing else.
 
     `environ` (default: `os.environ`) is the only mapping read. `profile=None`
     reads VSPHERE_HOST, VSPHERE_USER, VSPHERE_PASSWORD, VSPHERE_PORT,
-    VSPHERE_CA_FILE, VSPHERE_THUMBPRINT; `profile="prod"` reads VSPHERE_PROD_HOST
+    VSPHERE_CA_FILE, VSPHERE_THUMBPRINT, VSPHERE_TIMEOUT (seconds a SOAP call may
+    wait on the network, "180" or "3m"); `profile="prod"` reads VSPHERE_PROD_HOST
     and so on, and never the unprefixed ones: completing one site's profile
     with another's would send that site's password, or trust its CA, for
     this host. A missing field raises InvalidInput naming the variable to set.
@@ -415,6 +429,9 @@ def settings_from(
     if not 0 < port < 65536:
         raise InvalidInput(f"port must be between 1 and 65535, got {port}")
     pinned = thumbprint or read("THUMBPRINT")
+    if timeout is None:
+        timeout_text = read("TIMEOUT")
+        timeout = _seconds(timeout_text, f"{prefix}TIMEOUT") if timeout_text else SOAP_TIMEOUT_SECONDS
     return ConnectionSettings(
         host=str(values["HOST"]),
         user=str(values["USER"]),
@@ -423,7 +440,18 @@ def settings_from(
         ca_file=ca_file or read("CA_FILE"),
         thumbprint=normalize_thumbprint(pinned) if pinned else None,
         insecure=insecure,
+        timeout=timeout,
     )
+
+
+def _seconds(text: str, name: str) -> float:
+    """A number of seconds ("180") or a duration ("3m") from variable `name`; InvalidInput naming it."""
+    if text.strip().isdigit() and len(text.strip()) <= 6:
+        return float(text.strip())
+    try:
+        return parse_duration(text).total_seconds()
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name} must be seconds (180) or a duration (3m), not {text!r}") from exc
 
 
 def connect(
@@ -438,11 +466,15 @@ def connect(
     retry: RetryPolicy | None = None,
     profile: str | None = None,
     environ: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> Connection:
     """Log in to vCenter. Arguments not given come from one environment profile (see `settings_from`).
 
     TLS is verified against `ca_file`, or a pinned SHA-256 `thumbprint`, or
     the system's CAs; only `insecure=True` turns verification off (logged).
+    `timeout` is the seconds any SOAP call may wait on the network (default
+    180, or VSPHERE_TIMEOUT): a call past it fails with a network error and
+    is retried under `retry` like any other.
     Raises InvalidInput, TLSVerificationFailed, AuthenticationFailed or
     ConnectionFailed.
     """
@@ -456,5 +488,6 @@ def connect(
         insecure=insecure,
         environ=environ,
         profile=profile,
+        timeout=timeout,
     )
     return Connection(settings, retry)

@@ -432,13 +432,32 @@ def _details_if_exists(conn: Connection, moref: str, names: _Names) -> tuple[VMI
         return ()
 
 
+def _morefs_named(conn: Connection, name: str | None) -> list[str]:
+    """The morefs of the VMs called `name`: one paged read of the property `name` of every VM.
+
+    vSphere has no index by VM name (the SearchIndex knows paths, UUIDs, DNS
+    names and IPs), so a name costs one read of every VM's name; nothing else
+    of theirs is read or decoded.
+    """
+    with _View(conn, [vim.VirtualMachine]) as v:
+        objects = _retrieve(conn, [_view_spec(v.view, [(vim.VirtualMachine, ["name"])])])
+    return [o.obj._moId for o in objects if _props(o).get("name") == name]
+
+
 def find_vms(conn: Connection, selector: VMSelector) -> tuple[VMInfo, ...]:
-    """The VMs `selector` matches (possibly none), each with its full picture."""
+    """The VMs `selector` matches (possibly none), each with its full picture.
+
+    By moref: that VM's details only. By name (without a glob): every VM's
+    name, then the details of the matches. Otherwise every VM's name, UUID
+    and folder, then the details of the matches.
+    """
     check_type(conn, Connection, "conn")
     check_type(selector, VMSelector, "selector")
-    if selector.moref is not None:
-        # A moref names one object: read it (and the names around it), not the whole inventory.
-        found = vms_by_moref(conn, [selector.moref])
+    if selector.moref is not None or (selector.name is not None and selector.glob is None):
+        # A moref names one object: read it (and the names around it), not the whole inventory. A
+        # name: every VM's name and nothing else, then the details of those so called only.
+        morefs = [selector.moref] if selector.moref is not None else _morefs_named(conn, selector.name)
+        found = vms_by_moref(conn, morefs)
         return tuple(vm for vm in found if selector.matches(vm.name, vm.moref, vm.instance_uuid, vm.folder))
     with _View(conn, [vim.VirtualMachine, *_NAMED_TYPES]) as v:
         brief = _retrieve(conn, [_view_spec(v.view, [(vim.VirtualMachine, _VM_BRIEF), *_NAME_PATHS])])

@@ -51,7 +51,9 @@ __all__ = [
     "JobResult",
     "dask_executor",
     "is_dask_executor",
+    "profiler_deadlock_risk",
     "run_cycle_job",
+    "vm_moref",
     "worker_id",
 ]
 
@@ -66,7 +68,9 @@ class CycleJob:
 
     `host` and `datastores` are where the VM was when the job was made (the
     cluster-wide slots it takes); `cluster` says the job runs on a dask
-    cluster and must hold its limits there.
+    cluster and must hold its limits there. `moref` is the VM's as the
+    caller last saw it: the worker reads that VM alone instead of every
+    VM's name (a hint: a VM renamed or removed since is looked up by name).
     """
 
     vm: str
@@ -80,6 +84,7 @@ class CycleJob:
     host: str
     datastores: tuple[str, ...]
     cluster: bool = False
+    moref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +150,41 @@ _sessions_lock = threading.Lock()
 _semaphores: dict[tuple[str, int], Any] = {}
 
 
+# CPython before these releases can deadlock a whole process when `sys._current_frames()` (dask's
+# worker profiler calls it every 10 ms) runs a garbage collection while another thread ends: the
+# GIL and the interpreter's thread-list lock taken in opposite orders (python/cpython#106883, fixed
+# in 3.11.9 and 3.12.3). A worker so stuck answers no heartbeat and reads no SOAP answer.
+_PROFILER_DEADLOCK_FIXED = {(3, 11): (3, 11, 9), (3, 12): (3, 12, 3)}
+
+
+def profiler_deadlock_risk(version: tuple[int, ...] | None = None, *, profiling: bool | None = None) -> bool:
+    """Whether this dask worker can hang in CPython's `_current_frames` deadlock (see above).
+
+    True on a Python older than the fix with dask's worker profiler on
+    (`distributed.worker.profile.enabled`, default on): turn it off
+    (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False) or use a newer Python.
+    """
+    running = tuple(version or sys.version_info[:3])
+    fixed = _PROFILER_DEADLOCK_FIXED.get((running[0], running[1]))
+    if (fixed is not None and running >= fixed) or running >= (3, 13):  # the package needs 3.11+
+        return False
+    if profiling is None:
+        dask = sys.modules.get("dask")
+        profiling = bool(dask.config.get("distributed.worker.profile.enabled", True)) if dask else False
+    return profiling
+
+
 def _engine(profile: str | None, transport: str) -> LiveEngine:
     """This process's engine for `profile` and `transport`: made on the first job, kept for the next."""
     key = (profile, transport)
     with _sessions_lock:
         if key not in _sessions:
+            if "distributed" in sys.modules and profiler_deadlock_risk():
+                get_logger(worker=worker_id()).warning(
+                    "worker_may_deadlock",
+                    python=".".join(map(str, sys.version_info[:3])),
+                    fix="DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False, or Python >= 3.11.9 / 3.12.3",
+                )
             opened = open_session(profile, transport=transport)
             engine = LiveEngine(
                 opened.conn, replica_access=opened.replica_access, source_access=opened.source_access
@@ -157,6 +192,11 @@ def _engine(profile: str | None, transport: str) -> LiveEngine:
             _sessions[key] = (opened, engine)
             get_logger(profile=profile or "default").info("fleet_session_opened", worker=worker_id())
         return _sessions[key][1]
+
+
+def vm_moref(engine: object, vm: str) -> str | None:
+    """The moref a LiveEngine last saw for the VM named `vm` (None for other engines): a job's hint."""
+    return engine.moref_of(vm) if isinstance(engine, LiveEngine) else None
 
 
 def _local_now() -> datetime:
@@ -211,6 +251,7 @@ def run_cycle_job(job: CycleJob) -> JobResult:
     log.info("policy_cycle_started")
     try:
         engine = _engine(job.profile, job.transport)
+        engine.remember(job.vm, job.moref)
         policy: Any = get_policy(job.policy)
         with _cluster_slots(job):
             summary = policy.run(engine, job.vm, job.target, job.settings, _throttle(job.limits))

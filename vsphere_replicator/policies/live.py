@@ -9,11 +9,13 @@ and the runner are tested against an in-memory engine.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 
 from vsphere_replicator.clone import clone_vm, destroy_vm
 from vsphere_replicator.connection import Connection
-from vsphere_replicator.inventory import VMSelector, find_vms, get_vm, vm_options
+from vsphere_replicator.errors import NotFound
+from vsphere_replicator.inventory import VMInfo, VMSelector, find_vms, get_vm, vm_options
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Selection
 from vsphere_replicator.replication.access import DiskAccess
@@ -41,6 +43,46 @@ class LiveEngine:
         self.conn = conn
         self.replica_access = replica_access
         self.source_access = source_access
+        self._morefs: dict[str, str] = {}  # VM name -> moref as last seen: a hint, checked on every use
+        self._morefs_lock = threading.Lock()
+
+    def moref_of(self, vm: str) -> str | None:
+        """The moref the VM named `vm` had when this engine last saw it (selection, placement), if any."""
+        with self._morefs_lock:
+            return self._morefs.get(vm)
+
+    def remember(self, vm: str, moref: str | None) -> None:
+        """Take `moref` as a hint for the VM named `vm` (a fleet job carries the caller's)."""
+        if moref is not None:
+            with self._morefs_lock:
+                self._morefs[vm] = moref
+
+    def _forget(self, vm: str, moref: str) -> None:
+        get_logger(vm=vm).info("vm_moref_stale", moref=moref, fallback="lookup by name")
+        with self._morefs_lock:
+            if self._morefs.get(vm) == moref:
+                del self._morefs[vm]
+
+    def _vm(self, vm: str) -> VMInfo:
+        """The VM named `vm`: by its remembered moref (that VM only), else by name (every VM's name).
+
+        A VM renamed or removed since is looked up by name again, so the
+        answer is the one `get_vm(conn, vm)` gives.
+        """
+        moref = self.moref_of(vm)
+        if moref is not None:
+            found = find_vms(self.conn, VMSelector(moref=moref, name=vm))
+            if found:
+                return found[0]
+            self._forget(vm, moref)
+        info = get_vm(self.conn, vm)
+        self.remember(vm, info.moref)
+        return info
+
+    def _ref(self, vm: str) -> VMSelector | str:
+        """What the library's calls take for the VM: its remembered moref and name, else its name."""
+        moref = self.moref_of(vm)
+        return VMSelector(moref=moref, name=vm) if moref is not None else vm
 
     def select(self, selection: Selection) -> list[str]:
         """VM names the selection matches; replicas, our clones and templates are never selected."""
@@ -54,17 +96,18 @@ class LiveEngine:
         for vm in find_vms(self.conn, VMSelector(glob="*")):
             if vm.moref in ours or vm.template:
                 continue
+            self.remember(vm.name, vm.moref)
             tags = [t for t in selection.tags if vm.moref in tagged]
             if selection.matches(vm.name, vm.folder, tags):
                 chosen.append(vm.name)
         return chosen
 
     def placement(self, vm: str) -> tuple[str, tuple[str, ...]]:
-        info = get_vm(self.conn, vm)
+        info = self._vm(vm)
         return info.host or "", info.datastores
 
     def is_protected(self, vm: str) -> bool:
-        replica = find_replica(self.conn, get_vm(self.conn, vm))
+        replica = find_replica(self.conn, self._vm(vm))
         return replica is not None and replica.state is not None
 
     def protect(self, vm: str, target: ReplicaTarget, cycle: CycleSettings) -> CycleResult:
@@ -78,6 +121,18 @@ class LiveEngine:
         )
 
     def replicate(self, vm: str, cycle: CycleSettings, throttle: Throttle | None) -> CycleResult:
+        ref = self._ref(vm)
+        try:
+            return self._replicate(ref, cycle, throttle)
+        except NotFound:
+            if not isinstance(ref, VMSelector) or ref.moref is None or find_vms(self.conn, ref):
+                raise
+            self._forget(vm, ref.moref)  # renamed or removed since: as if given by name
+            return self._replicate(vm, cycle, throttle)
+
+    def _replicate(
+        self, vm: VMSelector | str, cycle: CycleSettings, throttle: Throttle | None
+    ) -> CycleResult:
         return replicate(
             self.conn,
             vm,
@@ -90,7 +145,7 @@ class LiveEngine:
 
     def clone(self, vm: str, target: ReplicaTarget, keep: int, name: str) -> str:
         """A powered-off full clone from a fresh snapshot; clones of `vm` beyond the newest `keep` go."""
-        source = get_vm(self.conn, vm)
+        source = self._vm(vm)
         taken = create_snapshot(self.conn, source, f"clone-{name}", description="periodic clone").snapshot
         try:
             placement = target.placement()

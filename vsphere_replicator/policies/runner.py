@@ -28,7 +28,14 @@ from vsphere_replicator.display import Shown, ShownRows
 from vsphere_replicator.errors import InvalidInput, PolicyError
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.policies.base import Engine, Policy
-from vsphere_replicator.policies.fleet import CycleJob, JobResult, is_dask_executor, run_cycle_job, worker_id
+from vsphere_replicator.policies.fleet import (
+    CycleJob,
+    JobResult,
+    is_dask_executor,
+    run_cycle_job,
+    vm_moref,
+    worker_id,
+)
 from vsphere_replicator.policies.policyfile import Limits, PolicyFile, Protection
 from vsphere_replicator.policies.registry import get_policy
 from vsphere_replicator.replication.sessions import TRANSPORTS
@@ -308,6 +315,7 @@ class _Scheduler:
             host=host,
             datastores=tuple(sorted(datastores)),
             cluster=is_dask_executor(pool),
+            moref=vm_moref(self.engine, job.vm),
         )
         if cycle_job.cluster:  # a fresh key per cycle: dask would answer an equal call from its cache
             dask: Any = pool  # its submit also takes dask's own keywords

@@ -371,13 +371,24 @@ class Lease:
     def _renew_loop(self) -> None:
         period = self.ttl.total_seconds() / 4
         while not self._stop.wait(period):
+            # A write of ours in flight renews the lease itself. Waiting behind it (a call can take up
+            # to the connection's timeout, retried) would only stall this thread silently: the
+            # renewal is put off to the next period, and said, with when the lease runs out.
+            if not self._lock.acquire(timeout=period):
+                expires = self.holder.expires.isoformat() if self.holder else None
+                self._log.warning("lease_renewal_deferred", waited=period, expires=expires)
+                continue
             try:
+                if self._stop.is_set():
+                    return
                 self.write({})
             except LeaseLost as exc:
                 self._log.error("lease_lost", error=str(exc))
                 return
             except ReplicatorError as exc:  # vCenter unreachable for a moment: try again next period
                 self._log.warning("lease_not_renewed", error=str(exc))
+            finally:
+                self._lock.release()
 
 
 def lease_holder(values: Mapping[str, str]) -> LeaseHolder | None:

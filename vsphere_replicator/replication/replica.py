@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -13,13 +15,14 @@ from vsphere_replicator.inventory import (
     VMSelector,
     get_vm,
     snapshot_disks,
+    vm_options,
     vms_by_moref,
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
 from vsphere_replicator.replication.disks import remove_point_snapshot
 from vsphere_replicator.replication.lease import Lease, LeaseHolder
-from vsphere_replicator.replication.options import read_options, read_snapshot_options
+from vsphere_replicator.replication.options import PREFIX, read_options, read_snapshot_options
 from vsphere_replicator.replication.state import (
     POINT_ID,
     Journal,
@@ -28,7 +31,15 @@ from vsphere_replicator.replication.state import (
     SeedRecord,
     point_id,
 )
-from vsphere_replicator.replication.store import ReplicaRecord, find_replicas, record_from, write_options
+from vsphere_replicator.replication.store import (
+    SOURCE_KEY,
+    ReplicaRecord,
+    find_replicas,
+    is_replica_options,
+    record_from,
+    replica_record,
+    write_options,
+)
 from vsphere_replicator.snapshots import NAME_PREFIX, is_ours, remove_snapshot, revert_to_snapshot
 
 RESTORE_POINT_MARKER = "vsphere_replicator:restore-point:v1"
@@ -90,10 +101,7 @@ def all_replicas(conn: Connection) -> tuple[Replica, ...]:
         vm = vms.get(r.moref)
         if vm is None or not _is_replica(vm, r.state):
             continue
-        error = r.error
-        if error is not None and error.vm is None:
-            error = StateError(f"{vm.name}: {error}", vm=vm.name)
-        found.append(Replica.from_record(vm, r, error))
+        found.append(_replica(vm, r))
     return tuple(found)
 
 
@@ -107,20 +115,103 @@ def find_replica(conn: Connection, source: VMInfo) -> Replica | None:
     A replica whose state is damaged is still returned (with `error` set)
     when it is known to be this source's: callers must not take it for
     "not protected" and seed a second one.
+
+    Cost: the replica this connection found for the source before is read
+    on its own (its options and details: a cycle's cost does not grow with
+    the inventory). Without one, or when it is no longer the source's
+    replica (removed, promoted, its state changed), every VM's options are
+    read once, and only the source's candidates are decoded; that read
+    remembers every replica for the next lookups.
     """
     uuid = (source.instance_uuid or "").lower()
-    hits = [
-        r
-        for r in all_replicas(conn)
-        if _source_of(r) == uuid and not (r.state is not None and r.state.promoted)
-    ]
+    hinted = _hinted_replica(conn, uuid, source.name)
+    if hinted is not None:
+        return hinted
+    hits = [r for r in _replicas_of(conn, uuid) if not (r.state is not None and r.state.promoted)]
     if len(hits) > 1:
         raise StateError(
             f"{source.name} has {len(hits)} replicas: {', '.join(r.vm.name for r in hits)}; "
             "remove the extra ones",
             vm=source.name,
         )
+    if hits:
+        _remember(conn, uuid, hits[0].vm.moref)
     return hits[0] if hits else None
+
+
+# Per connection: a source's instance UUID (lower case) -> the moref of its replica as last found. A
+# hint only: every use reads that replica again and checks it is still the source's.
+_hints: weakref.WeakKeyDictionary[Connection, dict[str, str]] = weakref.WeakKeyDictionary()
+_hints_lock = threading.Lock()
+
+
+def _remember(conn: Connection, uuid: str, moref: str) -> None:
+    if uuid:
+        with _hints_lock:
+            _hints.setdefault(conn, {})[uuid] = moref
+
+
+def _forget(conn: Connection, uuid: str) -> None:
+    with _hints_lock:
+        _hints.get(conn, {}).pop(uuid, None)
+
+
+def _hinted_replica(conn: Connection, uuid: str, name: str) -> Replica | None:
+    """The remembered replica of the source `uuid`, read now; None (and forgotten) unless still its."""
+    with _hints_lock:
+        moref = _hints.get(conn, {}).get(uuid)
+    if moref is None:
+        return None
+    try:
+        options = read_options(conn, moref)
+    except NotFound:
+        options = None
+    found = vms_by_moref(conn, [moref]) if options is not None else ()
+    record = record_from(options) if options is not None and is_replica_options(options.values) else None
+    if not found or record is None or not _is_replica(found[0], record.state):
+        reason = "not a replica any more"
+    elif (record.source_uuid or "").lower() != uuid:
+        reason = "another source's replica"
+    elif record.state is not None and record.state.promoted:
+        reason = "failed over"
+    else:
+        return _replica(found[0], record)
+    get_logger(vm=name).info("replica_hint_stale", replica=moref, reason=reason, fallback="scan")
+    _forget(conn, uuid)
+    return None
+
+
+def _replica(vm: VMInfo, record: ReplicaRecord) -> Replica:
+    error = record.error
+    if error is not None and error.vm is None:
+        error = StateError(f"{vm.name}: {error}", vm=vm.name)
+    return Replica.from_record(vm, record, error)
+
+
+def _replicas_of(conn: Connection, uuid: str) -> list[Replica]:
+    """Every replica of the source `uuid` (promoted ones too), decoding no other replica's state.
+
+    One read of every VM's options; each replica met is remembered for its
+    own source (by the `source` option), for later lookups.
+    """
+    candidates = []
+    for moref, options in vm_options(conn, PREFIX).items():
+        values = {k: v for k, v in options.items() if v}
+        if not is_replica_options(values):
+            continue
+        theirs = values.get(SOURCE_KEY, "").lower()
+        if theirs and theirs != uuid:
+            _remember(conn, theirs, moref)
+            continue
+        record = replica_record(moref, values)  # its source, or one recorded only in its state
+        if (record.source_uuid or "").lower() == uuid:
+            candidates.append(record)
+    if not candidates:
+        return []
+    vms = {vm.moref: vm for vm in vms_by_moref(conn, [r.moref for r in candidates])}
+    return [
+        _replica(vms[r.moref], r) for r in candidates if r.moref in vms and _is_replica(vms[r.moref], r.state)
+    ]
 
 
 def require_replica(conn: Connection, source: VMInfo) -> Replica:

@@ -40,8 +40,10 @@ def prune(
     snapshot that is gone. A restore point a test failover's copy is a
     linked clone of is held until the copy is cleaned up.
     """
-    held = {stamp.get("restore_point") for _, stamp in test_copies(conn, state)}
-    drop = tuple(p for p in expired(state.restore_points, settings) if p.id not in held)
+    drop = expired(state.restore_points, settings)
+    if drop:  # the test copies (a read of every VM's options) only when a point would go
+        held = {stamp.get("restore_point") for _, stamp in test_copies(conn, state)}
+        drop = tuple(p for p in drop if p.id not in held)
     if not drop:
         return state
     state = replace(state, restore_points=tuple(p for p in state.restore_points if p not in drop))
