@@ -171,8 +171,15 @@ def _macs(result: FailoverResult) -> str:
 
 
 def plan_lines(result: PlanResult) -> str:
-    """failover --plan: each tier in the order it came up, one line per VM."""
+    """failover or failback --plan: each tier in the order it came up, one line per VM."""
     group = f" at consistency group {result.group}" if result.group else ""
+    if result.kind == "failback":
+        lines = [f"recovery plan {result.plan}: failback"]
+        names = [vm for tier in result.tiers for vm in tier]
+        tier_of = {vm: number for number, tier in enumerate(result.tiers, start=1) for vm in tier}
+        for vm, back in zip(names, result.vms, strict=False):
+            lines.append(f"  tier {tier_of[vm]}: {failover_line(back, vm, 'failed back')}")
+        return "\n".join(lines)
     lines = [f"recovery plan {result.plan}: {result.kind} failover{group}"]
     by_vm = {r.vm: r for r in result.vms}
     for number, tier in enumerate(result.tiers, start=1):

@@ -369,6 +369,10 @@ def _failover_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
+    if (args.vm is None) == (args.plan is None):
+        raise UsageError("name a VM, or a recovery plan with --plan (its VMs come back tier by tier)")
+    if args.plan is not None:
+        return _failback_plan(args)
     source, target = site_profiles(args)
     if source != target:
         return _failback_sites(args)
@@ -394,6 +398,29 @@ def cmd_failback(args: argparse.Namespace) -> int:
         emit(args.json, reversed_, lambda: reversed_line(args.vm, running))
     else:
         emit(args.json, result, lambda: failover_line(result, args.vm, f"failed back from {running}"))
+    return EXIT_OK
+
+
+def _failback_plan(args: argparse.Namespace) -> int:
+    """failback --plan: each VM of the plan back on its original, tier by tier (one or two vCenters)."""
+    if args.no_switch:
+        raise UsageError("--no-switch is for one VM: a plan's VMs come back whole")
+    with site_sessions(args) as both:
+        if both.single:
+            if args.datastore is not None:
+                raise UsageError("--datastore is for failing back into a fresh source site (two vCenters)")
+            replica_access, source_access = both.target.disks(args)
+        else:
+            replica_access, _ = both.target.disks(args)  # each site's disks, read and written
+            source_access, _ = both.source.disks(args)
+        result = plans.failback_plan(
+            both.sites,
+            args.plan,
+            replica_access=replica_access,
+            source_access=source_access,
+            datastore=args.datastore,
+        )
+    emit(args.json, result, lambda: plan_lines(result))
     return EXIT_OK
 
 
@@ -620,7 +647,10 @@ def add_commands(commands: Commands) -> None:
         "reverse replication into the original VM, then switch back to it",
         mount=True,
     )
-    p.add_argument("vm", help="the original VM's name")
+    p.add_argument("vm", nargs="?", default=None, help="the original VM's name")
+    p.add_argument(
+        "--plan", default=None, metavar="NAME", help="every VM of this recovery plan, tier by tier"
+    )
     p.add_argument("--no-switch", action="store_true", help="only reverse the replication")
     p.add_argument(
         "--datastore",

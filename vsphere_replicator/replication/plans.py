@@ -36,6 +36,7 @@ from vsphere_replicator.inventory import resolve_vm, vm_object
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication.access import DiskAccess
 from vsphere_replicator.replication.cycle import cycle_under_lease
+from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.failover import (
     FailoverResult,
     cleanup_test_failover,
@@ -291,6 +292,47 @@ def failover_plan(
             elif delay:
                 time.sleep(delay)
     return PlanResult(plan=name, kind=kind, group=group, tiers=order, vms=tuple(done))
+
+
+def failback_plan(
+    conn: Connection | Sites,
+    name: str,
+    *,
+    replica_access: DiskAccess,
+    source_access: DiskAccess | None = None,
+    datastore: str | None = None,
+    tools_timeout: float = 600.0,
+) -> PlanResult:
+    """Bring every VM of plan `name` back to its original, tier by tier, as the plan boots them.
+
+    Each VM goes through `failback` (reverse copy, switch, reprotect; see
+    failback.py for `Sites`, `source_access` and `datastore`); between tiers
+    the plan's wait (VMware Tools on the originals, or its delay) holds the
+    next tier back. A VM already back is reported as such; a run cut short
+    is carried on by running it again.
+    """
+    sites = sites_of(conn)
+    tiers = plan_members(sites.target, name)
+    members = [r for tier in tiers.values() for r in tier]
+    _, wait, delay = _options(members[0])
+    order = tuple(tuple(_state(r).source.name for r in tier) for tier in tiers.values())
+    log = get_logger(operation="failback_plan", plan=name)
+    done: list[FailoverResult] = []
+    for index, tier in enumerate(order, start=1):
+        for vm in tier:
+            result = failback(
+                conn, vm, replica_access=replica_access, source_access=source_access, datastore=datastore
+            )
+            assert result is not None  # switch=True: the whole failback
+            log.info("plan_vm_back", tier=index, vm=vm, running=result.running)
+            done.append(result)
+        if index < len(order):
+            back = [r.running for r in done[-len(tier) :]]
+            if wait == "tools":
+                _wait_for_tools(sites.source, back, timeout=tools_timeout, tier=index)
+            elif delay:
+                time.sleep(delay)
+    return PlanResult(plan=name, kind="failback", group=None, tiers=order, vms=tuple(done))
 
 
 def _wait_for_tools(conn: Connection, vms: list[str], *, timeout: float, tier: int) -> None:
