@@ -6,7 +6,9 @@ is stopped the plan is found and brought up on site B alone: tier by tier,
 at one consistency group's restore points chosen by time, with the guest
 reporting its recovery address. Bytes are compared with what site A's disks
 held when each group was taken (qemu-img on the chains), states through
-plain pyVmomi.
+plain pyVmomi. Then a fresh site A comes up and the plan fails back into it
+(`failback_plan`): each VM made anew there with site B's latest bytes, and
+protected into B again, the next cycle incremental.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import pytest
 
 from tests import labutil
 from tests.conftest import lab_connection
-from tests.replication_util import chain_hashes, find, our_source_snapshots, state
+from tests.replication_util import chain_hashes, find, our_source_snapshots, point_chain_hashes, state
 from tests.test_failover import nic_networks
 from tests.test_notebook_reprs import replica_state
 from vsphere_replicator.customize import NicAddress, RecoveryIp
 from vsphere_replicator.errors import NotFound, TaskTimedOut
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab, start_lab, stop_lab, vddk_standin
 from vsphere_replicator.replication import ReplicaTarget, Sites, VDDKDisks, protect
-from vsphere_replicator.replication.plans import failover_plan, recovery_points, replicate_plan
+from vsphere_replicator.replication.plans import failback_plan, failover_plan, recovery_points, replicate_plan
 from vsphere_replicator.replication.settings import PlanMembership
 from vsphere_replicator.replication.state import RestorePoint
 
@@ -58,7 +60,7 @@ def site_b() -> Iterator[LabInfo]:
         yield info
 
 
-def test_a_plan_comes_up_on_site_b_in_tier_order_at_one_group_point_with_site_a_gone(
+def test_a_plan_comes_up_on_site_b_at_one_group_point_with_site_a_gone_then_fails_back_to_a_fresh_a(
     site_b: LabInfo, tmp_path: Path
 ) -> None:
     site_a_dir = Path(tempfile.mkdtemp(prefix="vr-site-a-"))
@@ -116,6 +118,39 @@ def test_a_plan_comes_up_on_site_b_in_tier_order_at_one_group_point_with_site_a_
             assert chain_hashes(site_b, running) == expected[vm], vm
             assert running.guest.ipAddress == f"10.30.0.{10 + int(vm[-1])}"
             assert nic_networks(running) == ["DR Network B"]
+
+        # Production writes on site B; a fresh site A (a new vCenter, no VM) comes up; the plan fails back.
+        for seed, vm in enumerate(TIERS, start=20):
+            LabControl(site_b).write_random(f"{vm}-replica", offset=5 * MIB, length=200_000, seed=seed)
+        latest = {vm: chain_hashes(site_b, find(si_b, f"{vm}-replica")) for vm in TIERS}
+        stop_lab(site_a_dir)
+        site_a = start_lab(site_a_dir, vms=0, disk_size=32 * MIB)
+        si_a = labutil.connect(site_a)
+        with lab_connection(site_a) as conn_a, lab_connection(site_b) as conn_b:
+            reader = VDDKDisks(conn_a, plugin=str(vddk_standin()), libdir=str(tmp_path))
+            writer = VDDKDisks(conn_b, plugin=str(vddk_standin()), libdir=str(tmp_path))
+            sites = Sites(source=conn_a, target=conn_b)
+            back = failback_plan(
+                sites, PLAN, replica_access=writer, source_access=reader, datastore="primary-ds"
+            )
+            assert back.kind == "failback" and [r.running for r in back.vms] == list(TIERS)
+            for vm in TIERS:
+                original, replica = find(si_a, vm), find(si_b, f"{vm}-replica")
+                assert original.runtime.powerState == "poweredOn"
+                assert replica.runtime.powerState == "poweredOff"
+                assert chain_hashes(site_a, original) == latest[vm], vm  # B's latest bytes, on A
+                assert not state(replica)["promoted"] and state(replica)["source"]["name"] == vm
+                assert our_source_snapshots(original) == [] and our_source_snapshots(replica) == []
+            # Protected A -> B again: the next plan cycle is incremental (CBT), each point byte-exact.
+            LabControl(site_a).write_random("lab-vm-0002", offset=7 * MIB, length=100_000, seed=30)
+            made = replicate_plan(sites, PLAN, replica_access=writer, source_access=reader)
+            assert made.failed == () and len(made.cycles) == 3
+            for cycle in made.cycles:
+                assert cycle.bytes_moved <= 2 * MIB, cycle  # what changed, not whole disks
+                node = find(si_b, cycle.replica)
+                assert point_chain_hashes(site_b, node, cycle.restore_point) == chain_hashes(
+                    site_a, find(si_a, cycle.vm)
+                )
     finally:
         if si_a is not None:
             labutil.disconnect(si_a)
