@@ -47,8 +47,8 @@ def replicate_cli(lab: Any, vm: str, **extra: str) -> subprocess.CompletedProces
 
 
 def guest_writes(control: Any, vm: str, rng: random.Random) -> None:
-    """About 17 MiB over both disks, at random offsets: a dozen checkpoints per cycle."""
-    for disk, length in ((0, 7 << 20), (1, 6 << 20), (0, 4 << 20), (1, 70_000)):
+    """About 9 MiB over both disks, at random offsets: eight or so checkpoints per cycle."""
+    for disk, length in ((0, 7 << 19), (1, 3 << 20), (0, 2 << 20), (1, 70_000)):
         offset = rng.randrange(0, DISK_SIZE - length)
         control.write_random(vm, offset=offset, length=length, seed=rng.randrange(1 << 30), disk=disk)
 

@@ -21,6 +21,7 @@ from vsphere_replicator.replication.failover import cleanup_test_failover, start
 from vsphere_replicator.replication.restore_points import list_restore_points, verify_restore_point
 
 MiB = 1 << 20
+DISK = 32 * MiB
 VM = "lab-vm-0001"
 
 
@@ -41,7 +42,7 @@ class DemoReport:
 def run_demo(say: Callable[[str], None] = print) -> DemoReport:
     """Start a lab, protect a VM, run three cycles and a test failover; stop the lab."""
     with (
-        running_lab(vms=2, disks_per_vm=2, disk_size=64 * MiB) as lab,
+        running_lab(vms=2, disks_per_vm=2, disk_size=DISK) as lab,
         connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
     ):
         return _demo(lab, LabControl(lab), conn, say)
@@ -58,7 +59,7 @@ def _demo(lab: LabInfo, control: LabControl, conn: Connection, say: Callable[[st
         total = 0
         for disk in (0, 1, 0):
             length = rng.choice([4096, 256 * 1024, 3 * MiB])
-            offset = rng.randrange(0, 64 * MiB - length)
+            offset = rng.randrange(0, DISK - length)
             total += len(
                 control.write_random(VM, offset=offset, length=length, seed=rng.randrange(1 << 30), disk=disk)
             )
