@@ -160,7 +160,7 @@ def keep_macs(
     """
     log = get_logger(vm=vm_moref, operation="keep_macs")
     nics = _nics(_devices(conn, vm_moref))
-    holders = _holders(conn)
+    holders: dict[str, list[tuple[str, str]]] | None = None  # every VM's NICs: read only when needed
     results: list[MacKept] = []
     edits: list[tuple[int, Any]] = []
     for index, nic in enumerate(nics):
@@ -175,9 +175,13 @@ def keep_macs(
             results.append(MacKept(label, wanted, True))
             continue
         reason = static_refusal(wanted)
-        others = [name for moref, name in holders.get(wanted, []) if moref not in (vm_moref, source_moref)]
-        if reason is None and others:
-            reason = f"{wanted} is in use by {', '.join(sorted(others))} on this vCenter"
+        if reason is None:
+            if holders is None:
+                holders = _holders(conn)  # the whole inventory's devices: only for an address vCenter takes
+            mine = (vm_moref, source_moref)
+            others = [name for moref, name in holders.get(wanted, []) if moref not in mine]
+            if others:
+                reason = f"{wanted} is in use by {', '.join(sorted(others))} on this vCenter"
         if reason is not None:
             results.append(MacKept(label, wanted, False, reason))
             continue
