@@ -35,12 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import VSphereFault
-from vsphere_replicator.inventory import vm_object
+from vsphere_replicator.inventory import view_contents, vm_object
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.tasks import reconfigure_vm
 
@@ -113,35 +113,9 @@ def nic_macs(conn: Connection, vm_moref: str) -> tuple[NicMac, ...]:
 
 def _holders(conn: Connection) -> dict[str, list[tuple[str, str]]]:
     """MAC address -> the (moref, name) of every VM of this vCenter whose NIC has it."""
-    content = conn.content
-    view = conn.call(
-        "read every VM's NICs",
-        lambda: content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True),
-    )
-    try:
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        vmodl.query.PropertyCollector.TraversalSpec(
-                            name="view", path="view", skip=False, type=vim.view.ContainerView
-                        )
-                    ],
-                )
-            ],
-            propSet=[
-                vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.VirtualMachine, pathSet=["name", "config.hardware.device"]
-                )
-            ],
-        )
-        found = conn.call("read every VM's NICs", lambda: content.propertyCollector.RetrieveContents([spec]))
-    finally:
-        conn.call("drop a container view", view.DestroyView)
+    found = view_contents(conn, [(vim.VirtualMachine, ["name", "config.hardware.device"])])
     holders: dict[str, list[tuple[str, str]]] = {}
-    for item in found or []:
+    for item in found:
         props = {p.name: p.val for p in item.propSet}
         for nic in _nics(props.get("config.hardware.device") or []):
             if nic.macAddress:

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.display import Shown
 from vsphere_replicator.errors import InvalidInput, NotFound
-from vsphere_replicator.inventory import vm_object
+from vsphere_replicator.inventory import view_contents, vm_object
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.tasks import reconfigure_vm
 
@@ -35,35 +35,13 @@ class _Network:
 
 
 def _networks(conn: Connection) -> dict[str, _Network]:
-    content = conn.content
-    view = conn.call(
-        "read networks",
-        lambda: content.viewManager.CreateContainerView(content.rootFolder, [vim.Network], True),
+    objects = view_contents(
+        conn,
+        [
+            (vim.Network, ["name"]),
+            (vim.dvs.DistributedVirtualPortgroup, ["name", "key", "config.distributedVirtualSwitch"]),
+        ],
     )
-    try:
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        vmodl.query.PropertyCollector.TraversalSpec(
-                            name="view", path="view", skip=False, type=vim.view.ContainerView
-                        )
-                    ],
-                )
-            ],
-            propSet=[
-                vmodl.query.PropertyCollector.PropertySpec(type=vim.Network, pathSet=["name"]),
-                vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.dvs.DistributedVirtualPortgroup,
-                    pathSet=["name", "key", "config.distributedVirtualSwitch"],
-                ),
-            ],
-        )
-        objects = conn.call("read networks", lambda: content.propertyCollector.RetrieveContents([spec]))
-    finally:
-        conn.call("read networks", view.DestroyView)
     switches: dict[str, str] = {}
     found = {}
     for o in objects:
