@@ -201,6 +201,13 @@ class SiteSessions:
             return source_access
         return self.target.disks(args)[0] if self.target.transport(args) == "vddk" else None
 
+    def failback_disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
+        """(replica access, source access) for failback: one vCenter's pair, or across two each site's
+        own access, which both reads and writes there (the original is written on the source site)."""
+        if self.single:
+            return self.target.disks(args)
+        return self.target.disks(args)[0], self.source.disks(args)[0]
+
     def disks(self, args: argparse.Namespace) -> tuple[DiskAccess, DiskAccess | None]:
         """(replica access on the target site, source access on the source site) for --transport."""
         if self.single:

@@ -369,70 +369,30 @@ def _failover_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
+    """One VM, or a recovery plan's VMs tier by tier, back on their originals (one or two vCenters)."""
     if (args.vm is None) == (args.plan is None):
         raise UsageError("name a VM, or a recovery plan with --plan (its VMs come back tier by tier)")
-    if args.plan is not None:
-        return _failback_plan(args)
+    if args.plan is not None and args.no_switch:
+        raise UsageError("--no-switch is for one VM: a plan's VMs come back whole")
     source, target = site_profiles(args)
-    if source != target:
-        return _failback_sites(args)
-    if args.datastore is not None:
+    if source == target and args.datastore is not None:
         raise UsageError("--datastore is for failing back into a fresh source site (two vCenters)")
-    with session(args.profile) as s:
-        try:
-            running = replica_of(s.conn, args.vm, promoted=True).vm.name
-        except NotFound:
-            running = "its replica"
-        replica_access, source_access = s.disks(args)
-        with progress(f"failing back {args.vm}", enabled=_progress_shown(args)) as bar:
-            result = failback(
-                s.conn,
-                args.vm,
+    with site_sessions(args) as both:
+        replica_access, source_access = both.failback_disks(args)
+        if args.plan is not None:
+            made = plans.failback_plan(
+                both.sites,
+                args.plan,
                 replica_access=replica_access,
                 source_access=source_access,
-                switch=not args.no_switch,
-                on_progress=bar,
+                datastore=args.datastore,
             )
-    if result is None:
-        reversed_ = {"vm": args.vm, "reversed": True, "source": running, "replica": args.vm}
-        emit(args.json, reversed_, lambda: reversed_line(args.vm, running))
-    else:
-        emit(args.json, result, lambda: failover_line(result, args.vm, f"failed back from {running}"))
-    return EXIT_OK
-
-
-def _failback_plan(args: argparse.Namespace) -> int:
-    """failback --plan: each VM of the plan back on its original, tier by tier (one or two vCenters)."""
-    if args.no_switch:
-        raise UsageError("--no-switch is for one VM: a plan's VMs come back whole")
-    with site_sessions(args) as both:
-        if both.single:
-            if args.datastore is not None:
-                raise UsageError("--datastore is for failing back into a fresh source site (two vCenters)")
-            replica_access, source_access = both.target.disks(args)
-        else:
-            replica_access, _ = both.target.disks(args)  # each site's disks, read and written
-            source_access, _ = both.source.disks(args)
-        result = plans.failback_plan(
-            both.sites,
-            args.plan,
-            replica_access=replica_access,
-            source_access=source_access,
-            datastore=args.datastore,
-        )
-    emit(args.json, result, lambda: plan_lines(result))
-    return EXIT_OK
-
-
-def _failback_sites(args: argparse.Namespace) -> int:
-    """Failback across two vCenters: the VM runs on the target site, comes back to the source site."""
-    with site_sessions(args) as both:
+            emit(args.json, made, lambda: plan_lines(made))
+            return EXIT_OK
         try:
             running = replica_of(both.target.conn, args.vm, promoted=True).vm.name
         except NotFound:
             running = "its replica"
-        replica_access, _ = both.target.disks(args)  # each site's disks, read and written
-        source_access, _ = both.source.disks(args)
         with progress(f"failing back {args.vm}", enabled=_progress_shown(args)) as bar:
             result = failback(
                 both.sites,
