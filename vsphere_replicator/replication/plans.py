@@ -287,10 +287,7 @@ def failover_plan(
             done.append(result)
         if index < len(order):
             running = [r.running for r in done[-len(tier) :]]
-            if wait == "tools":
-                _wait_for_tools(sites.target, running, timeout=tools_timeout, tier=index)
-            elif delay:
-                time.sleep(delay)
+            _hold_next_tier(sites.target, running, wait=wait, delay=delay, timeout=tools_timeout, tier=index)
     return PlanResult(plan=name, kind=kind, group=group, tiers=order, vms=tuple(done))
 
 
@@ -328,11 +325,18 @@ def failback_plan(
             done.append(result)
         if index < len(order):
             back = [r.running for r in done[-len(tier) :]]
-            if wait == "tools":
-                _wait_for_tools(sites.source, back, timeout=tools_timeout, tier=index)
-            elif delay:
-                time.sleep(delay)
+            _hold_next_tier(sites.source, back, wait=wait, delay=delay, timeout=tools_timeout, tier=index)
     return PlanResult(plan=name, kind="failback", group=None, tiers=order, vms=tuple(done))
+
+
+def _hold_next_tier(
+    conn: Connection, running: list[str], *, wait: str, delay: float, timeout: float, tier: int
+) -> None:
+    """The plan's wait before its next tier: VMware Tools in every VM just started, or its delay."""
+    if wait == "tools":
+        _wait_for_tools(conn, running, timeout=timeout, tier=tier)
+    elif delay:
+        time.sleep(delay)
 
 
 def _wait_for_tools(conn: Connection, vms: list[str], *, timeout: float, tier: int) -> None:
