@@ -17,7 +17,8 @@ from pyVmomi import vim
 
 from tests import labutil
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
+from vsphere_replicator.replication import VDDKDisks
 from vsphere_replicator.transport import NBDEndpoint
 
 LAB_VMS = 320
@@ -33,13 +34,9 @@ def _structlog_defaults() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-# The shared labs of the engine's tests (here, test_safety, test_reliability) keep every layer a
-# flat image (`redo_logs=False`), so that their cycles can write replicas through mounts: an nbdkit
-# per disk and cycle (VDDK, the only way into a redo log) costs 0.2-0.4 s here, and these modules
-# run thousands of cycles. Everything else is as ESXi does it (running disks locked). The ESXi-like
-# layers are covered end to end by the modules that run on the default lab: test_lab_redo_logs,
-# test_two_sites*, test_recovery_plans, test_folder_dcpath, test_datastore_kinds, test_notebooks
-# and the demo (docs/lab.md).
+# The shared lab is ESXi-like, as every lab: snapshot layers are redo logs and a running VM's disks
+# are locked. A replica's current layer is a redo log from its first restore point on, so cycles
+# write replicas through VDDK (the lab's stand-in), the only way into one: `vddk` / `lab_vddk`.
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +47,6 @@ def lab() -> Iterator[LabInfo]:
         disk_size=DISK_SIZE,
         cbt_window=CBT_WINDOW,
         cbt_block=CBT_BLOCK,
-        redo_logs=False,  # see above
     ) as info:
         yield info
 
@@ -147,6 +143,16 @@ def conn(lab: LabInfo) -> Iterator[Connection]:
         yield connection
 
 
+def lab_vddk(conn: Connection) -> VDDKDisks:
+    """Disks through VDDK, played by the lab's stand-in: how cycles write a replica's redo log."""
+    return VDDKDisks(conn, plugin=str(vddk_standin()))
+
+
+@pytest.fixture
+def vddk(conn: Connection) -> VDDKDisks:
+    return lab_vddk(conn)
+
+
 # -- NBD servers (Debian's qemu-nbd and nbdkit) over lab disk files ----------------
 
 SERVERS = ["qemu-nbd", "nbdkit"]
@@ -164,12 +170,15 @@ def _listening(sock: Path) -> bool:
     return True
 
 
-def serve(server: str, image: Path, sock: Path, *, read_only: bool) -> subprocess.Popen[bytes]:
+def serve(
+    server: str, image: Path, sock: Path, *, read_only: bool, fmt: str = "raw"
+) -> subprocess.Popen[bytes]:
+    """`fmt` vmdk (qemu-nbd only) serves a disk layer through its descriptor and chain, redo logs too."""
     if server == "qemu-nbd":
         args = [
             "qemu-nbd",
             "-f",
-            "raw",
+            fmt,
             "-k",
             str(sock),
             "-t",
@@ -179,6 +188,7 @@ def serve(server: str, image: Path, sock: Path, *, read_only: bool) -> subproces
             str(image),
         ]
     else:
+        assert fmt == "raw", "nbdkit's file plugin serves raw images only"
         args = ["nbdkit", "-f", "-U", str(sock), *(["-r"] if read_only else []), "file", f"file={image}"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10

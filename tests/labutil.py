@@ -10,6 +10,7 @@ import hashlib
 import json
 import ssl
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,38 @@ def local_extent(info: Any, file_name: str) -> Path:
 def local_descriptor(info: Any, file_name: str) -> Path:
     ds, rel = datastore_path(file_name)
     return Path(info.datastores[ds]) / rel
+
+
+_images = tempfile.TemporaryDirectory(prefix="vr-layers-")
+
+
+def layer_image(info: Any, file_name: str) -> Path:
+    """A raw image of a disk layer's bytes: its flat extent, or its chain resolved by qemu-img.
+
+    A snapshot's layer on the ESXi-like lab is a redo log whose bytes live in
+    its whole chain; qemu-img (not the lab's code) reads it. A fresh copy each
+    call, since the chain of a running VM's layer keeps changing.
+    """
+    flat = local_extent(info, file_name)
+    if flat.exists():
+        return flat
+    image = Path(tempfile.mkdtemp(dir=_images.name)) / "layer.raw"
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            str(local_descriptor(info, file_name)),
+            str(image),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return image
 
 
 def sha256(path: Path) -> str:

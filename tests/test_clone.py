@@ -38,7 +38,7 @@ def test_clone_from_a_snapshot_to_the_secondary_datastore(
     assert [d.datastore for d in clone.disks] == ["secondary-ds", "primary-ds"]
     assert [d.provisioning for d in clone.disks] == ["thin", "thick-lazy"]
     for frozen, copy in zip(snapshot_disks(conn, snap.moref), clone.disks, strict=True):
-        a, b = labutil.local_extent(lab, frozen.file_name), labutil.local_extent(lab, copy.file_name)
+        a, b = labutil.layer_image(lab, frozen.file_name), labutil.layer_image(lab, copy.file_name)
         assert labutil.sha256(a) == labutil.sha256(b)
         descriptors = [labutil.local_descriptor(lab, f) for f in (frozen.file_name, copy.file_name)]
         assert labutil.qemu_img_compare(*descriptors) == 0

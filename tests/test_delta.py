@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from tests import labutil
-from tests.conftest import CBT_BLOCK, DISK_SIZE
+from tests.conftest import CBT_BLOCK, DISK_SIZE, lab_vddk
 from vsphere_replicator.cbt import change_ids_at, enable_cbt
 from vsphere_replicator.delta import http_sources, plan_delta, read_delta
-from vsphere_replicator.errors import ChangeIdInvalid
+from vsphere_replicator.errors import ChangeIdInvalid, InvalidInput
 from vsphere_replicator.extents import Extent
 from vsphere_replicator.inventory import SnapshotInfo, VMInfo, snapshot_disks
 from vsphere_replicator.snapshots import create_snapshot, remove_snapshot
@@ -21,9 +21,15 @@ from vsphere_replicator.transport import FileBlockSink, FileBlockSource, MemoryB
 from vsphere_replicator.verify import checksum, first_mismatch
 
 
-def mounted_sources(lab: Any) -> Any:
-    """The datastore seen as a local directory (the lab's datastores are)."""
-    return lambda disk: FileBlockSource(labutil.local_extent(lab, disk.file_name))
+def local_sources(lab: Any) -> Any:
+    """Each layer's bytes on the lab's local datastores, its chain resolved by qemu-img."""
+    return lambda snapshot: lambda disk: FileBlockSource(labutil.layer_image(lab, disk.file_name))
+
+
+def vddk_sources(conn: Any, vm: VMInfo) -> Any:
+    """Each snapshot's disks through VDDK (the lab's stand-in), read-only at that snapshot."""
+    access = lab_vddk(conn)
+    return lambda snapshot: lambda disk: access.source(disk, vm=vm.moref, snapshot=snapshot.moref)
 
 
 def apply(plan: Any, sources: Any, copies: dict[int, Path]) -> int:
@@ -40,7 +46,7 @@ def apply(plan: Any, sources: Any, copies: dict[int, Path]) -> int:
 
 def assert_same(lab: Any, conn: Any, snap: SnapshotInfo, copies: dict[int, Path]) -> None:
     for disk in snapshot_disks(conn, snap.moref):
-        frozen = labutil.local_extent(lab, disk.file_name)
+        frozen = labutil.layer_image(lab, disk.file_name)
         assert labutil.sha256(frozen) == labutil.sha256(copies[disk.key]), disk.label
         assert labutil.qemu_img_compare_raw(frozen, copies[disk.key]) == 0
 
@@ -56,17 +62,17 @@ def seed(
     for disk in info.disks:
         copies[disk.key] = tmp_path / f"copy-{disk.key}.img"
         FileBlockSink(copies[disk.key], size=disk.capacity).close()
-    moved = apply(plan_delta(conn, info, base, {}), sources, copies)
+    moved = apply(plan_delta(conn, info, base, {}), sources(base), copies)
     assert_same(lab, conn, base, copies)
     return info, base, copies, moved
 
 
-@pytest.mark.parametrize("transport", ["http", "mounted"])
+@pytest.mark.parametrize("transport", ["vddk", "local"])
 def test_seed_then_incremental_rounds_end_byte_exact(
     lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path, transport: str
 ) -> None:
     info = enable_cbt(conn, vm_name)
-    sources = http_sources(conn, info) if transport == "http" else mounted_sources(lab)
+    sources = vddk_sources(conn, info) if transport == "vddk" else local_sources(lab)
     info, previous, copies, moved = seed(lab, conn, control, vm_name, tmp_path, sources)
     assert moved == 4 * CBT_BLOCK + CBT_BLOCK  # the first full read touched only allocated blocks
     rng = random.Random(11)
@@ -81,7 +87,7 @@ def test_seed_then_incremental_rounds_end_byte_exact(
             )
         current = create_snapshot(conn, info, f"round-{round_}").snapshot
         plan = plan_delta(conn, info, current, labutil.tracked(change_ids_at(conn, previous)))
-        moved = apply(plan, sources, copies)
+        moved = apply(plan, sources(current), copies)
         assert moved <= plan.total * 1.05 + 8192
         assert_same(lab, conn, current, copies)
         remove_snapshot(conn, info, previous)
@@ -92,15 +98,30 @@ def test_a_stale_change_id_falls_back_to_a_full_read(
     lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path
 ) -> None:
     info = enable_cbt(conn, vm_name)
-    sources = http_sources(conn, info)
+    sources = vddk_sources(conn, info)
     info, previous, copies, _ = seed(lab, conn, control, vm_name, tmp_path, sources)
     control.cbt_reset(vm_name)
     control.write_random(vm_name, offset=CBT_BLOCK, length=100, seed=9)
     current = create_snapshot(conn, info, "after-reset").snapshot
     with pytest.raises(ChangeIdInvalid):
         plan_delta(conn, info, current, labutil.tracked(change_ids_at(conn, previous)))
-    apply(plan_delta(conn, info, current, {}), sources, copies)
+    apply(plan_delta(conn, info, current, {}), sources(current), copies)
     assert_same(lab, conn, current, copies)
+
+
+def test_http_reads_a_flat_base_and_refuses_a_redo_log_naming_vddk(
+    lab: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path
+) -> None:
+    """`/folder` serves flat extents only; a snapshot's delta layer is refused before any request."""
+    info = enable_cbt(conn, vm_name)
+    sources = http_sources(conn, info)
+    info, previous, copies, _ = seed(lab, conn, control, vm_name, tmp_path, lambda snapshot: sources)
+    control.write_random(vm_name, offset=CBT_BLOCK, length=100, seed=9)
+    current = create_snapshot(conn, info, "second").snapshot
+    plan = plan_delta(conn, info, current, labutil.tracked(change_ids_at(conn, previous)))
+    assert all(d.delta_format == "redoLogFormat" for d in plan.disks)
+    with pytest.raises(InvalidInput, match=r"delta layer \(redoLogFormat\).*--transport vddk"):
+        apply(plan, sources, copies)
 
 
 def test_dropped_range_reads_are_retried_without_corruption(

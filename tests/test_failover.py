@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from tests import labutil
-from tests.conftest import DISK_SIZE
+from tests.conftest import DISK_SIZE, lab_vddk
 from tests.replication_util import (
     all_vms,
     chain_hashes,
@@ -17,7 +17,7 @@ from tests.replication_util import (
     source_hashes,
     state,
 )
-from vsphere_replicator.replication import CycleSettings, MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication import CycleSettings, ReplicaTarget, protect, replicate
 from vsphere_replicator.replication.failback import failback
 from vsphere_replicator.replication.failover import (
     cleanup_test_failover,
@@ -71,7 +71,7 @@ def nic_connections(vm: Any) -> list[tuple[bool, bool]]:
 def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_untouched(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str
 ) -> None:
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     writes(control, vm_name, 1)
     protect(conn, vm_name, TARGET, settings=CycleSettings(keep=2))
     writes(control, vm_name, 2)
@@ -122,7 +122,7 @@ def test_test_failover_runs_an_isolated_copy_and_leaves_source_and_replication_u
 def test_unplanned_failover_brings_the_replica_up_at_the_chosen_point_without_touching_the_source(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str
 ) -> None:
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     writes(control, vm_name, 4)
     protect(conn, vm_name, ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DC0_DVPG0"),)))
     first = point_hashes(lab, find(si, f"{vm_name}-replica"), "rp-000001")
@@ -144,7 +144,7 @@ def test_unplanned_failover_brings_the_replica_up_at_the_chosen_point_without_to
 def test_planned_failover_then_failback_ends_with_the_original_byte_exact_and_running(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str
 ) -> None:
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     writes(control, vm_name, 6)
     protect(conn, vm_name, TARGET, settings=CycleSettings(verify=True), replica_access=access)
     writes(control, vm_name, 7)
@@ -187,7 +187,7 @@ def test_failback_after_an_unplanned_failover_to_an_older_point_leaves_no_stale_
 ) -> None:
     from pyVim.task import WaitForTask
 
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     protect(conn, vm_name, TARGET)
     control.write_random(vm_name, offset=16 << 20, length=1 << 20, seed=10)
     replicate(conn, vm_name, replica_access=access)  # rp-000002

@@ -24,6 +24,7 @@ from typing import Any
 import distributed  # the fleet extra, installed by scripts/setup.sh
 import pytest
 
+from tests.conftest import lab_vddk
 from tests.replication_util import (
     JOURNAL_KEY,
     assert_replica_matches,
@@ -35,7 +36,7 @@ from tests.replication_util import (
 from tests.test_replication_crash import cli_env
 from vsphere_replicator.policies import PolicyFile, parse_policy_file
 from vsphere_replicator.policies.fleet import CycleJob, is_dask_executor, run_cycle_job, worker_id
-from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect
+from vsphere_replicator.replication import ReplicaTarget, protect
 
 STARTUP = 60.0  # seconds: a bound on every process start and every wait for the cluster
 TARGET = ReplicaTarget(datastore="secondary-ds")
@@ -63,7 +64,7 @@ def job(policy: PolicyFile, vm: str, **changes: Any) -> CycleJob:
         "target": protection.target,
         "settings": protection.settings,
         "profile": None,
-        "transport": "mount",
+        "transport": "vddk",
         "limits": policy.limits,
         "host": "",
         "datastores": (),
@@ -170,7 +171,7 @@ def protected(lab: Any, control: Any, vm: str) -> None:
     from tests.conftest import lab_connection
 
     with lab_connection(lab) as conn:
-        protect(conn, vm, TARGET, replica_access=MountedDatastores(lab.datastores))
+        protect(conn, vm, TARGET, replica_access=lab_vddk(conn))
     for disk in (0, 1):
         control.write_random(vm, offset=(3 + disk) << 20, length=3 << 20, seed=40 + disk, disk=disk)
 

@@ -135,8 +135,8 @@ def test_a_revert_keeps_old_change_ids_and_answers_with_a_hole(
     after_disk = labutil.disks(after)[0]
     areas, _ = labutil.changed_areas(vm, after, after_disk.key, branch_disk.backing.changeId, DISK_SIZE)
     assert areas == [(CBT_WINDOW, CBT_BLOCK)]  # block 0 is missing ...
-    copied = labutil.local_extent(lab, branch_disk.backing.fileName).read_bytes()[:4096]
-    now = labutil.local_extent(lab, after_disk.backing.fileName).read_bytes()[:4096]
+    copied = labutil.layer_image(lab, branch_disk.backing.fileName).read_bytes()[:4096]
+    now = labutil.layer_image(lab, after_disk.backing.fileName).read_bytes()[:4096]
     assert copied != now  # ... although the revert changed its bytes: the hole a replica would keep
     since_base = labutil.disks(base)[0].backing.changeId
     areas, _ = labutil.changed_areas(vm, after, after_disk.key, since_base, DISK_SIZE)

@@ -41,8 +41,8 @@ def test_clone_from_snapshot_holds_the_frozen_bytes(
     for source, target in zip(labutil.disks(snap), labutil.disks(copy), strict=True):
         assert target.backing.fileName.startswith("[secondary-ds] ")
         assert target.capacityInBytes == source.capacityInBytes
-        a = labutil.local_extent(lab, source.backing.fileName)
-        b = labutil.local_extent(lab, target.backing.fileName)
+        a = labutil.layer_image(lab, source.backing.fileName)
+        b = labutil.layer_image(lab, target.backing.fileName)
         assert labutil.sha256(a) == labutil.sha256(b)
         assert (
             labutil.qemu_img_compare(
@@ -51,9 +51,9 @@ def test_clone_from_snapshot_holds_the_frozen_bytes(
             )
             == 0
         )
-    live = labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName)
+    live = labutil.layer_image(lab, labutil.disks(vm)[0].backing.fileName)
     assert labutil.sha256(live) != labutil.sha256(
-        labutil.local_extent(lab, labutil.disks(copy)[0].backing.fileName)
+        labutil.layer_image(lab, labutil.disks(copy)[0].backing.fileName)
     )
 
 
@@ -84,8 +84,8 @@ def test_clone_without_snapshot_copies_the_current_state(
 ) -> None:
     control.write_random(vm_name, offset=4096, length=4096, seed=5)
     copy = clone(si, vm, f"{vm_name}-now", powerOn=False, location=vim.vm.RelocateSpec())
-    a = labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName)
-    b = labutil.local_extent(lab, labutil.disks(copy)[0].backing.fileName)
+    a = labutil.layer_image(lab, labutil.disks(vm)[0].backing.fileName)
+    b = labutil.layer_image(lab, labutil.disks(copy)[0].backing.fileName)
     assert labutil.sha256(a) == labutil.sha256(b)
 
 

@@ -92,3 +92,27 @@ def test_shrinking_or_growing_under_snapshots_is_refused(lab: Any, vm: Any) -> N
     with pytest.raises(vim.fault.InvalidDeviceOperation):
         labutil.wait(vm.ReconfigVM_Task(grow_spec(labutil.disks(vm)[0], DISK_SIZE * 2)))
     assert labutil.disks(vm)[0].capacityInBytes == DISK_SIZE
+
+
+def test_deleting_a_detached_redo_log_removes_its_descriptor_and_delta_and_keeps_its_parent(
+    lab: Any, si: Any, off_vm: Any
+) -> None:
+    """VirtualDiskManager.DeleteVirtualDisk_Task deletes all of a disk's files: for a redo log its
+    descriptor and `-delta.vmdk`, never the snapshot's layer under it (vcsim alone found no flat file)."""
+    from pyVmomi import vim
+
+    labutil.snapshot(off_vm, "kept")
+    disk = labutil.disks(off_vm)[1]
+    layer, parent = disk.backing.fileName, disk.backing.parent.fileName
+    delta = labutil.local_descriptor(lab, layer).with_name(
+        labutil.local_descriptor(lab, layer).name.replace(".vmdk", "-delta.vmdk")
+    )
+    assert delta.exists()
+    detach = vim.vm.device.VirtualDeviceSpec(operation="remove", device=disk)  # no fileOperation: kept
+    labutil.wait(off_vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[detach])))
+    datacenter = si.content.rootFolder.childEntity[0]
+    labutil.wait(si.content.virtualDiskManager.DeleteVirtualDisk_Task(name=layer, datacenter=datacenter))
+    assert not labutil.local_descriptor(lab, layer).exists() and not delta.exists()
+    assert labutil.qemu_img_info(labutil.local_descriptor(lab, parent))["virtual-size"] == DISK_SIZE
+    with pytest.raises(vim.fault.FileNotFound):
+        labutil.wait(si.content.virtualDiskManager.DeleteVirtualDisk_Task(name=layer, datacenter=datacenter))

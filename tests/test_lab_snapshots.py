@@ -22,7 +22,7 @@ def write_and_track(
 
 
 def image_of(lab: Any, file_name: str) -> bytes:
-    return labutil.local_extent(lab, file_name).read_bytes()
+    return labutil.layer_image(lab, file_name).read_bytes()
 
 
 def test_snapshot_moves_the_vm_to_a_delta_whose_parent_is_the_old_disk(vm: Any) -> None:

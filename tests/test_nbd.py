@@ -25,7 +25,7 @@ def test_reads_a_snapshot_disk_exactly(
 ) -> None:
     control.write_random(vm_name, offset=12345, length=3 << 20, seed=1)
     snap = create_snapshot(conn, vm_name, "nbd").snapshot
-    frozen = labutil.local_extent(lab, snapshot_disks(conn, snap.moref)[0].file_name)
+    frozen = labutil.layer_image(lab, snapshot_disks(conn, snap.moref)[0].file_name)
     device = NBDBlockDevice(nbd_server(frozen), connections=3)
     try:
         assert device.size == DISK_SIZE and device.read_only
@@ -45,7 +45,7 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
     info = enable_cbt(conn, vm_name)
     base = create_snapshot(conn, info, "base").snapshot
     copy = tmp_path / "copy.img"
-    shutil.copyfile(labutil.local_extent(lab, snapshot_disks(conn, base.moref)[0].file_name), copy)
+    shutil.copyfile(labutil.layer_image(lab, snapshot_disks(conn, base.moref)[0].file_name), copy)
     rng = random.Random(5)
     for i in range(8):
         control.write_random(vm_name, offset=rng.randrange(0, DISK_SIZE - 9000), length=9000, seed=i)
@@ -53,11 +53,11 @@ def test_a_delta_read_over_nbd_applied_to_a_copy(
     key = info.disks[0].key
     since = labutil.tracked(change_ids_at(conn, base))[key]
     plan = plan_delta(conn, info, top, {key: since, info.disks[1].key: "*"})
-    frozen = labutil.local_extent(lab, snapshot_disks(conn, top.moref)[0].file_name)
+    frozen = labutil.layer_image(lab, snapshot_disks(conn, top.moref)[0].file_name)
     sink = FileBlockSink(copy)
     sources = {key: NBDBlockDevice(nbd_server(frozen))}
     for disk, offset, data in read_delta(
-        plan, lambda d: sources.get(d.key) or FileBlockSource(labutil.local_extent(lab, d.file_name))
+        plan, lambda d: sources.get(d.key) or FileBlockSource(labutil.layer_image(lab, d.file_name))
     ):
         if disk == key:
             sink.write(offset, data)

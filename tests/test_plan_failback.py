@@ -14,11 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tests.conftest import lab_vddk
 from tests.replication_util import find, our_source_snapshots, source_hashes, state
 from tests.test_replication_crash import cli_env
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.lab import LabControl, LabInfo
-from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect
+from vsphere_replicator.replication import ReplicaTarget, protect
 from vsphere_replicator.replication.plans import failover_plan
 from vsphere_replicator.replication.settings import PlanMembership
 
@@ -28,7 +29,7 @@ def test_a_plan_fails_back_tier_by_tier_with_the_replicas_bytes(
 ) -> None:
     first, second = fresh_vm(), fresh_vm()
     plan = f"back-{first}"
-    access = MountedDatastores(lab.datastores, conn=conn)
+    access = lab_vddk(conn)
     for tier, vm in enumerate((first, second), start=1):
         control.write_random(vm, offset=tier << 20, length=200_000, seed=tier)
         target = ReplicaTarget(datastore="secondary-ds", plan=PlanMembership(name=plan, tier=tier))

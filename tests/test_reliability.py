@@ -35,6 +35,7 @@ import pytest
 from pyVmomi import vim
 
 from tests import labutil
+from tests.conftest import lab_vddk
 from tests.replication_util import (
     JOURNAL_KEY,
     STATE_KEY,
@@ -49,8 +50,8 @@ from vsphere_replicator.errors import ReplicatorError
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
 from vsphere_replicator.replication import (
     CycleSettings,
-    MountedDatastores,
     ReplicaTarget,
+    VDDKDisks,
     failpoints,
     protect,
     replicate,
@@ -98,7 +99,7 @@ class World:
     conn: Connection
     si: Any
     control: LabControl
-    access: MountedDatastores
+    access: VDDKDisks
     names: Iterator[str]
     expected: dict[str, list[str]] = field(default_factory=dict)  # "vm:restore point" -> disk hashes
     spares: dict[str, list[str]] = field(default_factory=dict)  # protected, clean VMs a case may reuse
@@ -121,9 +122,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with running_lab(
-        vms=300, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10, redo_logs=False
-    ) as lab:
+    with running_lab(vms=300, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10) as lab:
         si = labutil.connect(lab)
         conn = connect(
             lab.host,
@@ -139,7 +138,7 @@ def world() -> Iterator[World]:
             conn=conn,
             si=si,
             control=LabControl(lab),
-            access=MountedDatastores(lab.datastores, conn=conn),
+            access=lab_vddk(conn),
             names=names,
         )
         conn.close()

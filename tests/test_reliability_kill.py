@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import lab_vddk
 from tests.replication_util import (
     JOURNAL_KEY,
     STATE_KEY,
@@ -22,7 +23,7 @@ from tests.replication_util import (
     source_hashes,
 )
 from tests.test_replication_crash import cli_env
-from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication import ReplicaTarget, protect, replicate
 
 pytestmark = pytest.mark.reliability
 
@@ -49,7 +50,7 @@ def protected(lab: Any, conn: Any, control: Any, vm: str) -> None:
     control.write_random(vm, offset=1 << 20, length=2 << 20, seed=3)
     protect(conn, vm, TARGET)
     control.write_random(vm, offset=5 << 20, length=1 << 20, seed=4)
-    replicate(conn, vm, replica_access=MountedDatastores(lab.datastores))
+    replicate(conn, vm, replica_access=lab_vddk(conn))
 
 
 @pytest.mark.parametrize("at", ["failover-source-off:1", "failover-powered-on:1"])

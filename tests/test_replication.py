@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import labutil
-from tests.conftest import CBT_BLOCK, DISK_SIZE, StartNBD
+from tests.conftest import CBT_BLOCK, DISK_SIZE, serve
 from tests.replication_util import (
     JOURNAL_KEY,
     assert_replica_matches,
@@ -24,11 +26,12 @@ from vsphere_replicator.errors import TaskFailed
 from vsphere_replicator.replication import (
     CycleSettings,
     IncrementalRefused,
-    MountedDatastores,
     ReplicaTarget,
+    VDDKDisks,
     protect,
     replicate,
 )
+from vsphere_replicator.transport import NBDEndpoint
 
 TARGET = ReplicaTarget(datastore="secondary-ds")
 
@@ -43,12 +46,12 @@ def scatter(control: Any, vm_name: str, rng: random.Random, count: int = 6) -> N
 
 
 @pytest.fixture
-def access(lab: Any) -> MountedDatastores:
-    return MountedDatastores(lab.datastores)
+def access(vddk: VDDKDisks) -> VDDKDisks:
+    return vddk
 
 
 def test_seed_then_ten_cycles_each_byte_exact_and_retention_keeps_verifiable_points(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     rng = random.Random(5)
     scatter(control, vm_name, rng)
@@ -80,7 +83,7 @@ def test_seed_then_ten_cycles_each_byte_exact_and_retention_keeps_verifiable_poi
 
 
 def test_stale_change_id_resyncs_that_disk_only(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     rng = random.Random(7)
     scatter(control, vm_name, rng)
@@ -99,7 +102,7 @@ def test_stale_change_id_resyncs_that_disk_only(
 
 
 def test_a_disk_added_on_the_source_is_read_whole_into_a_new_replica_disk(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from pyVim.task import WaitForTask
     from pyVmomi import vim
@@ -128,7 +131,7 @@ def test_a_disk_added_on_the_source_is_read_whole_into_a_new_replica_disk(
 
 
 def test_a_disk_removed_from_the_source_leaves_the_new_restore_point_only(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from pyVim.task import WaitForTask
     from pyVmomi import vim
@@ -148,7 +151,7 @@ def test_a_disk_removed_from_the_source_leaves_the_new_restore_point_only(
 
 
 def test_grown_disk_resyncs_that_disk_only(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from pyVim.task import WaitForTask
     from pyVmomi import vim
@@ -173,7 +176,7 @@ def test_grown_disk_resyncs_that_disk_only(
 
 
 def test_incremental_larger_than_allowed_is_refused_and_changes_nothing(
-    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     protect(conn, vm_name, TARGET, settings=CycleSettings(max_change_share=0.1))
     control.write_random(vm_name, offset=0, length=DISK_SIZE // 5, seed=4)
@@ -192,7 +195,7 @@ def test_incremental_larger_than_allowed_is_refused_and_changes_nothing(
 
 
 def test_cbt_that_missed_a_write_is_caught_by_sampling_and_the_disk_resynced(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     control.write_random(vm_name, offset=0, length=DISK_SIZE // 2, seed=5)
     protect(conn, vm_name, TARGET)
@@ -209,7 +212,7 @@ def test_cbt_that_missed_a_write_is_caught_by_sampling_and_the_disk_resynced(
 
 
 def test_an_identical_copy_is_adopted_as_the_seed_and_a_different_one_refused(
-    lab: Any, si: Any, conn: Any, control: Any, fresh_vm: Any, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, fresh_vm: Any, access: VDDKDisks
 ) -> None:
     from vsphere_replicator.clone import ClonePlacement, clone_vm
     from vsphere_replicator.errors import InvalidInput
@@ -236,7 +239,7 @@ def state_or_none(vm: Any) -> Any:
 
 
 def test_the_orphan_sweep_never_touches_restore_points(
-    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from datetime import timedelta
 
@@ -253,7 +256,7 @@ def test_the_orphan_sweep_never_touches_restore_points(
 
 
 def test_a_running_replica_is_never_written(
-    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from pyVim.task import WaitForTask
 
@@ -268,27 +271,46 @@ def test_a_running_replica_is_never_written(
     assert [p["id"] for p in state(find(si, f"{vm_name}-replica"))["restore_points"]] == ["rp-000001"]
 
 
-def test_cycles_read_and_write_through_nbd_servers(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, nbd_server: StartNBD
+def test_cycles_read_the_source_through_nbd_servers(
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, tmp_path: Path, vddk: VDDKDisks
 ) -> None:
-    """Both sides over NBD (qemu-nbd and nbdkit serving the lab's disk files), byte-exact."""
+    """The source over NBD (qemu-nbd serving each snapshot layer through its chain), byte-exact.
+
+    The replica's current layer is a redo log after the seed, written through
+    VDDK: qemu's vmdk driver rewrites a vmfsSparse descriptor in a form it
+    cannot open again, so no operator's qemu-nbd writes one.
+    """
     from vsphere_replicator.replication import NBDDisks
 
-    def export(disk: Any) -> Any:
-        return nbd_server(labutil.local_extent(lab, disk.file_name), read_only=False)
+    started: list[subprocess.Popen[bytes]] = []
 
-    nbd = NBDDisks(export, connections=2)
+    def export(disk: Any) -> NBDEndpoint:
+        sock = tmp_path / f"nbd-{len(started)}.sock"
+        image = labutil.local_descriptor(lab, disk.file_name)
+        started.append(serve("qemu-nbd", image, sock, read_only=True, fmt="vmdk"))
+        return NBDEndpoint(socket_path=str(sock))
+
     rng = random.Random(16)
     scatter(control, vm_name, rng)
     protect(conn, vm_name, TARGET)
-    for _ in range(2):
-        scatter(control, vm_name, rng)
-        result = replicate(conn, vm_name, replica_access=nbd, source_access=nbd)
-        assert_replica_matches(lab, find(si, vm_name), find(si, f"{vm_name}-replica"), result.restore_point)
+    try:
+        for _ in range(2):
+            scatter(control, vm_name, rng)
+            result = replicate(
+                conn, vm_name, replica_access=vddk, source_access=NBDDisks(export, connections=2)
+            )
+            assert_replica_matches(
+                lab, find(si, vm_name), find(si, f"{vm_name}-replica"), result.restore_point
+            )
+        assert len(started) >= 4  # each cycle read both disks through servers of their own
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def test_a_verified_seed_can_be_checked_again_later(
-    lab: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     from vsphere_replicator.replication.restore_points import verify_restore_point
 
@@ -299,7 +321,7 @@ def test_a_verified_seed_can_be_checked_again_later(
 
 
 def test_a_cycle_that_finds_nothing_changed_confirms_the_newest_point_instead_of_adding_one(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     control.write_random(vm_name, offset=0, length=70_000, seed=18)
     protect(conn, vm_name, TARGET)
@@ -321,7 +343,7 @@ def test_a_cycle_that_finds_nothing_changed_confirms_the_newest_point_instead_of
 
 
 def test_quiesce_try_on_a_vm_without_tools_makes_a_crash_consistent_point_marked_so(
-    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    lab: Any, si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     protect(conn, vm_name, TARGET, settings=CycleSettings(quiesce="try"))
     control.set_tools(vm_name, "notRunning")
@@ -336,7 +358,7 @@ def test_quiesce_try_on_a_vm_without_tools_makes_a_crash_consistent_point_marked
 
 
 def test_quiesce_require_on_a_vm_without_tools_fails_naming_the_fault_and_leaves_no_snapshot(
-    si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores
+    si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks
 ) -> None:
     protect(conn, vm_name, TARGET, settings=CycleSettings(quiesce="require"))
     control.set_tools(vm_name, "notRunning")

@@ -23,10 +23,21 @@ from tests.replication_util import (
     snapshots,
     state,
 )
+from vsphere_replicator.lab import vddk_standin
 from vsphere_replicator.replication import CycleSettings, ReplicaTarget, protect
 
 
+def lab_mounts(lab: Any) -> str:
+    """VSPHERE_REPLICATOR_MOUNTS for the lab's datastores (local directories)."""
+    return ",".join(f"{k}={v}" for k, v in lab.datastores.items())
+
+
 def cli_env(lab: Any, **extra: str) -> dict[str, str]:
+    """The CLI's environment for `lab`: its vCenter, and VDDK through the lab's stand-in, nothing mounted.
+
+    The lab's layers are redo logs as ESXi's: from a replica's first restore
+    point on, VDDK is the only way to write it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VSPHERE_", "VR_"))}
     env.update(
         VSPHERE_HOST=lab.host,
@@ -34,7 +45,8 @@ def cli_env(lab: Any, **extra: str) -> dict[str, str]:
         VSPHERE_USER=lab.user,
         VSPHERE_PASSWORD=lab.password,
         VSPHERE_CA_FILE=lab.ca_file,
-        VSPHERE_REPLICATOR_MOUNTS=",".join(f"{k}={v}" for k, v in lab.datastores.items()),
+        VSPHERE_REPLICATOR_TRANSPORT="vddk",
+        VSPHERE_REPLICATOR_VDDK_PLUGIN=str(vddk_standin()),
         **extra,
     )
     return env

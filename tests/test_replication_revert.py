@@ -15,7 +15,7 @@ from typing import Any
 from pyVmomi import vim
 
 from tests import labutil
-from tests.conftest import CBT_BLOCK, DISK_SIZE
+from tests.conftest import CBT_BLOCK, DISK_SIZE, lab_vddk
 from tests.replication_util import (
     STATE_KEY,
     assert_replica_matches,
@@ -26,21 +26,21 @@ from tests.replication_util import (
     source_hashes,
     state,
 )
-from vsphere_replicator.replication import CycleSettings, MountedDatastores, ReplicaTarget, protect, replicate
+from vsphere_replicator.replication import CycleSettings, ReplicaTarget, VDDKDisks, protect, replicate
 from vsphere_replicator.replication.codec import decode_state, encode_state
 
 TARGET = ReplicaTarget(datastore="secondary-ds")
 NO_SAMPLING = CycleSettings(sample_areas=0)  # the revert must be found without sampling's luck
 
 
-def _revert_between_cycles(si: Any, conn: Any, control: Any, vm_name: str, access: MountedDatastores) -> Any:
+def _revert_between_cycles(si: Any, conn: Any, control: Any, vm_name: str, access: VDDKDisks) -> Any:
     """Protect, a user snapshot, a write, a cycle, then a revert to that snapshot and a write elsewhere."""
     control.write_random(vm_name, offset=CBT_BLOCK, length=3 * CBT_BLOCK, seed=1)
     control.write_random(vm_name, offset=5 * CBT_BLOCK, length=4096, seed=2, disk=1)
     protect(conn, vm_name, TARGET, settings=NO_SAMPLING)
     user = labutil.snapshot(find(si, vm_name), "before-the-upgrade")
     control.write_random(vm_name, offset=0, length=2 * CBT_BLOCK, seed=3)  # the revert undoes this
-    second = replicate(conn, vm_name, replica_access=access)
+    second = replicate(conn, vm_name, replica_access=access, source_access=access)
     assert second.full_resync == () and second.restore_point == "rp-000002"
     labutil.wait(user.RevertToSnapshot_Task())
     control.write_random(vm_name, offset=DISK_SIZE - 8192, length=100, seed=4)
@@ -50,9 +50,9 @@ def _revert_between_cycles(si: Any, conn: Any, control: Any, vm_name: str, acces
 def test_a_revert_of_the_source_is_detected_and_its_disks_resynced(
     lab: Any, si: Any, conn: Any, control: Any, vm_name: str
 ) -> None:
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     source = _revert_between_cycles(si, conn, control, vm_name, access)
-    result = replicate(conn, vm_name, replica_access=access)
+    result = replicate(conn, vm_name, replica_access=access, source_access=access)
     keys = tuple(d.key for d in by_position(labutil.disks(source)))
     assert sorted(result.full_resync) == sorted(keys)
     reasons = dict(result.resync_reasons)
@@ -64,7 +64,7 @@ def test_a_revert_of_the_source_is_detected_and_its_disks_resynced(
     assert recorded == {d.key: d.backing.fileName for d in labutil.disks(source)}
     # The next cycle trusts CBT again: only the new write is read.
     control.write_random(vm_name, offset=7 * CBT_BLOCK, length=10, seed=5)
-    after = replicate(conn, vm_name, replica_access=access)
+    after = replicate(conn, vm_name, replica_access=access, source_access=access)
     assert after.full_resync == () and after.bytes_changed == CBT_BLOCK
     assert_replica_matches(lab, source, replica, after.restore_point)
 
@@ -74,7 +74,7 @@ def test_without_the_recorded_layer_the_revert_leaves_a_hole_in_the_replica(
 ) -> None:
     """A state written before the layer was recorded still loads, and cannot see the revert:
     the restore point then keeps the bytes the revert undid — the hole is real."""
-    access = MountedDatastores(lab.datastores)
+    access = lab_vddk(conn)
     source = _revert_between_cycles(si, conn, control, vm_name, access)
     replica = find(si, f"{vm_name}-replica")
     old = json.loads(option(replica, STATE_KEY) or "{}")
@@ -88,7 +88,7 @@ def test_without_the_recorded_layer_the_revert_leaves_a_hole_in_the_replica(
             vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=STATE_KEY, value=text)])
         )
     )
-    result = replicate(conn, vm_name, replica_access=access, settings=NO_SAMPLING)
+    result = replicate(conn, vm_name, replica_access=access, source_access=access, settings=NO_SAMPLING)
     assert result.full_resync == ()
     assert result.bytes_changed == CBT_BLOCK  # only the write after the revert: CBT's answer
     assert point_hashes(lab, replica, result.restore_point)[0] != source_hashes(lab, source)[0]

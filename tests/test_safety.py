@@ -9,7 +9,6 @@ networks. Checked through plain pyVmomi and file hashes.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,15 +23,19 @@ import pytest
 from pyVmomi import vim
 
 from tests import labutil
+from tests.conftest import lab_vddk
 from tests.replication_util import JOURNAL_KEY, STATE_KEY, option, point_hashes, snapshots, source_hashes
+from tests.test_replication_crash import cli_env
 from vsphere_replicator.connection import Connection, RetryPolicy, connect
 from vsphere_replicator.errors import InvalidInput, ReplicatorError
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.inventory import DiskInfo
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
 from vsphere_replicator.replication import (
     CycleSettings,
     MountedDatastores,
     ReplicaTarget,
     StateError,
+    VDDKDisks,
     failpoints,
     protect,
     replicate,
@@ -41,6 +44,7 @@ from vsphere_replicator.replication.failover import planned_failover
 from vsphere_replicator.replication.lease import Busy, Lease, LeaseHolder, LeaseLost
 from vsphere_replicator.replication.status import protection_status
 from vsphere_replicator.replication.sweep import sweep_snapshots
+from vsphere_replicator.transport.base import BlockSink
 
 pytestmark = pytest.mark.reliability
 
@@ -51,9 +55,7 @@ TARGET = ReplicaTarget(datastore="secondary-ds", networks=(("VM Network", "DR Ne
 
 @pytest.fixture(scope="module")
 def slab() -> Iterator[LabInfo]:
-    with running_lab(
-        vms=60, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10, redo_logs=False
-    ) as lab:
+    with running_lab(vms=60, disks_per_vm=2, disk_size=DISK, cbt_window=2 << 20, cbt_block=64 << 10) as lab:
         yield lab
 
 
@@ -94,8 +96,9 @@ def name() -> str:
     return next(_names)
 
 
-def access(lab: LabInfo, conn: Connection) -> MountedDatastores:
-    return MountedDatastores(lab.datastores, conn=conn)
+def access(lab: LabInfo, conn: Connection) -> VDDKDisks:
+    """The replica's redo logs are written through VDDK (the lab's stand-in)."""
+    return lab_vddk(conn)
 
 
 def write(control: LabControl, vm: str, seed: int) -> None:
@@ -104,18 +107,8 @@ def write(control: LabControl, vm: str, seed: int) -> None:
 
 
 def cli(lab: LabInfo, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSPHERE_", "VR_"))}
-    env.update(
-        VSPHERE_HOST=lab.host,
-        VSPHERE_PORT=str(lab.port),
-        VSPHERE_USER=lab.user,
-        VSPHERE_PASSWORD=lab.password,
-        VSPHERE_CA_FILE=lab.ca_file,
-        VSPHERE_REPLICATOR_MOUNTS=",".join(f"{k}={v}" for k, v in lab.datastores.items()),
-        **extra,
-    )
     command = [sys.executable, "-m", "vsphere_replicator.cli", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(command, env=cli_env(lab, **extra), capture_output=True, text=True, timeout=180)
 
 
 def set_option(si: Any, vm: str, key: str, value: str) -> None:
@@ -316,15 +309,7 @@ def test_replicate_during_run_watch_gets_busy_and_nothing_is_lost(
         "    settings: {target_rpo: 1s}\n"
         "    target: {datastore: secondary-ds}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSPHERE_", "VR_"))}
-    env.update(
-        VSPHERE_HOST=slab.host,
-        VSPHERE_PORT=str(slab.port),
-        VSPHERE_USER=slab.user,
-        VSPHERE_PASSWORD=slab.password,
-        VSPHERE_CA_FILE=slab.ca_file,
-        VSPHERE_REPLICATOR_MOUNTS=",".join(f"{k}={v}" for k, v in slab.datastores.items()),
-    )
+    env = cli_env(slab)
     watch = subprocess.Popen(
         [sys.executable, "-m", "vsphere_replicator.cli", "run", str(policy), "--watch", "--max-cycles", "30"],
         env=env,
@@ -593,14 +578,17 @@ def test_a_failed_commit_is_not_half_committed(
 def test_a_mount_that_is_not_the_datastore_is_refused_before_anything_changes(
     slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str, tmp_path: Path
 ) -> None:
+    """The source's base disk is flat (NFS-like): a mount may read it, once shown to be that datastore."""
     protect(sconn, name, TARGET)
     stale = tmp_path / "stale"
-    subprocess.run(["cp", "-a", slab.datastores["secondary-ds"], str(stale)], check=True)
+    subprocess.run(["cp", "-a", slab.datastores["primary-ds"], str(stale)], check=True)
     write(scontrol, name, 70)
-    ran = cli(slab, "replicate", name, "--mount", f"secondary-ds={stale}")
-    assert ran.returncode == 2 and "is not datastore secondary-ds" in ran.stderr, ran.stderr
+    wrong = MountedDatastores({"primary-ds": stale}, conn=sconn)
+    with pytest.raises(InvalidInput, match="is not datastore primary-ds"):
+        replicate(sconn, name, replica_access=access(slab, sconn), source_access=wrong)
     assert our_transient(labutil.find_vm(ssi, name)) == []
     assert option(labutil.find_vm(ssi, f"{name}-replica"), JOURNAL_KEY) is None
+    assert replica_points(ssi, name) == ["rp-000001"]
 
 
 def test_protect_refuses_unknown_recovery_networks_a_replica_and_the_source_datastore(
@@ -667,19 +655,45 @@ def test_disks_sweep_finds_and_removes_what_nothing_references_and_nothing_else(
     assert replicate(sconn, name, replica_access=access(slab, sconn)).restore_point == "rp-000002"
 
 
-def test_verify_reads_the_replica_through_vcenter_not_through_the_writers_mount(
-    slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str, tmp_path: Path
+class CorruptingWriter(VDDKDisks):
+    """VDDK whose replica writes flip one byte of the first write: a writer that goes wrong silently."""
+
+    def sink(self, disk: DiskInfo, *, vm: str) -> BlockSink:
+        inner = super().sink(disk, vm=vm)
+        writer = self
+
+        class Corrupting:
+            size = inner.size
+
+            def write(self, offset: int, data: bytes) -> None:
+                if data and not writer.corrupted:
+                    writer.corrupted = True
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                inner.write(offset, data)
+
+            def flush(self) -> None:
+                inner.flush()
+
+            def close(self) -> None:
+                inner.close()
+
+        return Corrupting()
+
+    corrupted = False
+
+
+def test_verify_reads_the_point_back_on_its_own_path_and_catches_a_writer_gone_wrong(
+    slab: LabInfo, ssi: Any, sconn: Connection, scontrol: LabControl, name: str
 ) -> None:
-    """A writer pointed at a copy (no proof asked) writes there; verify, reading through vCenter, sees it."""
+    """The writer's bytes are read back through the point's snapshot, read-only: a bad write is caught."""
     from vsphere_replicator.replication import VerificationFailed
 
     protect(sconn, name, TARGET)
-    stale = tmp_path / "stale"
-    subprocess.run(["cp", "-a", slab.datastores["secondary-ds"], str(stale)], check=True)
-    unproven = MountedDatastores({**slab.datastores, "secondary-ds": str(stale)})  # no conn: not proven
+    writer = CorruptingWriter(sconn, plugin=str(vddk_standin()))
     write(scontrol, name, 91)
     with pytest.raises(VerificationFailed):
-        replicate(sconn, name, replica_access=unproven, settings=CycleSettings(verify=True))
+        replicate(sconn, name, replica_access=writer, settings=CycleSettings(verify=True))
+    assert writer.corrupted
     assert replica_points(ssi, name) == ["rp-000001"]  # the cycle was undone, nothing recorded
     assert our_transient(labutil.find_vm(ssi, name)) == []
 

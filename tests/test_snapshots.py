@@ -57,7 +57,7 @@ def test_quiesce_failure_can_fall_back_to_crash_consistent(
 
 def test_tree_find_revert_and_remove(lab: Any, conn: Any, control: Any, vm: Any, vm_name: str) -> None:
     first = create_snapshot(conn, vm_name, "first").snapshot
-    before = labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName).read_bytes()
+    before = labutil.layer_image(lab, labutil.disks(vm)[0].backing.fileName).read_bytes()
     control.write_random(vm_name, offset=0, length=4096, seed=1)
     second = create_snapshot(conn, vm_name, "second").snapshot
     info = get_vm(conn, vm_name)
@@ -69,7 +69,7 @@ def test_tree_find_revert_and_remove(lab: Any, conn: Any, control: Any, vm: Any,
 
     reverted = revert_to_snapshot(conn, vm_name, first)
     assert reverted.power_state == "poweredOff" and reverted.current_snapshot == first.moref
-    assert labutil.local_extent(lab, labutil.disks(vm)[0].backing.fileName).read_bytes() == before
+    assert labutil.layer_image(lab, labutil.disks(vm)[0].backing.fileName).read_bytes() == before
 
     after = remove_snapshot(conn, vm_name, first, remove_children=True)
     assert after.snapshots == () and vm.snapshot is None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.replication_util import find, state
-from tests.test_replication_crash import cli_env
+from tests.test_replication_crash import cli_env, lab_mounts
 from tests.test_vddk import Sampler
 from vsphere_replicator.errors import InvalidInput
 from vsphere_replicator.lab import LabControl, LabInfo, vddk_standin
@@ -32,7 +32,7 @@ def test_a_command_pointed_at_the_lab_by_hand_goes_through_vddk(
     lab: LabInfo, si: Any, control: LabControl, vm_name: str
 ) -> None:
     env = cli_env(lab, VR_LAB_STATE_DIR=lab.state_dir)
-    del env["VSPHERE_REPLICATOR_MOUNTS"]  # nothing mounted: only VDDK can write the replica
+    del env["VSPHERE_REPLICATOR_TRANSPORT"], env["VSPHERE_REPLICATOR_VDDK_PLUGIN"]  # the default's to say
     sampler = Sampler(lab.port)
     sampler.start()
     try:
@@ -48,16 +48,19 @@ def test_a_command_pointed_at_the_lab_by_hand_goes_through_vddk(
     assert any(standin in cmdline for cmdline, _ in sampler.seen.values()), "no nbdkit vddk ran"
 
 
-def test_the_transport_variable_and_mount_alone_say_mount(lab: LabInfo, vm_name: str) -> None:
-    env = cli_env(lab, VR_LAB_STATE_DIR=lab.state_dir, VSPHERE_REPLICATOR_TRANSPORT="mount")
-    protected = vr(env, "protect", vm_name, "--datastore", "secondary-ds")  # the shared lab is flat
+def test_the_transport_variable_and_mount_alone_say_mount(lab: LabInfo, si: Any, vm_name: str) -> None:
+    env = cli_env(lab, VR_LAB_STATE_DIR=lab.state_dir)
+    env.update(VSPHERE_REPLICATOR_TRANSPORT="mount", VSPHERE_REPLICATOR_MOUNTS=lab_mounts(lab))
+    protected = vr(env, "protect", vm_name, "--datastore", "secondary-ds")  # a seed is a flat base disk
     assert protected.returncode == 0, protected.stderr
-    del env["VSPHERE_REPLICATOR_MOUNTS"]
-    refused = vr(env, "replicate", vm_name)  # mount, and nothing mounted: refused before anything
-    assert refused.returncode == 2 and "not mounted" in json.loads(refused.stdout)["error"]
-    del env["VSPHERE_REPLICATOR_TRANSPORT"]
-    stale = vr(env, "replicate", vm_name, "--mount", f"secondary-ds={lab.datastores['primary-ds']}")
-    assert stale.returncode == 2 and "is secondary-ds mounted there" in json.loads(stale.stdout)["error"]
+    # The replica's current layer is now a redo log: the mount transport refuses it before anything,
+    # naming VDDK (which the lab's default would have used).
+    refused = vr(env, "replicate", vm_name)
+    assert refused.returncode == 2 and "a mount can serve" in json.loads(refused.stdout)["error"]
+    del env["VSPHERE_REPLICATOR_MOUNTS"], env["VSPHERE_REPLICATOR_TRANSPORT"]
+    alone = vr(env, "replicate", vm_name, "--mount", f"secondary-ds={lab.datastores['secondary-ds']}")
+    assert alone.returncode == 2 and "a mount can serve" in json.loads(alone.stdout)["error"]
+    assert len(state(find(si, f"{vm_name}-replica"))["restore_points"]) == 1  # nothing changed
 
 
 def test_a_wrong_transport_variable_is_refused_naming_it() -> None:

@@ -76,8 +76,7 @@ class Sampler(threading.Thread):
 
 
 def vr(lab: LabInfo, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = cli_env(lab)
-    del env["VSPHERE_REPLICATOR_MOUNTS"]  # nothing mounted: every byte goes through VDDK
+    env = cli_env(lab)  # nothing mounted: every byte goes through VDDK
     vddk = ["--transport", "vddk", "--vddk-plugin", str(vddk_standin()), "--vddk-libdir", str(tmp_path)]
     command = [sys.executable, "-m", "vsphere_replicator.cli", *args, *vddk, "--json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -8,10 +8,17 @@ from dataclasses import dataclass
 from vsphere_replicator.cbt import ALL_ALLOCATED, ChangedAreas, changed_areas
 from vsphere_replicator.connection import Connection
 from vsphere_replicator.errors import InvalidInput
-from vsphere_replicator.inventory import DiskInfo, SnapshotInfo, VMInfo, datacenter_path, snapshot_disks
+from vsphere_replicator.inventory import (
+    DiskInfo,
+    SnapshotInfo,
+    VMInfo,
+    datacenter_path,
+    datastore_type,
+    snapshot_disks,
+)
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.transport.base import DEFAULT_CHUNK, BlockSource, plan_chunks, read_chunks
-from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path
+from vsphere_replicator.transport.http import DatastoreHTTPSource, flat_extent_path, folder_refusal
 
 SourceFactory = Callable[[DiskInfo], BlockSource]
 DeltaProgress = Callable[[int, int], None]
@@ -32,14 +39,24 @@ class DeltaPlan:
 
 
 def http_sources(conn: Connection, vm: VMInfo) -> SourceFactory:
-    """Read each snapshot disk over the datastore HTTP endpoint (the lab; powered-off VMs)."""
+    """Read each snapshot disk over the datastore HTTP endpoint: flat layers only.
+
+    A snapshot's delta layer (a redo log) or a disk on a vSAN or vVol datastore
+    has no flat file: refused before any request, with a message naming VDDK.
+    """
     near = vm.folder  # chooses among datacenters holding datastores of the same name
-    return lambda disk: DatastoreHTTPSource(
-        conn,
-        disk.file_name,
-        disk.capacity,
-        datacenter=datacenter_path(conn, flat_extent_path(disk.file_name)[0], near=near),
-    )
+
+    def source(disk: DiskInfo) -> BlockSource:
+        datastore = flat_extent_path(disk.file_name)[0]
+        why = folder_refusal(
+            disk.file_name, datastore_type=datastore_type(conn, datastore), delta_format=disk.delta_format
+        )
+        if why is not None:
+            raise InvalidInput(why, vm=vm.name)
+        datacenter = datacenter_path(conn, datastore, near=near)
+        return DatastoreHTTPSource(conn, disk.file_name, disk.capacity, datacenter=datacenter)
+
+    return source
 
 
 def plan_delta(conn: Connection, vm: VMInfo, snapshot: SnapshotInfo, since: Mapping[int, str]) -> DeltaPlan:

@@ -56,7 +56,7 @@ import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import escape
+from html import escape  # xml.sax.saxutils pulls in urllib.request: 20 ms more per nbdkit
 
 if TYPE_CHECKING:
     from vsphere_replicator.lab import redolog

@@ -51,7 +51,7 @@ from vsphere_replicator.inventory import (
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, VDDKDisks
 from vsphere_replicator.replication.allocation import allocated_areas
 from vsphere_replicator.replication.cbt_trust import (
     CBT_LIED,
@@ -144,7 +144,8 @@ def replicate(
     this run, `overrides` changes some of them for this run; neither is
     recorded. `verify_access` reads the replica back for `verify` along a
     path other than the writer's (default: one vCenter's `source_access`,
-    else the datastore HTTP endpoint).
+    else a VDDK `replica_access` reading the point read-only, else the
+    datastore HTTP endpoint).
     Raises IncrementalRefused (nothing changed) when `max_change_share` is
     exceeded. With `Sites` the source is read on its vCenter and the replica
     written on the target's.
@@ -239,14 +240,17 @@ def run_cycle(
     for disk in source.disks:
         reader.check(disk)
     # One vCenter: the source side's access reaches the replica's disks too (VDDK reads any layer).
+    # Else VDDK reads the point through an nbdkit of its own, read-only at the point's snapshot: a
+    # path apart from the writer's read-write open, and the only one into a redo log.
     verifier = (
         verify_access
         or (source_access if sites.single else None)
+        or (replica_access if isinstance(replica_access, VDDKDisks) else None)
         or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
     )
     if chosen.verify:
         for disk in replica.vm.disks:
-            verifier.check(disk)  # a redo log over /folder: refused now, not after the copy
+            verifier.check(disk)  # a vSAN replica over /folder: refused now, not after the copy
     run = _Cycle(sites, source, replica, state, chosen, reader, replica_access, throttle, on_progress, lease)
     run.verifier = verifier
     run.group, run.on_snapshot = group, on_snapshot

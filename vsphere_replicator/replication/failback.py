@@ -57,7 +57,7 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.macs import MacKept
 from vsphere_replicator.networks import NicChange
 from vsphere_replicator.replication import failpoints
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, VDDKDisks
 from vsphere_replicator.replication.cross_site import (
     check_cross_site,
     copy_pending,
@@ -151,7 +151,7 @@ class _Access:
     """Which transport reaches which VM's disks.
 
     One vCenter: `replica` writes whichever VM is written and `source`
-    reads the one read (HTTP /folder when None). Two vCenters: each reaches
+    reads the one read (when None: `replica` if it is VDDK, else HTTP /folder). Two vCenters: each reaches
     its own site's disks, for reading and writing — `replica` the target
     site's (B, where R runs), `source` the source site's (A).
     """
@@ -162,8 +162,15 @@ class _Access:
 
     def reader(self, conn: Connection, vm: VMInfo) -> DiskAccess:
         if self.sites.single:
-            return self.source or HTTPDatastores(conn, vm.folder)
+            return self.given_reader() or HTTPDatastores(conn, vm.folder)
         return self.writer(conn)
+
+    def given_reader(self) -> DiskAccess | None:
+        """What reads the running VM's disks, None for the cycle's default (one vCenter)."""
+        if self.sites.single:
+            # A replica's layers are redo logs: VDDK, when it writes, reads them too; /folder cannot.
+            return self.source or (self.replica if isinstance(self.replica, VDDKDisks) else None)
+        return self.replica
 
     def writer(self, conn: Connection) -> DiskAccess:
         if self.sites.single or conn is self.sites.target:
@@ -186,7 +193,8 @@ def failback(
 
     The original must be powered off. `replica_access` writes the disks of
     whichever VM is being written (the original, then the replica);
-    `source_access` reads the running one's. With `switch=False` only the
+    `source_access` reads the running one's (by default `replica_access`
+    when it is VDDK, else the datastore HTTP endpoint). With `switch=False` only the
     first stage runs (the original becomes a replica of the running VM) and
     None is returned. Running it again after an interruption carries on.
     `on_progress(done, total)` follows the bytes of each copy: each disk of
@@ -373,10 +381,7 @@ class _Failback:
             result = (
                 switch_run.already("planned")
                 if switch_run.state.promoted
-                else switch_run.planned(
-                    self.access.writer(self.original_site),
-                    self.access.source if self.access.sites.single else self.access.replica,
-                )
+                else switch_run.planned(self.access.writer(self.original_site), self.access.given_reader())
             )
             final, nics, macs = result.final_cycle, result.nics, result.macs
             failpoints.point("failback-switched")
