@@ -55,8 +55,8 @@ import sys
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING, Any
 from html import escape  # xml.sax.saxutils pulls in urllib.request: 20 ms more per nbdkit
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vsphere_replicator.lab import redolog
