@@ -142,7 +142,7 @@ CLI_CASES = [
         "--mount",
         "secondary-ds=/nonexistent",
         code=2,
-        message="does not exist: is secondary-ds mounted there?",
+        message="not a flat extent a mount can serve; use the VDDK transport",  # a redo log since rp-000001
     ),
     cli("replicate", "no-such-vm", code=1, message="no VM matches name='no-such-vm'"),
     cli("replicate", "{fresh}", code=1, message="is not protected: run protect first"),

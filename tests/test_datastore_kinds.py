@@ -21,7 +21,7 @@ from pyVmomi import vim
 
 from tests import labutil
 from tests.replication_util import assert_replica_matches, find, our_source_snapshots, state
-from tests.test_replication_crash import cli_env
+from tests.test_replication_crash import cli_env, lab_mounts
 from tests.test_vddk import vr
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.errors import InvalidInput
@@ -198,9 +198,11 @@ def test_a_vsan_vm_replicates_through_vddk_and_is_refused_otherwise(
     clone = clone_onto_vsan(kinds_si, "lab-vm-0004", "on-vsan-cli")
     vr(kinds_lab, tmp_path, "protect", clone.name, "--datastore", "secondary-ds")
     LabControl(kinds_lab).write_random(clone.name, offset=2 * MIB, length=200_000, disk=1)
-    # Through mounts (the default transport): refused before the cycle's snapshot, nothing left behind.
+    # Through mounts: refused before the cycle's snapshot, nothing left behind.
     command = [sys.executable, "-m", "vsphere_replicator.cli", "replicate", clone.name, "--json"]
-    done = subprocess.run(command, env=cli_env(kinds_lab), capture_output=True, text=True, timeout=300)
+    env = cli_env(kinds_lab)
+    env.update(VSPHERE_REPLICATOR_TRANSPORT="mount", VSPHERE_REPLICATOR_MOUNTS=lab_mounts(kinds_lab))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "--transport vddk" in done.stderr and "vsan" in done.stderr
     assert our_source_snapshots(find(kinds_si, clone.name)) == []

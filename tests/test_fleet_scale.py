@@ -18,7 +18,7 @@ import pytest
 from pyVmomi import SoapAdapter
 from structlog.testing import capture_logs
 
-from tests.conftest import lab_connection
+from tests.conftest import lab_connection, lab_vddk
 from vsphere_replicator.errors import NotFound
 from vsphere_replicator.inventory import get_vm
 from vsphere_replicator.lab import LabControl, LabInfo, running_lab
@@ -26,7 +26,7 @@ from vsphere_replicator.policies import LiveEngine
 from vsphere_replicator.policies.base import Selection
 from vsphere_replicator.policies.fleet import profiler_deadlock_risk
 from vsphere_replicator.policies.registry import get_policy
-from vsphere_replicator.replication import MountedDatastores, ReplicaTarget, protect
+from vsphere_replicator.replication import ReplicaTarget, protect
 from vsphere_replicator.replication.replica import _remember, find_replica
 
 pytestmark = pytest.mark.lab
@@ -59,7 +59,7 @@ def one_job_cost(lab: LabInfo, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[st
     policy: Any = get_policy("point-in-time")
     settings = policy.parse({"interval": "1h", "keep": 4})
     with lab_connection(lab) as conn:
-        access = MountedDatastores(lab.datastores, conn=conn)
+        access = lab_vddk(conn)
         for vm in PROTECTED:
             protect(conn, vm, TARGET, replica_access=access)
         engine = LiveEngine(conn, replica_access=access)
@@ -76,8 +76,7 @@ def one_job_cost(lab: LabInfo, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[st
 
 @pytest.fixture(scope="module")
 def small_lab() -> Iterator[LabInfo]:
-    # Flat layers: the jobs write through mounts (tests/conftest.py says why); lookups are measured.
-    with running_lab(vms=SIZES[0], disk_size=1 << 20, redo_logs=False) as info:
+    with running_lab(vms=SIZES[0], disk_size=1 << 20) as info:
         yield info
 
 
@@ -85,7 +84,7 @@ def small_lab() -> Iterator[LabInfo]:
 def costs(small_lab: LabInfo) -> Iterator[dict[int, tuple[dict[str, int], int]]]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         found = {SIZES[0]: one_job_cost(small_lab, monkeypatch)}
-        with running_lab(vms=SIZES[1], disk_size=1 << 20, redo_logs=False) as big:
+        with running_lab(vms=SIZES[1], disk_size=1 << 20) as big:
             found[SIZES[1]] = one_job_cost(big, monkeypatch)
     yield found
 
@@ -124,7 +123,7 @@ def test_a_stale_replica_hint_falls_back_to_reading_every_replica(
 
 def test_a_job_with_a_stale_moref_finds_its_vm_by_name(small_lab: LabInfo, costs: dict[int, Any]) -> None:
     with lab_connection(small_lab) as conn:
-        engine = LiveEngine(conn, replica_access=MountedDatastores(small_lab.datastores, conn=conn))
+        engine = LiveEngine(conn, replica_access=lab_vddk(conn))
         wanted, other = get_vm(conn, PROTECTED[0]), get_vm(conn, "lab-vm-0009")
         engine.remember(wanted.name, other.moref)  # as a job made before a rename would carry
         with capture_logs() as logs:
@@ -138,7 +137,7 @@ def test_a_name_no_vm_has_any_more_is_not_found_even_with_a_hint(
     small_lab: LabInfo, costs: dict[int, Any]
 ) -> None:
     with lab_connection(small_lab) as conn:
-        engine = LiveEngine(conn, replica_access=MountedDatastores(small_lab.datastores, conn=conn))
+        engine = LiveEngine(conn, replica_access=lab_vddk(conn))
         engine.remember("renamed-away", get_vm(conn, "lab-vm-0010").moref)
         with pytest.raises(NotFound, match="renamed-away"):
             engine.placement("renamed-away")
