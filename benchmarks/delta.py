@@ -245,15 +245,31 @@ def same_bytes(areas: tuple[Extent, ...], *files: Path) -> bool:
             h.close()
 
 
+def chain_image(lab: LabInfo, file_name: str, image: Path) -> Path:
+    """The layer's bytes through its whole chain (a redo log's parents too), as qemu-img reads them.
+
+    Reading the chain also leaves its files in the page cache: both copies then read them warm.
+    """
+    ds, rel = flat_extent_path(file_name)
+    descriptor = Path(lab.datastores[ds]) / rel.replace("-flat.vmdk", ".vmdk")
+    image.unlink(missing_ok=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(image)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return image
+
+
 def vddk_main(size: int, extent: int, fractions: list[float], rounds: int) -> int:
     """The VDDK path (library) against nbdcopy over the same stand-in export, `rounds` alternating rounds."""
     rows = []
     all_same = True
     with (
         tempfile.TemporaryDirectory(prefix="vr-bench-") as scratch_dir,
-        # Flat layers (not the lab's default redo logs): the copies are checked against the frozen
-        # layer's flat file, and the recorded figures (docs/performance.md) were taken on them.
-        running_lab(vms=1, disk_size=size, cbt_window=64 * MiB, redo_logs=False) as lab,
+        # The lab's default, as ESXi: each snapshot after the first is a redo log, read through its chain.
+        running_lab(vms=1, disk_size=size, cbt_window=64 * MiB) as lab,
         connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
     ):
         scratch = Path(scratch_dir)
@@ -268,12 +284,10 @@ def vddk_main(size: int, extent: int, fractions: list[float], rounds: int) -> in
             plan = plan_delta(conn, info, current, change_ids_at(conn, previous))
             areas = plan.changes[0].areas
             disk = snapshot_disks(conn, current.moref)[0]
-            ds, rel = flat_extent_path(disk.file_name)
-            frozen = Path(lab.datastores[ds]) / rel
+            frozen = chain_image(lab, disk.file_name, scratch / "frozen.raw")  # and the chain is now cached
             listing = scratch / "extents"
             listing.write_text("".join(f"{a.start} {a.length}\n" for a in areas))
             mine, theirs = scratch / "library.img", scratch / "nbdcopy.img"
-            same_bytes(areas, frozen)  # warm the page cache: both copies read it warm
             times: dict[str, list[float]] = {"library": [], "nbdcopy": []}
             moved = 0
             for r in range(rounds):
@@ -358,8 +372,8 @@ def main() -> int:
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="vr-bench-") as scratch,
-        # Flat layers (not the lab's default redo logs): the copies are checked against the frozen
-        # layer's flat file, and the recorded figures (docs/performance.md) were taken on them.
+        # Flat layers (not the lab's default redo logs): /folder and a mount read a layer's flat extent
+        # and a redo log has none; these transports serve base disks only (docs/transports.md).
         running_lab(vms=1, disk_size=size, cbt_window=64 * MiB, redo_logs=False) as lab,
         connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
     ):

@@ -4,8 +4,10 @@
                               [--latency-ms 0]
 
 One lab VM is protected through a policy file (`continuous`, replica on
-`secondary-ds`, replica disks written through the mounted datastore,
-source read over the datastore HTTP endpoint as by default) and
+`secondary-ds`, replica disks written through VDDK — the lab's stand-in,
+one nbdkit per disk and cycle, as on ESXi, where a replica's current layer
+is a redo log — and the source read over the datastore HTTP endpoint as by
+default) and
 `run_policies` watches it in a thread. Once the seed's restore point exists,
 a writer thread writes random data as the guest would (chunks at random
 aligned offsets, paced to the write rate) for `--seconds`, while a sampler
@@ -21,7 +23,7 @@ baseline), bytes CBT reported changed and bytes the cycles moved, summed
 over every incremental restore point. Checked: the changed bytes lie
 between the distinct CBT blocks the writes touched and the blocks touched
 per write (summed); the latest restore point holds the source's final bytes
-(the disk files compared); no snapshot of ours is left on the source once
+(the disks' chains compared by qemu-img); no snapshot of ours is left on the source once
 the runner stopped. The exit status is 1 when a check fails.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import math
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -40,9 +43,9 @@ from pathlib import Path
 
 from vsphere_replicator.connection import Connection, connect
 from vsphere_replicator.inventory import VMSelector, get_vm, snapshot_disks
-from vsphere_replicator.lab import LabControl, LabInfo, running_lab
+from vsphere_replicator.lab import LabControl, LabInfo, running_lab, vddk_standin
 from vsphere_replicator.policies import LiveEngine, RunRecord, parse_policy_file, run_policies
-from vsphere_replicator.replication import MountedDatastores
+from vsphere_replicator.replication import VDDKDisks
 from vsphere_replicator.replication.restore_points import list_restore_points, replica_state
 from vsphere_replicator.replication.state import RestorePoint
 from vsphere_replicator.snapshots import find_orphans
@@ -185,24 +188,24 @@ def block_bounds(extents: list[tuple[int, int]], block: int) -> tuple[int, int]:
     return len(distinct) * block, per_write * block
 
 
-def same_bytes(a: Path, b: Path, chunk: int = 4 * MiB) -> bool:
-    """Whether two files hold the same bytes (read in `chunk`s; holes read as zeros)."""
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as left, b.open("rb") as right:
-        while block := left.read(chunk):
-            if block != right.read(chunk):
-                return False
-    return True
+def same_chain_bytes(lab: LabInfo, a: str, b: str) -> bool:
+    """Whether two disk layers hold the same bytes, each read through its chain by qemu-img."""
+
+    def descriptor(file_name: str) -> str:
+        ds, rel = file_name[1:].split("] ", 1)
+        return str(Path(lab.datastores[ds]) / rel)
+
+    compare = ["qemu-img", "compare", "-q", "-f", "vmdk", "-F", "vmdk", descriptor(a), descriptor(b)]
+    return subprocess.run(compare, check=False, timeout=600).returncode == 0
 
 
-def replica_matches_source(conn: Connection, vm: str, mounts: MountedDatastores) -> bool:
-    """Whether the latest restore point holds the source's current bytes, disk by disk (files compared)."""
+def replica_matches_source(conn: Connection, vm: str, lab: LabInfo) -> bool:
+    """Whether the latest restore point holds the source's current bytes, disk by disk."""
     state = replica_state(conn, vm)
     frozen = {d.key: d for d in snapshot_disks(conn, state.latest.snapshot)}
     current = {d.key: d for d in get_vm(conn, vm).disks}
     return all(
-        same_bytes(mounts.path(current[d.source_key]), mounts.path(frozen[d.replica_key]))
+        same_chain_bytes(lab, current[d.source_key].file_name, frozen[d.replica_key].file_name)
         for d in state.disks
     )
 
@@ -238,15 +241,10 @@ def main() -> int:
     checks: list[tuple[str, bool]] = []
 
     with (
-        # Flat layers (not the lab's default redo logs): replicas are written through mounts, so that
-        # the figures measure the engine's RPO, not VDDK's start-up per disk (docs/performance.md).
-        running_lab(
-            vms=args.vms, disk_size=size, cbt_block=cbt_block, latency_ms=args.latency_ms, redo_logs=False
-        ) as lab,
+        running_lab(vms=args.vms, disk_size=size, cbt_block=cbt_block, latency_ms=args.latency_ms) as lab,
         connect(lab.host, lab.user, lab.password, port=lab.port, ca_file=lab.ca_file) as conn,
     ):
-        mounts = MountedDatastores(lab.datastores)
-        engine = LiveEngine(conn, replica_access=mounts)
+        engine = LiveEngine(conn, replica_access=VDDKDisks(conn, plugin=str(vddk_standin())))
         records = Records()
         stop_runner = threading.Event()
         runner_error: list[BaseException] = []
@@ -316,7 +314,7 @@ def main() -> int:
             checks.append((f"the policy runner raised {runner_error[0]!r}", False))
 
         compare_started = time.monotonic()
-        matches = replica_matches_source(conn, vm, mounts)
+        matches = replica_matches_source(conn, vm, lab)
         compared = f"compared in {time.monotonic() - compare_started:.1f} s"
         checks.append((f"the latest restore point holds the source's final bytes ({compared})", matches))
         final = list_restore_points(conn, vm)
