@@ -189,8 +189,10 @@ def hard_edges_through_vddk(lab: LabInfo, si: Any, control: Any, vm_name: str, t
 
 
 def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
-    lab: LabInfo, si: Any, vm_name: str, tmp_path: Path
+    lab: LabInfo, si: Any, vm_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # This test's private directories only: other tests' nbdkits start beside it in /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     vm = find(si, vm_name)
     server = VDDKServer(
         host=lab.host,
@@ -208,7 +210,7 @@ def test_nbdkits_refusal_becomes_a_transport_error_without_the_password(
     assert "not thumbprint=0F:0F" in message
     assert lab.password not in message
     assert not set(nbdkit_processes(lab.port)) - before
-    assert not list(Path(tempfile.gettempdir()).glob("vr-vddk-*/password"))
+    assert not list(tmp_path.glob("vr-vddk-*"))  # the password file and its directory are gone
 
 
 def test_a_source_device_reads_the_snapshot_and_stops_nbdkit_on_close(
