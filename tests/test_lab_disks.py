@@ -99,7 +99,7 @@ def test_deleting_a_detached_redo_log_removes_its_descriptor_and_delta_and_keeps
 ) -> None:
     """VirtualDiskManager.DeleteVirtualDisk_Task deletes all of a disk's files: for a redo log its
     descriptor and `-delta.vmdk`, never the snapshot's layer under it (vcsim alone found no flat file)."""
-    from pyVmomi import vim
+    from pyVmomi import vim, vmodl
 
     labutil.snapshot(off_vm, "kept")
     disk = labutil.disks(off_vm)[1]
@@ -110,6 +110,9 @@ def test_deleting_a_detached_redo_log_removes_its_descriptor_and_delta_and_keeps
     assert delta.exists()
     detach = vim.vm.device.VirtualDeviceSpec(operation="remove", device=disk)  # no fileOperation: kept
     labutil.wait(off_vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[detach])))
+    with pytest.raises(vmodl.fault.InvalidArgument):  # on vCenter a datastore path needs its datacenter
+        si.content.virtualDiskManager.DeleteVirtualDisk_Task(name=layer)
+    assert delta.exists()
     datacenter = si.content.rootFolder.childEntity[0]
     labutil.wait(si.content.virtualDiskManager.DeleteVirtualDisk_Task(name=layer, datacenter=datacenter))
     assert not labutil.local_descriptor(lab, layer).exists() and not delta.exists()

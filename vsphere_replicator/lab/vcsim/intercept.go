@@ -14,7 +14,6 @@ import (
 
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -257,18 +256,7 @@ func (l *lab) serveExtended(w http.ResponseWriter, method *simulator.Method) boo
 		}
 		runTask(vm, "destroy", func(func(int32)) (types.AnyType, *methodFault) { return l.destroy(vm) })
 	case *types.DeleteVirtualDisk_Task:
-		var entity mo.Reference
-		entity, ok := simulator.Map.Get(method.This).(*simulator.VirtualDiskManager)
-		if !ok {
-			return false
-		}
-		if req.Datacenter != nil { // the task's entity is a managed entity: pyVmomi refuses the manager
-			if dc, found := simulator.Map.Get(*req.Datacenter).(*simulator.Datacenter); found {
-				entity = dc
-			}
-		}
-		work := func(func(int32)) (types.AnyType, *methodFault) { return l.deleteVirtualDisk(req.Name) }
-		writeTask(w, method.Name, startTask(entity, method.Name, "deleteVirtualDisk", nil, work))
+		return l.serveDeleteVirtualDisk(w, method, req)
 	default:
 		return false
 	}

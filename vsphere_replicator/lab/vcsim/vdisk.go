@@ -1,10 +1,41 @@
 package main
 
 import (
+	"net/http"
 	"os"
+	"strings"
 
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
+
+// serveDeleteVirtualDisk answers VirtualDiskManager.DeleteVirtualDisk_Task
+// for a datastore path ("[ds] dir/disk.vmdk"); a URL is left to vcsim.
+//
+// The vSphere API reference (DeleteVirtualDiskRequestType) says of
+// `datacenter`: "If name is a datastore path, the datacenter for that
+// datastore path. [...] If not specified on a call to VirtualCenter, name
+// must be a URL": the lab is a vCenter, so a datastore path without one is
+// refused (InvalidArgument) before any task. The task's entity is that
+// datacenter (a task's entity is a managed entity; pyVmomi refuses the manager).
+func (l *lab) serveDeleteVirtualDisk(w http.ResponseWriter, method *simulator.Method, req *types.DeleteVirtualDisk_Task) bool {
+	if !strings.HasPrefix(req.Name, "[") {
+		return false
+	}
+	if req.Datacenter == nil {
+		writeFault(w, newFault(&types.InvalidArgument{InvalidProperty: "datacenter"},
+			"a datastore path (%s) needs the datacenter of its datastore on vCenter", req.Name))
+		return true
+	}
+	dc, ok := simulator.Map.Get(*req.Datacenter).(*simulator.Datacenter)
+	if !ok {
+		writeFault(w, newFault(&types.ManagedObjectNotFound{Obj: *req.Datacenter}, "datacenter %s not found", req.Datacenter.Value))
+		return true
+	}
+	work := func(func(int32)) (types.AnyType, *methodFault) { return l.deleteVirtualDisk(req.Name) }
+	writeTask(w, method.Name, startTask(dc, method.Name, "deleteVirtualDisk", nil, work))
+	return true
+}
 
 // deleteVirtualDisk deletes one disk layer as ESXi does: its descriptor and
 // its extent. The vSphere API reference (VirtualDiskManager.DeleteVirtualDisk_Task)
