@@ -112,33 +112,32 @@ def local_descriptor(info: Any, file_name: str) -> Path:
 _images = tempfile.TemporaryDirectory(prefix="vr-layers-")
 
 
+def chain_image(info: Any, file_name: str, image: Path) -> Path:
+    """`image`, a raw copy of a disk layer's bytes through its whole chain as qemu-img reads them.
+
+    qemu-img follows parentFileNameHint down to the base disk: a redo log
+    (vmfsSparse) and a flat layer alike, read by code that is not the lab's.
+    """
+    descriptor = local_descriptor(info, file_name)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(image)],
+        check=True,
+        timeout=120,
+    )
+    return image
+
+
 def layer_image(info: Any, file_name: str) -> Path:
     """A raw image of a disk layer's bytes: its flat extent, or its chain resolved by qemu-img.
 
     A snapshot's layer on the ESXi-like lab is a redo log whose bytes live in
-    its whole chain; qemu-img (not the lab's code) reads it. A fresh copy each
-    call, since the chain of a running VM's layer keeps changing.
+    its whole chain. A fresh copy each call, since the chain of a running
+    VM's layer keeps changing.
     """
     flat = local_extent(info, file_name)
     if flat.exists():
         return flat
-    image = Path(tempfile.mkdtemp(dir=_images.name)) / "layer.raw"
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            str(local_descriptor(info, file_name)),
-            str(image),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return image
+    return chain_image(info, file_name, Path(tempfile.mkdtemp(dir=_images.name)) / "layer.raw")
 
 
 def sha256(path: Path) -> str:

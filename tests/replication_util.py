@@ -101,21 +101,9 @@ def find(si: Any, name: str) -> Any:
 
 
 def chain_sha(lab: Any, file_name: str) -> str:
-    """sha256 of a disk layer's bytes as its whole backing chain resolves them, read by qemu-img.
-
-    Works on flat layers and on redo logs (vmfsSparse, `lab up --redo-logs`)
-    alike: qemu-img follows parentFileNameHint down to the base disk.
-    """
+    """sha256 of a disk layer's bytes as its whole backing chain resolves them, read by qemu-img."""
     with tempfile.TemporaryDirectory(prefix="vr-chain-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        descriptor = labutil.local_descriptor(lab, file_name)
-        subprocess.run(
-            ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(raw)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        return labutil.sha256(raw)
+        return labutil.sha256(labutil.chain_image(lab, file_name, Path(tmp) / "disk.raw"))
 
 
 def chain_hashes(lab: Any, vm: Any) -> list[str]:

@@ -37,9 +37,7 @@ def linked_lab(request: pytest.FixtureRequest) -> Iterator[tuple[LabInfo, Any, L
 
 def image_sha(lab: LabInfo, file_name: str, tmp_path: Path) -> str:
     """The disk's bytes as qemu-img reads them through the chain."""
-    raw = tmp_path / "image.raw"
-    descriptor = labutil.local_descriptor(lab, file_name)
-    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(raw)], check=True)
+    raw = labutil.chain_image(lab, file_name, tmp_path / "image.raw")
     digest = labutil.sha256(raw)
     raw.unlink()
     return digest
@@ -131,20 +129,7 @@ def test_a_linked_clone_is_a_child_redo_log_over_the_snapshot(
     source_before = image_sha(lab, labutil.disks(vm)[0].backing.fileName, tmp_path)
     data = write(control, "lab-vm-0001-test", 2 * MIB, 65536, seed=4)
     clone_disk = labutil.disks(clone)[0].backing.fileName
-    raw = tmp_path / "clone.raw"
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            str(labutil.local_descriptor(lab, clone_disk)),
-            str(raw),
-        ],
-        check=True,
-    )
+    raw = labutil.chain_image(lab, clone_disk, tmp_path / "clone.raw")
     assert raw.read_bytes()[2 * MIB : 2 * MIB + 65536] == data
     assert chain(lab, clone_disk)[0]["actual-size"] < MIB
     assert image_sha(lab, frozen[0].fileName, tmp_path) == frozen_sha[0]

@@ -86,9 +86,7 @@ def qemu_chain(lab: LabInfo, file_name: str) -> list[dict[str, Any]]:
 
 
 def image(lab: LabInfo, file_name: str, tmp_path: Path) -> bytes:
-    raw = tmp_path / "image.raw"
-    descriptor = labutil.local_descriptor(lab, file_name)
-    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(descriptor), str(raw)], check=True)
+    raw = labutil.chain_image(lab, file_name, tmp_path / "image.raw")
     data = raw.read_bytes()
     raw.unlink()
     return data
