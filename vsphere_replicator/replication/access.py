@@ -285,6 +285,12 @@ class VDDKDisks:
         )
 
 
+def redo_log_reader(access: DiskAccess) -> DiskAccess | None:
+    """`access` when it also reads a replica's redo logs (VDDK reads any layer; /folder and mounts
+    none), else None: the reader of a replica's layers when the caller named no other."""
+    return access if isinstance(access, VDDKDisks) else None
+
+
 def parse_mounts(text: str) -> dict[str, str]:
     """'ds1=/mnt/a,ds2=/mnt/b' (VSPHERE_REPLICATOR_MOUNTS, --mount) -> {'ds1': '/mnt/a', ...}."""
     mounts = {}

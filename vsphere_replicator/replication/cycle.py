@@ -51,7 +51,7 @@ from vsphere_replicator.inventory import (
 )
 from vsphere_replicator.logs import get_logger
 from vsphere_replicator.replication import failpoints
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, VDDKDisks
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, redo_log_reader
 from vsphere_replicator.replication.allocation import allocated_areas
 from vsphere_replicator.replication.cbt_trust import (
     CBT_LIED,
@@ -245,7 +245,7 @@ def run_cycle(
     verifier = (
         verify_access
         or (source_access if sites.single else None)
-        or (replica_access if isinstance(replica_access, VDDKDisks) else None)
+        or redo_log_reader(replica_access)
         or HTTPDatastores(sites.target, replica.vm.folder.split("/", 1)[0])
     )
     if chosen.verify:

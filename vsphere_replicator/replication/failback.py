@@ -57,7 +57,7 @@ from vsphere_replicator.logs import get_logger
 from vsphere_replicator.macs import MacKept
 from vsphere_replicator.networks import NicChange
 from vsphere_replicator.replication import failpoints
-from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, VDDKDisks
+from vsphere_replicator.replication.access import DiskAccess, HTTPDatastores, redo_log_reader
 from vsphere_replicator.replication.cross_site import (
     check_cross_site,
     copy_pending,
@@ -169,7 +169,7 @@ class _Access:
         """What reads the running VM's disks, None for the cycle's default (one vCenter)."""
         if self.sites.single:
             # A replica's layers are redo logs: VDDK, when it writes, reads them too; /folder cannot.
-            return self.source or (self.replica if isinstance(self.replica, VDDKDisks) else None)
+            return self.source or redo_log_reader(self.replica)
         return self.replica
 
     def writer(self, conn: Connection) -> DiskAccess:
