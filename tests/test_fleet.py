@@ -88,7 +88,9 @@ class Cluster:
         log = (self.directory / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "dask", *args],
-            env=cli_env(self.lab, **extra),
+            # As docs/fleet.md tells operators on this Python (3.11.7): dask's worker profiler can deadlock
+            # a whole worker (CPython #106883); a CI run saw one hang so mid-cycle and log nothing more.
+            env=cli_env(self.lab, DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False", **extra),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
